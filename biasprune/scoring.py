@@ -1,0 +1,137 @@
+"""Gradient x activation importance of neurons and attention heads.
+
+For a unit u and an example e with activations a and gradients g = dL_e/da over token positions t
+(and, for a head, its head_dim coordinates d)::
+
+    s_e(u) = | sum_t sum_d a[t, d](u) * g[t, d](u) |        S_G(u) = sum over e in group G of s_e(u)
+
+L_e is the mean token negative log-likelihood of example e's response tokens given its prompt. s_e(u)
+is the first-order (Taylor) estimate of how much L_e changes when u is zeroed.
+
+Examples in a batch do not interact (eval mode, causal attention, right padding), so one backward pass
+of sum_e L_e gives every example's own gradients. Gradients flow to activations only: the input
+embeddings are detached leaves that require grad, parameters stay frozen and ``torch.autograd.grad``
+(never ``backward``) is used, so no parameter ``.grad`` is ever allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import UnitLayout
+from .hooks import HookSet
+
+__all__ = ["BatchScores", "response_nll", "score_batch"]
+
+
+@dataclass
+class BatchScores:
+    """Per-example scores of one batch: ``scores[key]`` is float32 ``[batch, n_units]``."""
+
+    scores: dict[str, torch.Tensor]
+    losses: torch.Tensor  # [batch] mean response NLL, detached
+    n_tokens: int  # non-padding tokens in the batch
+
+
+def _token_dot(a: torch.Tensor, g: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """sum_t a[b, t, c] * g[b, t, c] over non-padding tokens, in float32: ``[B, C]``."""
+    a = a.float() * token_mask
+    return torch.einsum("btc,btc->bc", a, g.float())
+
+
+def response_nll(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean negative log-likelihood of each example's response tokens: ``[B]`` (float32).
+
+    ``response_mask[b, t] = 1`` where token t belongs to the response. Sequences are right-padded, so
+    logits are needed only from the position before the earliest response token onwards.
+    """
+    T = input_ids.shape[1]
+    has_resp = response_mask.any(1)
+    first = torch.where(has_resp, response_mask.float().argmax(1), torch.full_like(has_resp, T, dtype=torch.long))
+    keep = int(T - int(first.min().clamp(min=1)) + 1)
+    kwargs = dict(attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+    out = model(inputs_embeds=inputs_embeds, **kwargs) if inputs_embeds is not None else model(input_ids, **kwargs)
+    logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
+    targets = input_ids[:, T - keep + 1 :]
+    tmask = response_mask[:, T - keep + 1 :].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * tmask
+    return nll.sum(1) / tmask.sum(1).clamp(min=1.0)
+
+
+def score_batch(
+    model: nn.Module,
+    layout: UnitLayout,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    neurons: bool = True,
+    heads: bool = True,
+) -> BatchScores:
+    """Per-example gradient x activation scores of every unit in ``layout``.
+
+    Hooks capture each unit module's activation in the forward pass; a tensor hook on the activation
+    reduces ``a * g`` as soon as its gradient is computed, so no activation gradient outlives its use.
+    """
+    token_mask = attention_mask.unsqueeze(-1).float()
+    B, T = input_ids.shape
+    pending: dict[str, torch.Tensor] = {}
+    results: dict[str, torch.Tensor] = {}
+
+    def grad_hook(key: str, n_heads: int = 0):
+        def on_grad(g: torch.Tensor) -> None:
+            a = pending.pop(key)
+            if n_heads:  # [B, T, H*D] -> per head: sum over tokens and head_dim
+                dot = _token_dot(a, g, token_mask).view(B, n_heads, -1).sum(-1)
+            else:
+                dot = _token_dot(a, g, token_mask)
+            results[key] = dot.abs()
+
+        return on_grad
+
+    def capture(key: str, tensor: torch.Tensor, n_heads: int = 0) -> None:
+        if key in pending or key in results:
+            raise RuntimeError(f"{key}: the module ran twice in one forward pass; its units are ambiguous")
+        if not tensor.requires_grad:
+            raise RuntimeError(f"{key}: the activation does not require grad; it is not downstream of the inputs")
+        pending[key] = tensor
+        tensor.register_hook(grad_hook(key, n_heads))
+
+    def neuron_fwd(key: str):
+        return lambda module, args, output: capture(key, output)
+
+    def head_pre(key: str, n_heads: int):
+        return lambda module, args: capture(key, args[0], n_heads)
+
+    expected = []
+    try:
+        with HookSet() as hooks:
+            if neurons:
+                for u in layout.neurons:
+                    key = f"neuron/{u.path}"
+                    hooks.forward(u.module, neuron_fwd(key))
+                    expected.append(key)
+            if heads:
+                for h in layout.heads:
+                    key = f"head/{h.path}"
+                    hooks.forward_pre(h.o_proj, head_pre(key, h.n_heads))
+                    expected.append(key)
+            embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+            with torch.enable_grad():
+                losses = response_nll(model, input_ids, attention_mask, response_mask, inputs_embeds=embeds)
+                torch.autograd.grad(losses.sum(), embeds)
+    finally:
+        pending.clear()  # drop references to activations if the pass failed part-way
+    missing = [k for k in expected if k not in results]
+    if missing:
+        raise RuntimeError(f"no gradient reached {len(missing)} unit group(s), e.g. {missing[:3]}")
+    return BatchScores(scores=results, losses=losses.detach(), n_tokens=int(attention_mask.sum()))
