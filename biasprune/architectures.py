@@ -24,6 +24,7 @@ __all__ = [
     "NeuronUnits",
     "UnitLayout",
     "UnsupportedArchitectureError",
+    "decoder_layers",
     "register_architecture",
     "resolve_units",
 ]
@@ -143,6 +144,14 @@ def _get(module: nn.Module, dotted: str) -> nn.Module:
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a supported model (the unit FSDP shards by)."""
+    arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", None))
+    if arch is None:
+        resolve_units(model)  # raises the full "unsupported architecture" error
+    return _get(model, arch.layers)
 
 
 def _check_neuron_modules(neuron_modules: Sequence[str]) -> tuple[str, ...]:

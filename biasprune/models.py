@@ -162,12 +162,17 @@ def load_model(
     device: torch.device | str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = "sdpa",
+    dtype_device: torch.device | str | None = None,
 ):
-    """A frozen causal LM in eval mode: no parameter requires a gradient, dropout is off."""
+    """A frozen causal LM in eval mode: no parameter requires a gradient, dropout is off.
+
+    ``device`` is where the weights go (None: stay on CPU, e.g. to be sharded later); ``dtype="auto"``
+    resolves for ``dtype_device`` (default: ``device``).
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": resolve_dtype(dtype, dtype_device or device), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

@@ -333,6 +333,7 @@ class AuditDataModule(L.LightningDataModule):
     def _loader(self, rows, batch_size: int, collate) -> DataLoader:
         world, rank = self._shard()
         sampler = EvenShardSampler(len(rows), num_replicas=world, rank=rank)
+        self._last_sampler = sampler
         return DataLoader(
             WeightedView(rows, sampler.total_size),
             batch_size=batch_size,
@@ -349,7 +350,13 @@ class AuditDataModule(L.LightningDataModule):
         if self.scoring_set is None:
             raise RuntimeError("no scoring examples: the module generates them in on_fit_start (or give scoring_examples_file)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return self._loader(self.scoring_set, self.batch_size, _TokenCollator(pad))
+        loader = self._loader(self.scoring_set, self.batch_size, _TokenCollator(pad))
+        self._train_sampler = self._last_sampler
+        return loader
+
+    def skip_train_batches(self, n_batches: int) -> None:
+        """Resume a scoring epoch: the next pass of the train loader starts after ``n_batches`` batches."""
+        self._train_sampler.skip_next(n_batches * self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set, self.eval_batch_size, _collate_text)

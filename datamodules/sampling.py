@@ -55,9 +55,15 @@ class EvenShardSampler(DistributedSampler):
         self.drop_last = False
         self.seed = 0
         self.epoch = 0
+        self.skip = 0
+
+    def skip_next(self, n_samples: int) -> None:
+        """Start the next pass after this rank's first ``n_samples`` positions (resuming mid-epoch)."""
+        self.skip = n_samples
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
+        start, self.skip = self.rank + self.skip * self.num_replicas, 0
+        return iter(range(start, self.total_size, self.num_replicas))
 
     def __len__(self) -> int:
         return self.num_samples

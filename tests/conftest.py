@@ -76,6 +76,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
     model.config.eos_token_id = tok.eos_token_id
     model.config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
+    # Random weights rarely emit digits; make digit tokens (and the end of turn) likely, so that sampled
+    # answers parse to numbers and the evaluation path sees real values.
+    with torch.no_grad():
+        favoured = tok.convert_tokens_to_ids(list("0123456789")) + [tok.eos_token_id]
+        model.lm_head.weight.mul_(0.01)
+        model.lm_head.weight[favoured] *= 5000
     out = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(out)
     tok.save_pretrained(out)

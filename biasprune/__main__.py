@@ -1,0 +1,3 @@
+from biasprune.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""Lightning Callbacks of biasprune."""
+
+from .pruning import PruningCallback
+
+__all__ = ["PruningCallback"]
