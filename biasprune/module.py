@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -41,6 +42,11 @@ from .parsing import parse_number
 from .scoring import score_batch
 
 __all__ = ["BiasPruneModule"]
+
+# Scoring keeps the model frozen and in eval mode on purpose (no optimizer, no dropout); Lightning warns
+# about both as if they were mistakes.
+warnings.filterwarnings("ignore", message=r".*configure_optimizers.* returned .None.")
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 
 Phase = Literal["baseline", "pruned"]
 PHASE_STEP = {"baseline": 0, "pruned": 1}
