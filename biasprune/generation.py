@@ -119,6 +119,7 @@ def _generate_batch(
         logits = logits.repeat_interleave(num_samples, 0)
         attention_mask = attention_mask.repeat_interleave(num_samples, 0)
         last_pos = last_pos.repeat_interleave(num_samples, 0)
+    cache_kw = _cache_argument(model)
     n = logits.shape[0]
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
     rows = torch.arange(n, device=input_ids.device)  # output row of each sequence still in the batch
@@ -144,7 +145,7 @@ def _generate_batch(
             attention_mask=attention_mask,
             position_ids=last_pos[:, None],
             use_cache=True,
-            **{_cache_argument(model): cache},
+            **{cache_kw: cache},
         )
         logits = out.logits[:, -1]
     return tokens

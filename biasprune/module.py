@@ -39,7 +39,7 @@ from .masks import apply_masks, export_pruned, harden_masks
 from .metrics import InlierRatio, StandardizedMeanDifference
 from .models import DEFAULT_MODEL, DType, load_model, load_tokenizer
 from .parsing import parse_number
-from .scoring import score_batch
+from .scoring import ScoreAccumulator, score_batch
 
 __all__ = ["BiasPruneModule"]
 
@@ -152,16 +152,12 @@ class BiasPruneModule(L.LightningModule):
         if mesh is not None:
             self._shard(mesh)
         self.layout = resolve_units(self.model, self.hparams.neuron_modules)
-        self._slots: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for key, n in self.layout.sizes().items():
-            kind = key.split("/")[0]
-            if (kind == "neuron" and self.hparams.score_neurons) or (kind == "head" and self.hparams.score_heads):
-                self._slots[key] = (offset, n)
-                offset += n
-        # Per group (0 = reference, 1 = target): sums of s_e(u) over that group's examples, in float64.
-        self.register_buffer("score_sums", torch.zeros(2, offset, dtype=torch.float64), persistent=False)
-        self.register_buffer("n_examples", torch.zeros(2, dtype=torch.long), persistent=False)
+        sizes = {
+            key: n
+            for key, n in self.layout.sizes().items()
+            if (key.startswith("neuron/") and self.hparams.score_neurons) or (key.startswith("head/") and self.hparams.score_heads)
+        }
+        self.accumulator = ScoreAccumulator(sizes)  # moved with the module by the strategy
 
     def _shard(self, mesh) -> None:
         """FSDP2: shard each decoder layer, then the rest, over the data-parallel mesh dimension."""
@@ -241,12 +237,13 @@ class BiasPruneModule(L.LightningModule):
             artifacts.write_jsonl(self.run_dir / "scoring_examples.jsonl", dm.scoring_examples)
         self._done = torch.zeros(len(dm.scoring_set), dtype=torch.bool, device=self.device)
         if "score_sums" in restored:
-            if tuple(restored["score_sums"].shape) != tuple(self.score_sums.shape):
+            acc = self.accumulator
+            if tuple(restored["score_sums"].shape) != tuple(acc.sums.shape):
                 raise RuntimeError("the checkpoint's score sums do not fit this model and neuron_modules")
             self._done.copy_(restored["done"].to(self.device))
             if self.global_rank == 0:  # totals live on one rank so that the final all-reduce counts them once
-                self.score_sums.copy_(restored["score_sums"].to(self.device))
-                self.n_examples.copy_(restored["n_examples"].to(self.device))
+                acc.sums.copy_(restored["score_sums"].to(acc.sums.device))
+                acc.n_examples.copy_(restored["n_examples"].to(acc.sums.device))
         self._final_scores = None
 
     def _generate_scoring_examples(self) -> list[dict]:
@@ -316,12 +313,7 @@ class BiasPruneModule(L.LightningModule):
             neurons=self.hparams.score_neurons,
             heads=self.hparams.score_heads,
         )
-        groups = batch["group_index"][idx]
-        counted = take[idx].to(torch.float64)
-        for key, s in out.scores.items():
-            off, n = self._slots[key]
-            self.score_sums[:, off : off + n].index_add_(0, groups, s.to(torch.float64) * counted[:, None])
-        self.n_examples.index_add_(0, groups, counted.long())
+        self.accumulator.add(out, batch["group_index"][idx], take[idx])
         self._done[batch["index"][idx[take[idx]]]] = True
         self._count_step()
         self.log("scoring/loss", out.losses.mean(), prog_bar=True, batch_size=len(idx))
@@ -350,13 +342,9 @@ class BiasPruneModule(L.LightningModule):
                     f"scoring ended with {int((done == 0).sum())} of {done.numel()} examples not scored;"
                     " a resumed run must see the whole scoring epoch"
                 )
-            sums = all_reduce(self.score_sums)
-            self._n_examples_total = all_reduce(self.n_examples)
-            groups = self.datamodule.groups
-            self._final_scores = {
-                g: {k: sums[gi, off : off + n].float().cpu() for k, (off, n) in self._slots.items()}
-                for gi, g in enumerate(groups)
-            }
+            per_group = self.accumulator.split(all_reduce(self.accumulator.sums))
+            self._n_examples_total = all_reduce(self.accumulator.n_examples)
+            self._final_scores = dict(zip(self.datamodule.groups, per_group))
         return self._final_scores
 
     def scores_metadata(self) -> dict[str, str]:
@@ -392,8 +380,8 @@ class BiasPruneModule(L.LightningModule):
         if getattr(dm, "scoring_set", None) is not None and hasattr(self, "_done"):
             state["scoring_examples"] = dm.scoring_examples
             # Every rank holds part of the sums: store the totals (collective; all ranks save together).
-            state["score_sums"] = all_reduce(self.score_sums).cpu()
-            state["n_examples"] = all_reduce(self.n_examples).cpu()
+            state["score_sums"] = all_reduce(self.accumulator.sums).cpu()
+            state["n_examples"] = all_reduce(self.accumulator.n_examples).cpu()
             state["done"] = all_reduce(self._done.to(torch.uint8), op="max").bool().cpu()
         checkpoint["biasprune"] = state
 

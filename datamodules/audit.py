@@ -315,11 +315,13 @@ class AuditDataModule(L.LightningDataModule):
         tok = self.tokenizer
         prompt_ids = tok([e["prompt"] for e in kept], add_special_tokens=False)["input_ids"]
         response_ids = tok([e["response"] for e in kept], add_special_tokens=False)["input_ids"]
+        # Scores are sums over examples, so their order is free: sorting by length keeps padding small.
+        order = sorted(range(len(kept)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
         self.scoring_set = datasets.Dataset.from_dict(
             {
-                "prompt_ids": prompt_ids,
-                "response_ids": response_ids,
-                "group_index": [self.groups.index(e["group"]) for e in kept],
+                "prompt_ids": [prompt_ids[i] for i in order],
+                "response_ids": [response_ids[i] for i in order],
+                "group_index": [self.groups.index(kept[i]["group"]) for i in order],
             }
         )
 

@@ -61,3 +61,21 @@ def test_bad_values_are_named(args, match, capsys, tmp_path):
     import re
 
     assert re.search(match, message), message
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("study*.yaml")), ids=lambda p: p.name)
+def test_study_configs_parse(path, tmp_path, monkeypatch):
+    import biasprune.study as study_mod
+
+    seen = {}
+
+    def fake_run(self):  # parse and construct only: the run itself is tested in test_study.py
+        seen["study"] = self
+        self.output.mkdir(parents=True)
+        (self.output / "results.md").write_text("table")
+        return {"seconds": 0, "computed": {}}
+
+    monkeypatch.setattr(study_mod.Study, "run", fake_run)
+    study_mod.main(["--config", str(path), "--output", str(tmp_path / "s")])
+    s = seen["study"]
+    assert s.eval_keys and s.units and s.strategies
