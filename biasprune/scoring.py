@@ -49,14 +49,14 @@ def _token_dot(a: torch.Tensor, g: torch.Tensor, token_mask: torch.Tensor) -> to
 
     Memory-bound: an elementwise product and a sum over tokens. On CPU the plain expression is used (it
     is several times faster than the equivalent einsum, which PyTorch lowers to copies and a batch of
-    1 x T by T x 1 products). On GPU it is compiled once (dynamic shapes) into one fused kernel that
+    1 x T by T x 1 products). On GPU it is compiled (once per shape family) into one fused kernel that
     reads each bf16 input once and accumulates in float32, instead of materialising float32 copies.
     """
     global _compiled_token_dot
     if a.is_cuda:
         if _compiled_token_dot is None:
             try:
-                _compiled_token_dot = torch.compile(_token_dot_eager, dynamic=True)
+                _compiled_token_dot = torch.compile(_token_dot_eager)
             except Exception:  # no compiler toolchain: stay correct, just slower
                 _compiled_token_dot = _token_dot_eager
         return _compiled_token_dot(a, g, token_mask)
@@ -72,20 +72,28 @@ def response_nll(
 ) -> torch.Tensor:
     """Mean negative log-likelihood of each example's response tokens: ``[B]`` (float32).
 
-    ``response_mask[b, t] = 1`` where token t belongs to the response. Sequences are right-padded, so
-    logits are needed only from the position before the earliest response token onwards.
+    ``response_mask[b, t] = 1`` where token t belongs to the response; the logit at position t - 1
+    predicts it. Only those positions reach the output projection: a pre-hook on it keeps the hidden
+    states of the M predicting positions ([B, T, H] -> [M, H]), so the LM head and the loss cost M rows
+    whatever the padding, and the model's own post-processing of logits (e.g. Gemma 2's soft-capping)
+    still applies.
     """
-    T = input_ids.shape[1]
-    has_resp = response_mask.any(1)
-    first = torch.where(has_resp, response_mask.float().argmax(1), torch.full_like(has_resp, T, dtype=torch.long))
-    keep = int(T - int(first.min().clamp(min=1)) + 1)
-    kwargs = dict(attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
-    out = model(inputs_embeds=inputs_embeds, **kwargs) if inputs_embeds is not None else model(input_ids, **kwargs)
-    logits = out.logits[:, :-1].float()  # positions T-keep .. T-2 predict tokens T-keep+1 .. T-1
-    targets = input_ids[:, T - keep + 1 :]
-    tmask = response_mask[:, T - keep + 1 :].float()
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * tmask
-    return nll.sum(1) / tmask.sum(1).clamp(min=1.0)
+    B, T = input_ids.shape
+    b_idx, t_idx = (response_mask[:, 1:] > 0).nonzero(as_tuple=True)  # position t predicts token t + 1
+    targets = input_ids[b_idx, t_idx + 1]
+
+    def gather(module, args):
+        return (args[0][b_idx, t_idx], *args[1:])
+
+    kwargs = dict(attention_mask=attention_mask, use_cache=False, logits_to_keep=0)
+    with HookSet() as hooks:
+        hooks.forward_pre(model.get_output_embeddings(), gather)
+        out = model(inputs_embeds=inputs_embeds, **kwargs) if inputs_embeds is not None else model(input_ids, **kwargs)
+    logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()  # never below float32
+    nll = F.cross_entropy(logits, targets, reduction="none")  # [M]
+    total = torch.zeros(B, dtype=nll.dtype, device=nll.device).index_add_(0, b_idx, nll)
+    count = torch.zeros(B, dtype=nll.dtype, device=nll.device).index_add_(0, b_idx, torch.ones_like(nll))
+    return total / count.clamp(min=1.0)
 
 
 def score_batch(

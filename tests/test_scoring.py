@@ -164,3 +164,20 @@ def test_first_order_estimate_tracks_ablation():
     rel = ((est_t - act_t).abs() / act_t.clamp(min=1e-12)).median()
     assert rel < 0.2, f"median relative error {rel:.3f}"
     assert spearmanr(est, actual).statistic > 0.8
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen2"])
+def test_response_nll_matches_full_logits(arch):
+    """Only response positions reach the LM head; the model's logit post-processing (Gemma 2 soft-capping)
+    must still apply, so the loss equals the one computed from the full logits."""
+    from biasprune.scoring import response_nll
+
+    model = tiny_model(arch, dtype=torch.float64)
+    if arch == "gemma2":
+        assert model.config.final_logit_softcapping
+    ids, attn, resp = random_batch(5, model.config.vocab_size, seed=8)
+    ours = response_nll(model, ids, attn, resp)
+    logits = model(ids, attention_mask=attn, use_cache=False).logits
+    logp = F.log_softmax(logits[:, :-1].double(), -1).gather(2, ids[:, 1:, None])[..., 0]
+    m = resp[:, 1:].double()
+    torch.testing.assert_close(ours.double(), -(logp * m).sum(1) / m.sum(1), rtol=1e-10, atol=1e-12)
