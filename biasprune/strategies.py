@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 
-__all__ = ["FrozenDDPStrategy"]
+__all__ = ["FrozenDDPStrategy", "FrozenFSDPStrategy"]
 
 
 class FrozenDDPStrategy(DDPStrategy):
@@ -52,11 +52,39 @@ for _name, _method in (("frozen_ddp", "popen"), ("frozen_ddp_spawn", "spawn")):
             start_method=_method,
         )
 
+
+class FrozenFSDPStrategy(ModelParallelStrategy):
+    """FSDP2 over all processes: weights sharded across every device, each process scoring its own examples.
+
+    ``ModelParallelStrategy`` with the whole world on the data-parallel mesh dimension (its ``auto`` puts
+    only the nodes there). The module shards itself in ``configure_model`` (see
+    ``BiasPruneModule._shard``).
+    """
+
+    strategy_name = "frozen_fsdp"
+
+    def __init__(self, **kwargs) -> None:
+        # A checkpoint holds only the score sums and the run's progress (the module empties its state
+        # dict), so one ordinary file is written, not a distributed checkpoint directory.
+        kwargs.setdefault("save_distributed_checkpoint", False)
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def lightning_module_state_dict(self) -> dict:
+        """Nothing: the frozen weights are reloaded from the model name (gathering them would copy the
+        whole model to one process)."""
+        return {}
+
+    def optimizer_state(self, optimizer) -> dict:
+        return {}  # scoring has no optimizer
+
+
 if "frozen_fsdp" not in StrategyRegistry:
     StrategyRegistry.register(
         "frozen_fsdp",
-        ModelParallelStrategy,
-        description="FSDP2 sharding of a frozen model over all processes (data parallel), for large models",
-        data_parallel_size="auto",
-        tensor_parallel_size=1,
+        FrozenFSDPStrategy,
+        description="FSDP2 sharding of a frozen model over all processes, each scoring its own examples",
     )
