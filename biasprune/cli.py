@@ -47,7 +47,7 @@ def main(args: list[str] | None = None) -> None:
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself
     )
 
 

@@ -246,44 +246,45 @@ class BiasPruneModule(L.LightningModule):
                 acc.n_examples.copy_(restored["n_examples"].to(acc.sums.device))
         self._final_scores = None
 
+    def _generate_for_batch(self, batch: dict[str, Any], **kwargs) -> list[tuple[dict[str, Any], list[str]]]:
+        """Responses to a text batch's real rows: ``(row fields, responses)`` per row of weight > 0.
+
+        In lockstep (sharded weights) padding rows are generated too, so every process makes the same
+        forward calls; their answers are dropped. The sampling seed follows the batch's first example, so
+        the same prompts get the same random stream in every phase.
+        """
+        weights = batch["weight"].tolist()
+        run = list(range(len(weights))) if self._lockstep else [i for i, w in enumerate(weights) if w > 0]
+        if not run:
+            return []
+        answers = generate(
+            self.model,
+            self.tokenizer,
+            [batch["prompt"][i] for i in run],
+            batch_size=len(run),
+            seed=self.generation.seed * 1_000_003 + int(batch["index"][run[0]]),
+            lockstep=self._lockstep,
+            **kwargs,
+        )
+        fields = ("scenario", "variation", "name", "group", "gender", "pair_id", "prompt")
+        return [
+            ({"index": int(batch["index"][i]), "group_index": int(batch["group_index"][i])} | {f: batch[f][i] for f in fields}, resp)
+            for i, resp in zip(run, answers)
+            if weights[i] > 0
+        ]
+
     def _generate_scoring_examples(self) -> list[dict]:
-        dm = self.datamodule
         local = []
-        for batch in dm.response_dataloader():
-            weights = batch["weight"].tolist()
-            run = list(range(len(weights))) if self._lockstep else [i for i, w in enumerate(weights) if w > 0]
-            if not run:
-                continue
-            prompts = [batch["prompt"][i] for i in run]
-            responses = generate(
-                self.model,
-                self.tokenizer,
-                prompts,
+        for batch in self.datamodule.response_dataloader():
+            for row, (response,) in self._generate_for_batch(
+                batch,
                 num_samples=1,
                 temperature=self.hparams.response_temperature,
                 max_new_tokens=self.hparams.response_max_new_tokens,
-                batch_size=len(prompts),
-                seed=self.generation.seed,
-                lockstep=self._lockstep,
-            )
-            for i, resp in zip(run, responses):
-                if weights[i] == 0:
-                    continue
-                local.append(
-                    {
-                        "index": int(batch["index"][i]),
-                        "group": batch["group"][i],
-                        "scenario": batch["scenario"][i],
-                        "variation": batch["variation"][i],
-                        "name": batch["name"][i],
-                        "gender": batch["gender"][i],
-                        "pair_id": batch["pair_id"][i],
-                        "prompt": batch["prompt"][i],
-                        "response": resp[0],
-                    }
-                )
+            ):
+                local.append(row | {"response": response})
         merged = sorted((r for part in gather_objects(local) for r in part), key=lambda r: r["index"])
-        return [{k: v for k, v in r.items() if k != "index"} for r in merged]
+        return [{k: v for k, v in r.items() if k not in ("index", "group_index")} for r in merged]
 
     def on_train_start(self) -> None:
         # Lightning restores the batch counter of a mid-epoch checkpoint but restarts a plain DataLoader
@@ -390,40 +391,11 @@ class BiasPruneModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- evaluation
     def _answer_batch(self, batch: dict[str, Any]) -> list[dict]:
-        weights = batch["weight"].tolist()
-        run = list(range(len(weights))) if self._lockstep else [i for i, w in enumerate(weights) if w > 0]
-        if not run:
-            return []
         cfg = self.generation
-        prompts = [batch["prompt"][i] for i in run]
-        answers = generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            num_samples=cfg.samples,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=len(prompts),
-            # Seeded by the batch's first example: the same prompts get the same random stream in every phase.
-            seed=cfg.seed * 1_000_003 + int(batch["index"][run[0]]),
-            lockstep=self._lockstep,
+        answered = self._generate_for_batch(
+            batch, num_samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens
         )
-        return [
-            {
-                "index": int(batch["index"][i]),
-                "scenario": batch["scenario"][i],
-                "variation": batch["variation"][i],
-                "name": batch["name"][i],
-                "gender": batch["gender"][i],
-                "pair_id": batch["pair_id"][i],
-                "group_index": int(batch["group_index"][i]),
-                "responses": resp,
-                "values": [parse_number(r) for r in resp],
-            }
-            for i, resp in zip(run, answers)
-            if weights[i] > 0
-        ]
+        return [row | {"responses": resp, "values": [parse_number(r) for r in resp]} for row, resp in answered]
 
     def _evaluate_phase(self, phase: Phase, loader) -> list[dict]:
         """Own evaluation loop (used inside ``fit``): generate over the loader, then finish."""

@@ -363,6 +363,13 @@ class AuditDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set, self.eval_batch_size, _collate_text)
 
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The evaluation prompts: ``predict`` returns their sampled answers and parsed values."""
+        return self.val_dataloader()
+
     def eval_keys(self) -> list[tuple[str, str]]:
         """Evaluated (scenario, variation) pairs, in order."""
         seen: dict[tuple[str, str], None] = {}
