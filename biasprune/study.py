@@ -550,7 +550,7 @@ class Study:
                     warnings.simplefilter("ignore", RuntimeWarning)
                     ordered[(arm[0], "cross_context", "mean")] = np.nanmean(np.stack([draw_of[a] for a in ctx]), axis=0)
         draw_of = ordered
-        results = []
+        results, point_of = [], {}
         for arm, d in draw_of.items():
             if arm[2] == "mean":
                 members = [a for a in arms if a[0] == arm[0] and a[1] == "cross_context"]
@@ -558,6 +558,7 @@ class Study:
                 est = (float(np.nanmean([p[0] for p in pts])), float(np.nanmean([p[1] for p in pts])))
             else:
                 est = point(arm)
+            point_of[arm] = est[0]
             lo, hi = np.nanpercentile(d, [2.5, 97.5]) if np.isfinite(d).any() else (math.nan, math.nan)
             results.append(
                 {
@@ -570,7 +571,7 @@ class Study:
                     "mean_inlier_ratio": est[1],
                 }
             )
-        claims = self._claims(draw_of)
+        claims = self._claims(draw_of, point_of)
         cols = ["units", "strategy", "context", "mean_abs_smd", "ci_low", "ci_high", "mean_inlier_ratio"]
         artifacts.write_csv(self.output / "results.csv", results, cols)
         artifacts.write_csv(self.output / "claims.csv", claims, ["claim", "verdict", "difference", "ci_low", "ci_high", "detail"])
@@ -583,17 +584,19 @@ class Study:
         artifacts.atomic_write_bytes(self.output / "results.md", ("\n".join(md) + "\n").encode())
         return results, claims
 
-    def _claims(self, draw_of: dict) -> list[dict]:
-        """Each claim is a difference of mean |SMD| whose paired-bootstrap 95% CI decides the verdict."""
+    def _claims(self, draw_of: dict, point_of: dict) -> list[dict]:
+        """Each claim is a difference of mean |SMD| (observed) whose paired-bootstrap 95% CI decides the
+        verdict: holds if the CI lies above 0, does not hold if below, inconclusive if it contains 0."""
 
         def diff(worse, better, claim, detail):
             d = draw_of[worse] - draw_of[better]
             ok = np.isfinite(d)
+            observed = point_of[worse] - point_of[better]
             if not ok.any():
-                return {"claim": claim, "verdict": "inconclusive", "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan, "detail": detail + " (undefined SMDs)"}
+                return {"claim": claim, "verdict": "inconclusive", "difference": observed, "ci_low": math.nan, "ci_high": math.nan, "detail": detail + " (undefined SMDs)"}
             lo, hi = np.percentile(d[ok], [2.5, 97.5])
             verdict = "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
-            return {"claim": claim, "verdict": verdict, "difference": float(np.mean(d[ok])), "ci_low": float(lo), "ci_high": float(hi), "detail": detail}
+            return {"claim": claim, "verdict": verdict, "difference": observed, "ci_low": float(lo), "ci_high": float(hi), "detail": detail}
 
         claims = []
         kind = self.units[0]
