@@ -114,6 +114,9 @@ class BiasPruneModule(L.LightningModule):
         self.layout: UnitLayout | None = None
         self.masks: dict[str, torch.Tensor] | None = None
         self._mask_hooks = None
+        self._mask_mode: Literal["reversible", "hard"] = "reversible"
+        self.bounds_hint = ""  # inlier_bounds.json beside a masks file (set by the PruningCallback)
+        self.phase_results: dict[str, dict] = {}
         self.bounds: dict[str, tuple[float, float]] = {}
         self.metric_rows: list[dict[str, Any]] = []
         self._records: list[dict] = []
@@ -413,7 +416,7 @@ class BiasPruneModule(L.LightningModule):
 
     def _load_bounds(self) -> None:
         """Bounds from ``evaluation.inlier_bounds`` or the file beside the masks; this run's own win."""
-        path = self.evaluation.inlier_bounds or getattr(self, "bounds_hint", "")
+        path = self.evaluation.inlier_bounds or self.bounds_hint
         if not path:
             return
         try:
@@ -513,7 +516,6 @@ class BiasPruneModule(L.LightningModule):
                 scalars[name] = h[name]
         for logger in self.loggers:
             logger.log_metrics(scalars, step=PHASE_STEP[phase])
-        self.phase_results = getattr(self, "phase_results", {})
         self.phase_results[phase] = h
 
     def _print_summary(self) -> None:
@@ -533,7 +535,7 @@ class BiasPruneModule(L.LightningModule):
             self._load_bounds()
             missing = [k for k in (_variation_key(*key) for key in self.datamodule.eval_keys()) if k not in self.bounds]
             if missing:  # no stored bounds for these variations: evaluate the unpruned model to get them
-                masks, mode = self.masks, getattr(self, "_mask_mode", "reversible")
+                masks, mode = self.masks, self._mask_mode
                 if mode == "hard":
                     raise RuntimeError(
                         f"no inlier bounds for {missing[:3]} and hard-pruned weights cannot be restored to compute"
