@@ -160,7 +160,7 @@ class BiasPruneModule(L.LightningModule):
             for key, n in self.layout.sizes().items()
             if (key.startswith("neuron/") and self.hparams.score_neurons) or (key.startswith("head/") and self.hparams.score_heads)
         }
-        self.accumulator = ScoreAccumulator(sizes)  # moved with the module by the strategy
+        self.accumulator = ScoreAccumulator(sizes).eval()  # moved with the module by the strategy
 
     def _shard(self, mesh) -> None:
         """FSDP2: shard each decoder layer, then the rest, over the data-parallel mesh dimension."""

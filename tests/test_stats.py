@@ -6,6 +6,7 @@ import math
 import statistics
 
 import numpy as np
+import torch
 import pytest
 from scipy import stats as sps
 
@@ -256,3 +257,47 @@ def test_argument_errors() -> None:
         bootstrap_smd_ci([1.0, 2.0], [0, 1], ["a"])
     with pytest.raises(ValueError, match="same length"):
         permutation_pvalue([1.0, 2.0, 3.0], [0, 1], ["a", "b", "c"])
+
+
+def test_paired_mean_abs_smd_bootstrap_matches_a_loop_reference():
+    """bootstrap_mean_abs_smd against a slow loop that redraws the same names with the same rng calls."""
+    from biasprune.functional import standardized_mean_difference
+    from biasprune.stats import bootstrap_mean_abs_smd
+
+    rng = np.random.default_rng(5)
+
+    def variation(shift, n_names=6, k=4, drop=0.3):
+        names = np.array([f"n{i}" for i in range(n_names)])
+        groups = np.array([0, 1] * (n_names // 2))
+        v = rng.normal(1e5, 1.0, (n_names, k)) + shift * (groups[:, None] == 0)
+        keep = rng.random(v.shape) > drop  # arms lose different answers (outliers / unparseable)
+        return v[keep], np.repeat(groups, k).reshape(v.shape)[keep], np.repeat(names, k).reshape(v.shape)[keep]
+
+    arms = [[variation(1.0), variation(0.5)], [variation(0.2), variation(0.0)], [variation(2.0), variation(1.0)]]
+    n_boot, seed = 40, 3
+    got = bootstrap_mean_abs_smd(arms, n_boot=n_boot, seed=seed)
+
+    ref_rng = np.random.default_rng(seed)
+    expect = np.full((len(arms), 2, n_boot), np.nan)
+    for v in range(2):
+        columns = {}
+        for arm in arms:
+            for g, c in zip(arm[v][1], arm[v][2]):
+                columns.setdefault((int(g), c), len(columns))
+        keys = list(columns)
+        draws = {}
+        for g in (0, 1):
+            members = [i for i, key in enumerate(keys) if key[0] == g]
+            draws[g] = np.array(members)[ref_rng.integers(0, len(members), size=(n_boot, len(members)))]
+        for a, arm in enumerate(arms):
+            values, groups, clusters = arm[v]
+            for b in range(n_boot):
+                vs, gs = [], []
+                for g in (0, 1):
+                    for col in draws[g][b]:
+                        sel = (groups == g) & (clusters == keys[col][1])
+                        vs.append(values[sel])
+                        gs.append(groups[sel])
+                smd = float(standardized_mean_difference(torch.from_numpy(np.concatenate(vs)), torch.from_numpy(np.concatenate(gs))))
+                expect[a, v, b] = abs(smd)
+    np.testing.assert_allclose(got, np.nanmean(expect, axis=1), rtol=1e-7)
