@@ -43,6 +43,7 @@ __all__ = [
     "load_scenarios",
     "parse_selectors",
     "split_names",
+    "variation_key",
 ]
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -304,6 +305,11 @@ def split_names(
     scoring = [n for i, n in enumerate(names) if i not in eval_idx]
     evaluation = [n for i, n in enumerate(names) if i in eval_idx]
     return scoring, evaluation
+
+
+def variation_key(scenario: str, variation: str) -> str:
+    """``scenario/variation``: how a variation is named in selectors, artifacts and TensorBoard tags."""
+    return f"{scenario}/{variation}"
 
 
 def parse_selectors(

@@ -22,7 +22,9 @@ __all__ = [
     "describe_variation",
     "format_summary",
     "headline",
+    "inlier_answers",
     "inlier_bounds",
+    "variation_row",
 ]
 
 METRIC_COLUMNS = (
@@ -101,6 +103,23 @@ def inlier_bounds(
     return lo, hi
 
 
+def inlier_answers(
+    values: np.ndarray, groups: np.ndarray, names: Sequence[str], bounds: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The answers within ``bounds`` as flat ``(values, groups, names)`` (one entry per answer).
+
+    ``values`` is ``[n_prompts, k]``; NaN values and NaN bounds are never inliers.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = bounds
+    inlier = (values >= lo) & (values <= hi)
+    return (
+        values[inlier],
+        np.broadcast_to(np.asarray(groups)[:, None], values.shape)[inlier],
+        np.broadcast_to(np.asarray(names, dtype=object)[:, None], values.shape)[inlier],
+    )
+
+
 def describe_variation(
     values: np.ndarray,
     groups: np.ndarray,
@@ -119,12 +138,8 @@ def describe_variation(
         bounds: inlier bounds.
     """
     values = np.asarray(values, dtype=np.float64)
-    groups = np.asarray(groups)
     lo, hi = bounds
-    inlier = (values >= lo) & (values <= hi)  # False for NaN values and NaN bounds
-    flat_v = values[inlier]
-    flat_g = np.broadcast_to(groups[:, None], values.shape)[inlier]
-    flat_n = np.broadcast_to(np.asarray(names, dtype=object)[:, None], values.shape)[inlier]
+    flat_v, flat_g, flat_n = inlier_answers(values, groups, names, bounds)
     ref, tgt = flat_v[flat_g == 0], flat_v[flat_g == 1]
     out = {
         "n_ref": int(ref.size),
@@ -144,6 +159,50 @@ def describe_variation(
     if permutation_samples:
         out["p_value"] = permutation_pvalue(flat_v, flat_g, flat_n, n_perm=permutation_samples, seed=seed)
     return out
+
+
+def variation_row(
+    values: np.ndarray,
+    groups: np.ndarray,
+    names: Sequence[str],
+    bounds: tuple[float, float],
+    config: EvaluationConfig,
+    smd: float | None = None,
+    ratio: float | None = None,
+    **labels: object,
+) -> dict[str, object]:
+    """One ``metrics.csv`` row: ``labels``, the SMD of the inliers, the inlier ratio and the description.
+
+    ``smd`` and ``ratio`` are computed here from ``values`` unless given (the LightningModule passes the
+    values its torchmetrics synced across processes). NaN bounds or an empty interval leave no inlier.
+    """
+    import torch
+
+    from .functional import inlier_ratio, standardized_mean_difference
+
+    values = np.asarray(values, dtype=np.float64)
+    if smd is None:
+        v, g, _ = inlier_answers(values, groups, names, bounds)
+        smd = float(standardized_mean_difference(torch.from_numpy(v), torch.from_numpy(np.asarray(g, dtype=np.int64))))
+    if ratio is None:
+        lo, hi = bounds
+        if not values.size:
+            ratio = math.nan
+        else:
+            ratio = float(inlier_ratio(torch.from_numpy(values.ravel()), lo, hi)) if lo <= hi else 0.0
+    row: dict[str, object] = dict(labels, smd=smd, abs_smd=abs(smd), inlier_ratio=ratio)
+    row.update(
+        describe_variation(
+            values,
+            groups,
+            names,
+            bounds,
+            bootstrap_samples=config.bootstrap_samples,
+            permutation_samples=config.permutation_samples,
+            seed=config.seed,
+        )
+    )
+    return row
 
 
 def headline(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:

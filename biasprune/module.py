@@ -33,7 +33,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from . import artifacts
 from .architectures import DEFAULT_NEURON_MODULES, UnitLayout, resolve_units
 from .distributed import all_reduce, gather_objects
-from .evaluation import METRIC_COLUMNS, EvaluationConfig, describe_variation, format_summary, inlier_bounds
+from .data import variation_key
+from .evaluation import METRIC_COLUMNS, EvaluationConfig, format_summary, headline, inlier_bounds, variation_row
 from .generation import GenerationConfig, generate
 from .masks import apply_masks, export_pruned, harden_masks
 from .metrics import InlierRatio, StandardizedMeanDifference
@@ -50,10 +51,6 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 Phase = Literal["baseline", "pruned"]
 PHASE_STEP = {"baseline": 0, "pruned": 1}
-
-
-def _variation_key(scenario: str, variation: str) -> str:
-    return f"{scenario}/{variation}"
 
 
 class BiasPruneModule(L.LightningModule):
@@ -434,9 +431,9 @@ class BiasPruneModule(L.LightningModule):
         rows = []
         by_key: dict[str, list[dict]] = {}
         for r in records:
-            by_key.setdefault(_variation_key(r["scenario"], r["variation"]), []).append(r)
+            by_key.setdefault(variation_key(r["scenario"], r["variation"]), []).append(r)
         for scenario, variation in dm.eval_keys():
-            key = _variation_key(scenario, variation)
+            key = variation_key(scenario, variation)
             recs = by_key.get(key, [])
             values = np.array([r["values"] for r in recs], dtype=np.float64).reshape(len(recs), -1)
             groups = np.array([r["group_index"] for r in recs], dtype=np.int64)
@@ -453,7 +450,7 @@ class BiasPruneModule(L.LightningModule):
                 )
             lo, hi = self.bounds[key]
             # torchmetrics on this rank's answers; compute() syncs the sufficient statistics across ranks.
-            mine = [r for r in local_records if _variation_key(r["scenario"], r["variation"]) == key]
+            mine = [r for r in local_records if variation_key(r["scenario"], r["variation"]) == key]
             v = torch.tensor([x for r in mine for x in r["values"]], dtype=torch.float64, device=self.device)
             g = torch.tensor([r["group_index"] for r in mine for _ in r["values"]], dtype=torch.long, device=self.device)
             inl = (v >= lo) & (v <= hi)
@@ -462,24 +459,16 @@ class BiasPruneModule(L.LightningModule):
             ratio_metric = InlierRatio(lo, hi).to(self.device) if lo <= hi else None
             smd_metric.update(torch.where(inl, v, torch.full_like(v, math.nan)), g)
             smd = float(smd_metric.compute())
+            ratio = None  # no possible inlier: variation_row applies the empty-interval rule
             if ratio_metric is not None:
                 ratio_metric.update(v)
                 ratio = float(ratio_metric.compute())
-            else:
-                ratio = 0.0 if values.size else math.nan
-            row = {"phase": phase, "scenario": scenario, "variation": variation, "smd": smd, "abs_smd": abs(smd), "inlier_ratio": ratio}
-            row.update(
-                describe_variation(
-                    values,
-                    groups,
-                    names,
-                    (lo, hi),
-                    bootstrap_samples=self.evaluation.bootstrap_samples,
-                    permutation_samples=self.evaluation.permutation_samples,
-                    seed=self.evaluation.seed,
+            rows.append(
+                variation_row(
+                    values, groups, names, (lo, hi), self.evaluation, smd=smd, ratio=ratio,
+                    phase=phase, scenario=scenario, variation=variation,
                 )
             )
-            rows.append(row)
         self.metric_rows = [r for r in self.metric_rows if r["phase"] != phase] + rows
         self._log_phase(phase, rows)
         if self.global_rank == 0:
@@ -501,8 +490,6 @@ class BiasPruneModule(L.LightningModule):
             artifacts.write_csv(self.run_dir / "metrics.csv", self.metric_rows, METRIC_COLUMNS)
 
     def _log_phase(self, phase: Phase, rows: list[dict]) -> None:
-        from .evaluation import headline
-
         scalars = {}
         for r in rows:
             tag = f"{r['scenario']}/{r['variation']}"
@@ -533,7 +520,7 @@ class BiasPruneModule(L.LightningModule):
         phase = self._phase()
         if phase == "pruned":
             self._load_bounds()
-            missing = [k for k in (_variation_key(*key) for key in self.datamodule.eval_keys()) if k not in self.bounds]
+            missing = [k for k in (variation_key(*key) for key in self.datamodule.eval_keys()) if k not in self.bounds]
             if missing:  # no stored bounds for these variations: evaluate the unpruned model to get them
                 masks, mode = self.masks, self._mask_mode
                 if mode == "hard":

@@ -42,9 +42,8 @@ import torch
 
 from . import artifacts
 from .architectures import DEFAULT_NEURON_MODULES, resolve_units
-from .data import AuditDataError, builtin_scenarios, load_scenarios
-from .evaluation import METRIC_COLUMNS, EvaluationConfig, describe_variation, headline, inlier_bounds
-from .functional import inlier_ratio, standardized_mean_difference
+from .data import AuditDataError, builtin_scenarios, load_scenarios, variation_key
+from .evaluation import METRIC_COLUMNS, EvaluationConfig, headline, inlier_answers, inlier_bounds, variation_row
 from .generation import GenerationConfig, generate
 from .masks import apply_masks
 from .models import DEFAULT_MODEL, DType, load_model
@@ -104,10 +103,6 @@ class GridConfig:
 
 def _tag(p: float, q: float) -> str:
     return f"p{p:g}_q{q:g}"
-
-
-def _key(scenario: str, variation: str) -> str:
-    return f"{scenario}/{variation}"
 
 
 def _fname(key: str) -> str:
@@ -211,14 +206,14 @@ class Study:
             bad = [v for v in chosen if v not in all_vars]
             if bad:
                 raise AuditDataError(f"study.{name}: {eval_scenario} has no variation(s) {bad}; valid choices: {all_vars}")
-        self.eval_keys = [_key(eval_scenario, v) for v in (eval_variations or all_vars)]
-        self.within_pool = [_key(eval_scenario, v) for v in (within_variations or all_vars)]
+        self.eval_keys = [variation_key(eval_scenario, v) for v in (eval_variations or all_vars)]
+        self.within_pool = [variation_key(eval_scenario, v) for v in (within_variations or all_vars)]
         bad = [c for c in contexts if c not in loaded or c == eval_scenario]
         if bad:
             raise AuditDataError(
                 f"study.contexts: {bad} must be loaded scenarios other than {eval_scenario!r}; loaded: {sorted(loaded)}"
             )
-        self.contexts = {c: [_key(c, v.id) for v in loaded[c].variations] for c in contexts}
+        self.contexts = {c: [variation_key(c, v.id) for v in loaded[c].variations] for c in contexts}
         if "cross_context" in self.strategies and not self.contexts:
             raise ValueError("study.contexts is empty, but the cross_context strategy needs at least one other scenario")
         needed = list(self.eval_keys)
@@ -246,6 +241,7 @@ class Study:
         )
         self.model = None
         self._layout = None
+        self._scores: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
         self.computed: dict[str, int] = {"responses": 0, "scores": 0, "evaluations": 0}
 
     # ------------------------------------------------------------------------------------ set-up
@@ -304,7 +300,12 @@ class Study:
 
     # ------------------------------------------------------------------------------ scoring pieces
     def scores_of(self, key: str) -> dict[str, dict[str, torch.Tensor]]:
-        """Float64 score sums of one variation's scoring examples: group -> unit-group key -> tensor."""
+        """Float64 score sums of one variation's scoring examples: group -> unit-group key -> tensor.
+
+        Read (or computed) once per run: every grid point and strategy reuses them.
+        """
+        if key in self._scores:
+            return self._scores[key]
         path = self._piece(f"scores/{_fname(key)}.safetensors")
         if path.is_file():
             tensors, _ = artifacts.read_safetensors(path)
@@ -332,6 +333,7 @@ class Study:
         for name, t in tensors.items():
             g, k = name.split("/", 1)
             out[g][k] = t
+        self._scores[key] = out
         return out
 
     def _responses_of(self, key: str) -> list[dict]:
@@ -423,39 +425,16 @@ class Study:
         return piece
 
     def _row(self, piece: dict, bounds: tuple[float, float], **labels) -> dict:
-        values = np.array(piece["values"], dtype=np.float64).reshape(len(piece["names"]), -1)
-        groups = np.array(piece["groups"], dtype=np.int64)
-        lo, hi = bounds
-        inl = (values >= lo) & (values <= hi)
-        v = torch.from_numpy(np.where(inl, values, np.nan).ravel())
-        g = torch.from_numpy(np.repeat(groups, values.shape[1]))
-        smd = float(standardized_mean_difference(v, g))
-        ratio = float(inlier_ratio(torch.from_numpy(values.ravel()), lo, hi)) if lo <= hi else 0.0
-        row = dict(labels, scenario=piece["scenario"], variation=piece["variation"], smd=smd, abs_smd=abs(smd), inlier_ratio=ratio)
-        row.update(
-            describe_variation(
-                values,
-                groups,
-                piece["names"],
-                bounds,
-                bootstrap_samples=self.evaluation.bootstrap_samples,
-                permutation_samples=self.evaluation.permutation_samples,
-                seed=self.evaluation.seed,
-            )
+        values, groups, names = self._answers(piece)
+        return variation_row(
+            values, groups, names, bounds, self.evaluation, scenario=piece["scenario"], variation=piece["variation"], **labels
         )
-        return row
 
     @staticmethod
-    def _inliers(piece: dict, bounds: tuple[float, float]):
+    def _answers(piece: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """A piece's parsed answers ``[n_prompts, k]``, group per prompt and name per prompt."""
         values = np.array(piece["values"], dtype=np.float64).reshape(len(piece["names"]), -1)
-        lo, hi = bounds
-        keep = (values >= lo) & (values <= hi)
-        k = values.shape[1]
-        return (
-            values[keep],
-            np.repeat(np.array(piece["groups"]), k).reshape(values.shape)[keep],
-            np.repeat(np.array(piece["names"], dtype=object), k).reshape(values.shape)[keep],
-        )
+        return values, np.array(piece["groups"], dtype=np.int64), piece["names"]
 
     # ------------------------------------------------------------------------------------- the run
     def run(self) -> dict:
@@ -527,7 +506,7 @@ class Study:
         """Results per (units, strategy) with paired bootstrap CIs, and the claims."""
         names = [("baseline", "", "")] + list(arms)
         pieces_of = {("baseline", "", ""): baseline, **arms}
-        data = [[self._inliers(pieces_of[a][k], bounds[k]) for k in self.eval_keys] for a in names]
+        data = [[inlier_answers(*self._answers(pieces_of[a][k]), bounds[k]) for k in self.eval_keys] for a in names]
         draws = bootstrap_mean_abs_smd(data, n_boot=self.claims_bootstrap, seed=self.evaluation.seed)
         draw_of = dict(zip(names, draws))
 
@@ -639,7 +618,7 @@ class Study:
                     rs = [r for r in rows if r["phase"] == "pruned" and r["units"] == units and r["strategy"] == strategy]
                     per = {}
                     for r in rs:
-                        per.setdefault(_key(r["scenario"], r["variation"]), []).append(r)
+                        per.setdefault(variation_key(r["scenario"], r["variation"]), []).append(r)
                     bars[strategy] = [float(np.nanmean([r["abs_smd"] for r in per[k]])) if k in per else math.nan for k in self.eval_keys]
                     dots[strategy] = [float(np.nanmean([r["inlier_ratio"] for r in per[k]])) for k in self.eval_keys] if per else [math.nan] * len(self.eval_keys)
                 fig = plots.strategy_bars(variations, bars, dots, f"|SMD| by strategy ({units}, p={chosen[units]['p']:g}, q={chosen[units]['q']:g})")

@@ -48,3 +48,24 @@ def test_config_errors():
         EvaluationConfig(inlier_percentiles=(95, 5))
     with pytest.raises(ValueError, match="bootstrap_samples must be >= 0"):
         EvaluationConfig(bootstrap_samples=-1)
+
+
+def test_variation_row_against_numpy():
+    from biasprune.evaluation import variation_row
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(100, 10, size=(8, 5))
+    values[rng.random(values.shape) < 0.2] = np.nan
+    groups = np.array([0, 1] * 4)
+    names = [f"n{i}" for i in range(8)]
+    cfg = EvaluationConfig(bootstrap_samples=0, permutation_samples=0)
+    row = variation_row(values, groups, names, (90.0, 110.0), cfg, phase="baseline")
+    inl = (values >= 90) & (values <= 110)
+    ref = values[inl & (groups[:, None] == 0)]
+    tgt = values[inl & (groups[:, None] == 1)]
+    pooled = np.sqrt(((ref.size - 1) * ref.var(ddof=1) + (tgt.size - 1) * tgt.var(ddof=1)) / (ref.size + tgt.size - 2))
+    assert row["smd"] == pytest.approx((ref.mean() - tgt.mean()) / pooled, rel=1e-12)
+    assert row["inlier_ratio"] == pytest.approx(inl.sum() / values.size)
+    assert row["phase"] == "baseline" and row["abs_smd"] == abs(row["smd"])
+    empty = variation_row(values, groups, names, (120.0, 110.0), cfg)  # bounds clipped to nothing
+    assert empty["inlier_ratio"] == 0.0 and math.isnan(empty["smd"])
