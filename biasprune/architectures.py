@@ -24,6 +24,7 @@ __all__ = [
     "NeuronUnits",
     "UnitLayout",
     "UnsupportedArchitectureError",
+    "check_neuron_modules",
     "decoder_layers",
     "register_architecture",
     "resolve_units",
@@ -154,7 +155,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return _get(model, arch.layers)
 
 
-def _check_neuron_modules(neuron_modules: Sequence[str]) -> tuple[str, ...]:
+def check_neuron_modules(neuron_modules: Sequence[str]) -> tuple[str, ...]:
+    """The projection names, checked against the valid choices (before any model is loaded)."""
     bad = [m for m in neuron_modules if m not in NEURON_MODULE_CHOICES]
     if bad:
         raise ValueError(f"neuron_modules has unknown module(s) {bad}; valid choices: {list(NEURON_MODULE_CHOICES)}")
@@ -165,7 +167,7 @@ def _check_neuron_modules(neuron_modules: Sequence[str]) -> tuple[str, ...]:
 
 def resolve_units(model: nn.Module, neuron_modules: Sequence[str] = DEFAULT_NEURON_MODULES) -> UnitLayout:
     """Find the neuron and head units of a Hugging Face causal LM, by module path."""
-    neuron_modules = _check_neuron_modules(neuron_modules)
+    neuron_modules = check_neuron_modules(neuron_modules)
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     arch = ARCHITECTURES.get(model_type)

@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from . import artifacts
-from .architectures import DEFAULT_NEURON_MODULES, UnitLayout, resolve_units
+from .architectures import DEFAULT_NEURON_MODULES, UnitLayout, check_neuron_modules, resolve_units
 from .distributed import all_reduce, gather_objects
 from .data import variation_key
 from .evaluation import METRIC_COLUMNS, EvaluationConfig, format_summary, headline, inlier_bounds, variation_row
@@ -86,9 +86,7 @@ class BiasPruneModule(L.LightningModule):
         evaluation: EvaluationConfig = EvaluationConfig(),
     ) -> None:
         super().__init__()
-        from .architectures import _check_neuron_modules
-
-        _check_neuron_modules(neuron_modules)
+        check_neuron_modules(neuron_modules)
         if not (score_neurons or score_heads):
             raise ValueError("score_neurons and score_heads are both false: there is nothing to score")
         if response_max_new_tokens < 1:

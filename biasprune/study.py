@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from . import artifacts
-from .architectures import DEFAULT_NEURON_MODULES, resolve_units
+from .architectures import DEFAULT_NEURON_MODULES, check_neuron_modules, resolve_units
 from .data import AuditDataError, builtin_scenarios, load_scenarios, variation_key
 from .evaluation import METRIC_COLUMNS, EvaluationConfig, headline, inlier_answers, inlier_bounds, variation_row
 from .generation import GenerationConfig, generate
@@ -196,7 +196,7 @@ class Study:
         self.response_max_new_tokens = response_max_new_tokens
         self.model_name, self.dtype, self.device_name = model, dtype, device
         self.trust_remote_code, self.attn_implementation = trust_remote_code, attn_implementation
-        self.neuron_modules = tuple(neuron_modules)
+        self.neuron_modules = check_neuron_modules(neuron_modules)
 
         loaded = load_scenarios(scenarios)
         if eval_scenario not in loaded:

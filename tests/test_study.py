@@ -129,6 +129,7 @@ def test_changed_settings_refuse_to_reuse_pieces(finished, tiny_model_dir):
         (dict(eval_variations=["boat"]), r"study.eval_variations: purchase has no variation\(s\) \['boat'\]"),
         (dict(contexts=["purchase"]), r"study.contexts: \['purchase'\] must be loaded scenarios other than 'purchase'"),
         (dict(eval_scenario="cooking"), r"study.eval_scenario: 'cooking' is not loaded"),
+        (dict(neuron_modules=["mlp"]), r"neuron_modules has unknown module\(s\) \['mlp'\]; valid choices"),
     ],
 )
 def test_bad_settings(tiny_model_dir, tmp_path, kw, match):
