@@ -15,7 +15,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-__all__ = ["Scope", "n_top", "select_prune", "top_k_mask"]
+__all__ = ["Scope", "keep_masks", "n_top", "select_prune", "top_k_mask"]
 
 Scope = Literal["module", "global"]
 SCOPES = ("module", "global")
@@ -80,3 +80,21 @@ def select_prune(
     sizes = [target[k].shape[0] for k in keys]
     pooled = _prune_pool(torch.cat([target[k] for k in keys]), torch.cat([reference[k] for k in keys]), p, q)
     return dict(zip(keys, torch.split(pooled, sizes)))
+
+
+def keep_masks(
+    target: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor],
+    kind: str,
+    p: float,
+    q: float,
+    scope: Scope,
+) -> dict[str, torch.Tensor]:
+    """uint8 keep-masks (1 = keep) for the unit groups of one kind (``neuron`` or ``head``).
+
+    The groups are the keys of ``target`` that start with ``kind/``, in their order (which is the pool
+    order of scope ``global``). Empty when there is none.
+    """
+    keys = [k for k in target if k.startswith(kind + "/")]
+    prune = select_prune(target, reference, p=p, q=q, scope=scope, keys=keys)
+    return {k: (~v).to(torch.uint8) for k, v in prune.items()}

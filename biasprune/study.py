@@ -49,7 +49,7 @@ from .masks import apply_masks
 from .models import DEFAULT_MODEL, DType, load_model
 from .parsing import parse_number
 from .scoring import ScoreAccumulator, score_batch
-from .selection import SCOPES, Scope, select_prune
+from .selection import SCOPES, Scope, keep_masks
 from .stats import bootstrap_mean_abs_smd
 
 __all__ = ["GridConfig", "STRATEGIES", "Study", "main"]
@@ -378,11 +378,9 @@ class Study:
 
     def masks_for(self, units: str, p: float, q: float, scores: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         ref, tgt = self.dm.groups
-        kind = "neuron" if units == "neurons" else "head"
-        scope = self.grid.scope if units == "neurons" else self.grid.head_scope
-        keys = [k for k in scores[tgt] if k.startswith(kind + "/")]
-        prune = select_prune(scores[tgt], scores[ref], p=p, q=q, scope=scope, keys=keys)
-        return {k: (~v).to(torch.uint8) for k, v in prune.items()}
+        if units == "neurons":
+            return keep_masks(scores[tgt], scores[ref], "neuron", p, q, self.grid.scope)
+        return keep_masks(scores[tgt], scores[ref], "head", p, q, self.grid.head_scope)
 
     # --------------------------------------------------------------------------- evaluation pieces
     def evaluate(self, key: str, rel: str, masks: dict[str, torch.Tensor] | None) -> dict:

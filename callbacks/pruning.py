@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 
 from biasprune import artifacts
 from biasprune.masks import MaskError, count_pruned, load_masks, save_masks, validate_masks
-from biasprune.selection import SCOPES, select_prune
+from biasprune.selection import SCOPES, keep_masks
 
 __all__ = ["PruningCallback"]
 
@@ -143,15 +143,14 @@ class PruningCallback(Callback):
         masks: dict[str, torch.Tensor] = {}
         kinds = {"neurons": ["neuron"], "heads": ["head"], "both": ["neuron", "head"]}[self.units]
         for kind in kinds:
-            keys = [k for k in target if k.startswith(kind + "/")]
-            if not keys:
+            p, q, scope = (self.p, self.q, self.scope) if kind == "neuron" else (self.head_p, self.head_q, self.head_scope)
+            selected = keep_masks(target, reference, kind, p, q, scope)
+            if not selected:
                 raise RuntimeError(
                     f"pruning.units={self.units!r} needs {kind} scores, but none were computed"
                     f" (set model.score_{kind}s true)"
                 )
-            p, q, scope = (self.p, self.q, self.scope) if kind == "neuron" else (self.head_p, self.head_q, self.head_scope)
-            prune = select_prune(target, reference, p=p, q=q, scope=scope, keys=keys)
-            masks.update({k: (~v).to(torch.uint8) for k, v in prune.items()})
+            masks.update(selected)
         return masks
 
     def metadata(self, reference_group: str, target_group: str, scoring: list[str]) -> dict[str, Any]:
