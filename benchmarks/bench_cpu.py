@@ -27,7 +27,7 @@ from biasprune.architectures import resolve_units
 from biasprune.generation import generate
 from biasprune.models import DEFAULT_MODEL, load_model, load_tokenizer
 from biasprune.scoring import score_batch
-from datamodules import AuditDataModule
+from biasprune.datamodules import AuditDataModule
 
 QUICKSTART = ["purchase/car", "purchase/bicycle", "purchase/piano"]
 

@@ -12,8 +12,8 @@ from lightning.pytorch.cli import LightningCLI
 
 import biasprune.strategies  # noqa: F401  (registers the frozen_ddp strategies)
 from biasprune.module import BiasPruneModule
-from callbacks.pruning import PruningCallback
-from datamodules.audit import AuditDataModule
+from biasprune.callbacks.pruning import PruningCallback
+from biasprune.datamodules.audit import AuditDataModule
 
 __all__ = ["BiasPruneCLI", "main"]
 

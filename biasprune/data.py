@@ -55,7 +55,7 @@ class AuditDataError(ValueError):
 
 
 def _data_root() -> Path:
-    return Path(str(resources.files("biasprune") / "data"))
+    return Path(str(resources.files("biasprune") / "resources"))
 
 
 def builtin_scenarios() -> list[str]:
@@ -65,7 +65,7 @@ def builtin_scenarios() -> list[str]:
 
 def default_names_path() -> Path:
     """The 40 names of the "What's in a Name?" audit (White/Black, men/women)."""
-    return _data_root() / "names.csv"
+    return _data_root() / "names" / "audit40.csv"
 
 
 @dataclass(frozen=True)

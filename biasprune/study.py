@@ -175,7 +175,7 @@ class Study:
         grid: GridConfig = GridConfig(),
         claims_bootstrap: int = 1000,
     ) -> None:
-        from datamodules.audit import AuditDataModule
+        from biasprune.datamodules.audit import AuditDataModule
 
         for name, values, valid in (("strategies", strategies, STRATEGIES), ("units", units, UNITS)):
             bad = [v for v in values if v not in valid]

@@ -9,8 +9,8 @@ import pytest
 
 from biasprune.cli import BiasPruneCLI, main
 from biasprune.module import BiasPruneModule
-from callbacks import PruningCallback
-from datamodules import AuditDataModule
+from biasprune.callbacks import PruningCallback
+from biasprune.datamodules import AuditDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHTNING_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("study"))

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from biasprune.data import AuditDataError
-from datamodules import AuditDataModule, EvenShardSampler, WeightedView
+from biasprune.datamodules import AuditDataModule, EvenShardSampler, WeightedView
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from biasprune.evaluation import EvaluationConfig
 from biasprune.masks import MaskError
 from biasprune.models import resolve_dtype
 from biasprune.module import BiasPruneModule
-from callbacks import PruningCallback
+from biasprune.callbacks import PruningCallback
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_callback_arguments(kwargs, match):
 def test_callback_masks_file(tmp_path, monkeypatch):
     with pytest.raises(MaskError, match="does not exist"):
         PruningCallback(masks_file=str(tmp_path / "missing.safetensors"))
-    import callbacks.pruning as pruning
+    import biasprune.callbacks.pruning as pruning
 
     monkeypatch.setattr(pruning, "load_masks", lambda path: ({}, {}))  # a readable file without tensors
     with pytest.raises(MaskError, match="masks file 'x.safetensors' holds no masks"):

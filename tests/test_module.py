@@ -19,8 +19,8 @@ from biasprune.evaluation import EvaluationConfig, METRIC_COLUMNS
 from biasprune.generation import GenerationConfig
 from biasprune.module import BiasPruneModule
 from biasprune.scoring import score_batch
-from callbacks import PruningCallback
-from datamodules import AuditDataModule
+from biasprune.callbacks import PruningCallback
+from biasprune.datamodules import AuditDataModule
 
 FAST_GEN = GenerationConfig(samples=3, max_new_tokens=6)
 FAST_EVAL = EvaluationConfig(bootstrap_samples=50, permutation_samples=50)

@@ -1,0 +1,1 @@
+"""Planted controls: LoRA adapters that plant a known bias (or none) in a base model (DESIGN §7)."""
