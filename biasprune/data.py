@@ -6,10 +6,17 @@ Scenario file (one per scenario)::
     template: "I want to buy a {item} from {name}. ..."
     unit: USD                  # free text, shown in reports
     valid_range: [1, 1.0e7]    # optional plausibility bounds
+    wording: verbatim          # optional: verbatim | paraphrase (of ``source``)
+    source: "authors' code"    # optional: where the wording comes from
     variations:
       - {id: bicycle, item: bicycle}
 
-Names file: CSV with the columns ``name,group,gender`` (extra columns are allowed).
+A variation's values (and ``unit``) are text or numbers; a number is rendered as Python's ``str`` of the
+value YAML parsed (``5`` -> ``"5"``, ``1.5e+3`` -> ``"1500.0"``), so quote a value to keep it as written.
+Files are UTF-8 (a byte-order mark is accepted).
+
+Names file: CSV with the columns ``name,group,gender`` (``source`` and extra columns are allowed); names
+and their splits live in :mod:`biasprune.names` and are re-exported here.
 
 Every problem is reported as an :class:`AuditDataError` that names the file, the field and the
 offending value, so a user can fix their own data without reading this module.
@@ -17,26 +24,42 @@ offending value, so a user can fix their own data without reading this module.
 
 from __future__ import annotations
 
-import csv
 import math
-import random
 import re
 import string
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import yaml
 
+from .names import (
+    SPLITS,
+    AuditDataError,
+    NameEntry,
+    NameSplits,
+    builtin_name_sets,
+    check_groups,
+    data_root,
+    default_names_path,
+    load_names,
+    read_utf8,
+    split_names,
+)
+
 __all__ = [
+    "SPLITS",
+    "WORDINGS",
     "AuditDataError",
     "NameEntry",
+    "NameSplits",
     "Scenario",
     "Variation",
     "build_prompt_rows",
+    "builtin_name_sets",
     "builtin_scenarios",
+    "check_groups",
     "default_names_path",
     "load_names",
     "load_scenario",
@@ -47,25 +70,13 @@ __all__ = [
 ]
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-NAME_COLUMNS = ("name", "group", "gender")
-
-
-class AuditDataError(ValueError):
-    """A scenario, names or dataset file (or a selection of them) is invalid."""
-
-
-def _data_root() -> Path:
-    return Path(str(resources.files("biasprune") / "resources"))
+WORDINGS = ("verbatim", "paraphrase")
+_KNOWN_FIELDS = ("name", "template", "variations", "unit", "valid_range", "description", "wording", "source")
 
 
 def builtin_scenarios() -> list[str]:
     """Names of the scenarios shipped with the package, e.g. ``purchase``."""
-    return sorted(p.stem for p in (_data_root() / "scenarios").glob("*.yaml"))
-
-
-def default_names_path() -> Path:
-    """The 40 names of the "What's in a Name?" audit (White/Black, men/women)."""
-    return _data_root() / "names" / "audit40.csv"
+    return sorted(p.stem for p in (data_root() / "scenarios").glob("*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,11 @@ class Scenario:
     unit: str = ""
     valid_range: tuple[float, float] | None = None
     source: str = ""
+    """The file the scenario was loaded from."""
+    wording: str = "unspecified"
+    """``verbatim`` or ``paraphrase`` of :attr:`provenance` (``unspecified`` when the file does not say)."""
+    provenance: str = ""
+    """Where the wording comes from (the file's ``source`` field)."""
 
     def variation(self, variation_id: str) -> Variation:
         for v in self.variations:
@@ -143,7 +159,7 @@ def resolve_scenario_path(spec: str | Path) -> Path:
         if not path.is_file():
             raise AuditDataError(f"scenario file {str(path)!r} does not exist")
         return path
-    builtin = _data_root() / "scenarios" / f"{spec}.yaml"
+    builtin = data_root() / "scenarios" / f"{spec}.yaml"
     if builtin.is_file():
         return builtin
     raise AuditDataError(
@@ -152,12 +168,65 @@ def resolve_scenario_path(spec: str | Path) -> Path:
     )
 
 
+def _text(value: object, where: str) -> str:
+    """A scenario value as text: a non-empty string, or a number rendered with ``str``."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    kind = "empty" if isinstance(value, str) else f"a {type(value).__name__}" if value is not None else "null"
+    raise AuditDataError(f"{where} must be text or a number, got {value!r} ({kind}); quote it to keep it as text")
+
+
+def _parse_variations(variations_raw: object, needed: set[str], source: str) -> tuple[Variation, ...]:
+    if not isinstance(variations_raw, list) or not variations_raw:
+        raise AuditDataError(f"{source}: field 'variations' must be a non-empty list, got {variations_raw!r}")
+    variations: list[Variation] = []
+    seen: set[str] = set()
+    for i, var in enumerate(variations_raw):
+        where = f"{source}: variations[{i}]"
+        if not isinstance(var, dict) or "id" not in var:
+            raise AuditDataError(f"{where}: each variation must be a mapping with an 'id', got {var!r}")
+        vid = var["id"]
+        if isinstance(vid, bool) or not isinstance(vid, (str, int)) or not _ID_PATTERN.match(str(vid)):
+            raise AuditDataError(f"{where}: field 'id' must use letters, digits, '_', '-' or '.', got {vid!r}")
+        vid = str(vid)
+        if vid in seen:
+            raise AuditDataError(f"{where}: duplicate variation id {vid!r}")
+        seen.add(vid)
+        fields = {str(k): _text(v, f"{where} (id {vid!r}): field {str(k)!r}") for k, v in var.items() if k != "id"}
+        missing = sorted(needed - set(fields))
+        if missing:
+            raise AuditDataError(f"{where} (id {vid!r}): placeholder(s) {missing} of the template are not given")
+        extra = sorted(set(fields) - needed)
+        if extra:
+            raise AuditDataError(
+                f"{where} (id {vid!r}): unknown placeholder(s) {extra}; the template uses {sorted(needed)}"
+                + (" ({name} is filled from the names file)" if "name" in extra else "")
+            )
+        variations.append(Variation(id=vid, fields=fields))
+    return tuple(variations)
+
+
+def _parse_provenance(raw: dict, source: str) -> tuple[str, str]:
+    """The optional ``wording`` (verbatim | paraphrase) and ``source`` (free text) fields."""
+    wording = raw.get("wording", "unspecified")
+    if "wording" in raw and wording not in WORDINGS:
+        raise AuditDataError(f"{source}: field 'wording' is {wording!r}; valid choices: {list(WORDINGS)}")
+    provenance = raw.get("source", "")
+    if "source" in raw and not (isinstance(provenance, str) and provenance.strip()):
+        raise AuditDataError(
+            f"{source}: field 'source' must be text saying where the wording comes from, got {provenance!r}"
+        )
+    return wording, provenance.strip()
+
+
 def load_scenario(spec: str | Path) -> Scenario:
     """Load and validate one scenario file (or built-in scenario by name)."""
     path = resolve_scenario_path(spec)
     source = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as err:
         raise AuditDataError(f"{source}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
@@ -165,10 +234,9 @@ def load_scenario(spec: str | Path) -> Scenario:
     for key in ("name", "template", "variations"):
         if key not in raw:
             raise AuditDataError(f"{source}: missing field {key!r}")
-    known = {"name", "template", "variations", "unit", "valid_range", "description"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(str(k) for k in set(raw) - set(_KNOWN_FIELDS))
     if unknown:
-        raise AuditDataError(f"{source}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
+        raise AuditDataError(f"{source}: unknown field(s) {unknown}; valid fields: {sorted(_KNOWN_FIELDS)}")
     name = raw["name"]
     if not isinstance(name, str) or not _ID_PATTERN.match(name):
         raise AuditDataError(
@@ -180,43 +248,17 @@ def load_scenario(spec: str | Path) -> Scenario:
     placeholders = _placeholders(template, source)
     if "name" not in placeholders:
         raise AuditDataError(f"{source}: field 'template' must contain the placeholder {{name}}: {template!r}")
-    needed = placeholders - {"name"}
-    variations_raw = raw["variations"]
-    if not isinstance(variations_raw, list) or not variations_raw:
-        raise AuditDataError(f"{source}: field 'variations' must be a non-empty list, got {variations_raw!r}")
-    variations: list[Variation] = []
-    seen: set[str] = set()
-    for i, var in enumerate(variations_raw):
-        where = f"{source}: variations[{i}]"
-        if not isinstance(var, dict) or "id" not in var:
-            raise AuditDataError(f"{where}: each variation must be a mapping with an 'id', got {var!r}")
-        vid = str(var["id"])
-        if not _ID_PATTERN.match(vid):
-            raise AuditDataError(f"{where}: field 'id' must use letters, digits, '_', '-' or '.', got {vid!r}")
-        if vid in seen:
-            raise AuditDataError(f"{where}: duplicate variation id {vid!r}")
-        seen.add(vid)
-        fields = {k: str(v) for k, v in var.items() if k != "id"}
-        missing = sorted(needed - set(fields))
-        if missing:
-            raise AuditDataError(
-                f"{where} (id {vid!r}): placeholder(s) {missing} of the template are not given"
-            )
-        extra = sorted(set(fields) - needed)
-        if extra:
-            raise AuditDataError(
-                f"{where} (id {vid!r}): unknown placeholder(s) {extra}; the template uses {sorted(needed)}"
-                + (" ({name} is filled from the names file)" if "name" in extra else "")
-            )
-        variations.append(Variation(id=vid, fields=fields))
-    unit = raw.get("unit", "")
+    variations = _parse_variations(raw["variations"], placeholders - {"name"}, source)
+    wording, provenance = _parse_provenance(raw, source)
     return Scenario(
         name=name,
         template=template,
-        variations=tuple(variations),
-        unit="" if unit is None else str(unit),
+        variations=variations,
+        unit=_text(raw["unit"], f"{source}: field 'unit'") if "unit" in raw else "",
         valid_range=_parse_range(raw.get("valid_range"), source),
         source=source,
+        wording=wording,
+        provenance=provenance,
     )
 
 
@@ -226,85 +268,11 @@ def load_scenarios(specs: Iterable[str | Path]) -> dict[str, Scenario]:
     for spec in specs:
         sc = load_scenario(spec)
         if sc.name in out:
-            raise AuditDataError(
-                f"{sc.source}: scenario name {sc.name!r} is already used by {out[sc.name].source}"
-            )
+            raise AuditDataError(f"{sc.source}: scenario name {sc.name!r} is already used by {out[sc.name].source}")
         out[sc.name] = sc
     if not out:
         raise AuditDataError("no scenarios given: list built-in scenario names or YAML files")
     return out
-
-
-@dataclass(frozen=True)
-class NameEntry:
-    name: str
-    group: str
-    gender: str
-
-
-def load_names(path: str | Path | None = None) -> list[NameEntry]:
-    """Load a names CSV with the columns ``name,group,gender`` (extra columns are ignored)."""
-    path = default_names_path() if path is None else Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise AuditDataError(f"names file {source!r} does not exist")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in NAME_COLUMNS if c not in columns]
-        if missing:
-            raise AuditDataError(
-                f"{source}: missing column(s) {missing}; found columns {columns}, required {list(NAME_COLUMNS)}"
-            )
-        entries: list[NameEntry] = []
-        seen: set[str] = set()
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            for col in NAME_COLUMNS:
-                if not row.get(col):
-                    raise AuditDataError(f"{source}:{line}: empty value in column {col!r}")
-            if row["name"] in seen:
-                raise AuditDataError(f"{source}:{line}: duplicate name {row['name']!r}")
-            seen.add(row["name"])
-            entries.append(NameEntry(row["name"], row["group"].lower(), row["gender"].lower()))
-    if not entries:
-        raise AuditDataError(f"{source}: no names")
-    return entries
-
-
-def check_groups(names: Sequence[NameEntry], groups: Iterable[str], source: str) -> None:
-    """Every group the run compares must have at least one name."""
-    present = sorted({n.group for n in names})
-    for g in groups:
-        if g not in present:
-            raise AuditDataError(f"{source}: group {g!r} has no names; groups present: {present}")
-
-
-def split_names(
-    names: Sequence[NameEntry], eval_fraction: float = 0.5, seed: int = 0
-) -> tuple[list[NameEntry], list[NameEntry]]:
-    """Split names into (scoring, evaluation), balanced by group and gender.
-
-    Within each (group, gender) cell, ``round(eval_fraction * n)`` names (at least one when the cell has
-    two or more) are drawn for evaluation with a seeded shuffle; the rest are for scoring. The order of the
-    file is kept inside each split so that pairs line up across groups.
-    """
-    if not 0.0 < eval_fraction < 1.0:
-        raise AuditDataError(f"eval_name_fraction must be in (0, 1), got {eval_fraction}")
-    cells: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, n in enumerate(names):
-        cells[(n.group, n.gender)].append(i)
-    rng = random.Random(seed)
-    eval_idx: set[int] = set()
-    for key in sorted(cells):
-        idx = cells[key]
-        k = round(eval_fraction * len(idx))
-        if len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
-        eval_idx.update(rng.sample(idx, k))
-    scoring = [n for i, n in enumerate(names) if i not in eval_idx]
-    evaluation = [n for i, n in enumerate(names) if i in eval_idx]
-    return scoring, evaluation
 
 
 def variation_key(scenario: str, variation: str) -> str:
@@ -312,9 +280,7 @@ def variation_key(scenario: str, variation: str) -> str:
     return f"{scenario}/{variation}"
 
 
-def parse_selectors(
-    selectors: Sequence[str], scenarios: dict[str, Scenario], what: str
-) -> list[tuple[str, str]]:
+def parse_selectors(selectors: Sequence[str], scenarios: dict[str, Scenario], what: str) -> list[tuple[str, str]]:
     """Expand ``["purchase", "finance/childcare_expenses"]`` into (scenario, variation) pairs."""
     out: list[tuple[str, str]] = []
     for sel in selectors:
@@ -338,7 +304,7 @@ class _PairKeys:
     rank: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, names: Sequence[NameEntry]) -> "_PairKeys":
+    def of(cls, names: Sequence[NameEntry]) -> _PairKeys:
         counters: dict[tuple[str, str], int] = defaultdict(int)
         keys = cls()
         for n in names:

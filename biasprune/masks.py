@@ -25,6 +25,7 @@ from .hooks import HookSet
 __all__ = [
     "MaskError",
     "apply_masks",
+    "check_mask_tensors",
     "count_pruned",
     "export_pruned",
     "harden_masks",
@@ -38,21 +39,44 @@ class MaskError(ValueError):
     """A masks file does not fit the model it is applied to."""
 
 
+_MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_mask_tensors(masks: Mapping[str, object], source: str = "masks") -> None:
+    """Every mask must be a 1-D bool or integer tensor whose values are all 0 or 1 (nothing is cast first)."""
+    for key, m in masks.items():
+        if not isinstance(m, torch.Tensor):
+            raise MaskError(f"{source}: {key!r} is a {type(m).__name__}, not a tensor of 0/1 keep-flags")
+        if m.dtype not in _MASK_DTYPES:
+            sample = m.detach().flatten()[:4].tolist()
+            raise MaskError(
+                f"{source}: {key!r} has dtype {m.dtype} (values such as {sample}); a mask must hold integers or"
+                f" bools, 1 = keep and 0 = pruned (valid dtypes: {[str(d) for d in _MASK_DTYPES]})"
+            )
+        if m.ndim != 1:
+            raise MaskError(f"{source}: {key!r} has shape {tuple(m.shape)}; a mask must be 1-D, one flag per unit")
+        bad = m[(m != 0) & (m != 1)]
+        if bad.numel():
+            found = sorted({int(v) for v in bad.unique()[:5].tolist()})
+            raise MaskError(
+                f"{source}: {key!r} holds values other than 0 and 1: {found} ({bad.numel()} of {m.numel()} entries)"
+            )
+
+
 def validate_masks(masks: Mapping[str, torch.Tensor], layout: UnitLayout, source: str = "masks") -> None:
-    """Every key must name a unit group of the model, with the right number of units."""
+    """Masks of 0/1 integers or bools (:func:`check_mask_tensors`), one per unit group of the model."""
+    check_mask_tensors(masks, source)
     sizes = layout.sizes()
     for key, m in masks.items():
         if key not in sizes:
-            kinds = sorted({k.split('/')[0] for k in sizes})
+            kinds = sorted({k.split("/")[0] for k in sizes})
             example = next(iter(sizes), "")
             raise MaskError(
                 f"{source}: key {key!r} names no unit group of this model; keys look like {example!r}"
                 f" (kinds {kinds}). Was the mask learned on another model or other neuron_modules?"
             )
-        if m.ndim != 1 or m.shape[0] != sizes[key]:
+        if m.shape[0] != sizes[key]:
             raise MaskError(f"{source}: {key!r} has shape {tuple(m.shape)}, the model has {sizes[key]} units there")
-        if not bool(((m == 0) | (m == 1)).all()):
-            raise MaskError(f"{source}: {key!r} holds values other than 0 and 1")
 
 
 def count_pruned(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -64,6 +88,7 @@ def save_masks(path: str | Path, masks: Mapping[str, torch.Tensor], metadata: Ma
 
 
 def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a masks file; every tensor is checked (:func:`check_mask_tensors`) before it becomes uint8."""
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"masks file {str(path)!r} does not exist")
@@ -71,6 +96,7 @@ def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         masks, meta = read_safetensors(path)
     except Exception as err:  # safetensors raises several types for a damaged file
         raise MaskError(f"{path}: not a readable safetensors file ({err})") from err
+    check_mask_tensors(masks, str(path))  # before the cast: 0.5 or 2 must not become a silent 0 or 1
     return {k: v.to(torch.uint8) for k, v in masks.items()}, meta
 
 

@@ -113,3 +113,39 @@ def test_masks_file_roundtrip_and_errors(model_and_layout, tmp_path):
         validate_masks({key: torch.ones(5, dtype=torch.uint8)}, layout)
     with pytest.raises(MaskError, match="values other than 0 and 1"):
         validate_masks({key: torch.full((32,), 2, dtype=torch.uint8)}, layout)
+
+
+@pytest.mark.parametrize(
+    "tensor, match",
+    [
+        (torch.full((32,), 0.5), r"'neuron/x' has dtype torch.float32 \(values such as \[0.5, 0.5, 0.5, 0.5\]\)"),
+        (torch.ones(32, dtype=torch.bfloat16), r"'neuron/x' has dtype torch.bfloat16"),
+        (torch.tensor([0, 1, 2, 7], dtype=torch.uint8), r"'neuron/x' holds values other than 0 and 1: \[2, 7\] \(2 of"),
+        (torch.tensor([1, -1, 0], dtype=torch.int64), r"'neuron/x' holds values other than 0 and 1: \[-1\] \(1 of 3"),
+        (torch.ones(2, 16, dtype=torch.uint8), r"'neuron/x' has shape \(2, 16\); a mask must be 1-D"),
+    ],
+)
+def test_masks_file_is_checked_before_the_cast(tmp_path, tensor, match):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"neuron/x": tensor}, str(path))
+    with pytest.raises(MaskError, match=rf"bad.safetensors: {match}"):
+        load_masks(path)
+
+
+def test_integer_and_bool_masks_load_as_uint8(tmp_path, model_and_layout):
+    from safetensors.torch import save_file
+
+    _, layout = model_and_layout
+    key, n = next(iter(layout.sizes().items()))
+    for dtype in (torch.bool, torch.int8, torch.int32, torch.int64, torch.uint8):
+        keep = (torch.arange(n) % 2).to(dtype)
+        save_file({key: keep}, str(tmp_path / "m.safetensors"))
+        loaded, _ = load_masks(tmp_path / "m.safetensors")
+        assert loaded[key].dtype == torch.uint8 and torch.equal(loaded[key], (torch.arange(n) % 2).to(torch.uint8))
+        validate_masks({key: keep}, layout)
+    with pytest.raises(MaskError, match=rf"masks: '{key}' has dtype torch.float32"):
+        validate_masks({key: torch.ones(n)}, layout)  # 0/1 floats too: nothing is cast silently
+    with pytest.raises(MaskError, match=rf"run.safetensors: '{key}' is a list, not a tensor"):
+        validate_masks({key: [1] * n}, layout, source="run.safetensors")
