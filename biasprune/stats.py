@@ -1,5 +1,9 @@
 """Uncertainty of one variation's SMD: cluster bootstrap interval and cluster permutation p-value.
 
+(The mean |SMD| over variations, its intervals, noise floor and minimum detectable effect live in
+:mod:`biasprune.bootstrap`, :mod:`biasprune.intervals` and :mod:`biasprune.power`; they reuse the
+moment helpers below.)
+
 Answers are not independent: every name is asked several times (sampled answers), and the answers about
 one name share whatever the model associates with that name. The unit of resampling is therefore the
 *name* (a cluster), never the single answer: the bootstrap redraws names within each group and keeps
@@ -21,7 +25,6 @@ keeps ``m2 = sum(d^2) - sum(d)^2 / n`` accurate when the values sit far from zer
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +32,7 @@ import numpy as np
 
 from .functional import ZERO_SD_RTOL
 
-__all__ = ["bootstrap_mean_abs_smd", "bootstrap_smd_ci", "permutation_pvalue"]
+__all__ = ["bootstrap_smd_ci", "permutation_pvalue"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class _Clustered:
     cluster_group: np.ndarray  # int64 [K], group of each cluster
 
 
-def _clustered(values: Sequence[float] | np.ndarray, groups: Sequence[int] | np.ndarray, clusters: Sequence[Hashable] | np.ndarray) -> _Clustered:
+def _clustered(
+    values: Sequence[float] | np.ndarray, groups: Sequence[int] | np.ndarray, clusters: Sequence[Hashable] | np.ndarray
+) -> _Clustered:
     v = np.asarray(values, dtype=np.float64).ravel()
     g = np.asarray(groups).ravel()
     c = np.asarray(clusters, dtype=object).ravel()
@@ -49,12 +54,16 @@ def _clustered(values: Sequence[float] | np.ndarray, groups: Sequence[int] | np.
     keep = ~np.isnan(v) & ((g == 0) | (g == 1))
     v, g, c = v[keep], g[keep].astype(np.int64), c[keep]
     index: dict[tuple[int, Hashable], int] = {}
-    codes = np.fromiter((index.setdefault((int(gi), ci), len(index)) for gi, ci in zip(g, c)), dtype=np.int64, count=v.size)
+    codes = np.fromiter(
+        (index.setdefault((int(gi), ci), len(index)) for gi, ci in zip(g, c)), dtype=np.int64, count=v.size
+    )
     cluster_group = np.fromiter((k[0] for k in index), dtype=np.int64, count=len(index))
     return _Clustered(v, g, codes, cluster_group)
 
 
-def _smd_from_moments(n_r: np.ndarray, mean_r: np.ndarray, m2_r: np.ndarray, n_t: np.ndarray, mean_t: np.ndarray, m2_t: np.ndarray) -> np.ndarray:
+def _smd_from_moments(
+    n_r: np.ndarray, mean_r: np.ndarray, m2_r: np.ndarray, n_t: np.ndarray, mean_t: np.ndarray, m2_t: np.ndarray
+) -> np.ndarray:
     """Vectorised SMD ``(mean_r - mean_t) / sqrt((m2_r + m2_t) / (n_r + n_t - 2))`` with the NaN rules of
     :func:`biasprune.functional._smd_compute` (a group with < 2 values, zero or non-finite pooled sd)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -65,7 +74,9 @@ def _smd_from_moments(n_r: np.ndarray, mean_r: np.ndarray, m2_r: np.ndarray, n_t
     return np.where(undefined, np.nan, smd)
 
 
-def _group_moments(n: np.ndarray, s: np.ndarray, q: np.ndarray, centre: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_moments(
+    n: np.ndarray, s: np.ndarray, q: np.ndarray, centre: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n, mean, m2) from count, sum and sum of squares of ``value - centre``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = centre + s / n
@@ -204,77 +215,10 @@ def permutation_pvalue(
     return float((1 + extreme.sum()) / (1 + valid.sum()))
 
 
-def bootstrap_mean_abs_smd(
-    arms: Sequence[Sequence[tuple[np.ndarray, np.ndarray, Sequence[Hashable]]]],
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> np.ndarray:
-    """Paired cluster bootstrap of the mean |SMD| over variations, for several arms at once.
+def __getattr__(name: str):
+    # Moved to biasprune.bootstrap (clustered across variations); kept importable from here for old callers.
+    if name == "bootstrap_mean_abs_smd":
+        from .bootstrap import bootstrap_mean_abs_smd
 
-    ``arms[a][v] = (values, groups, clusters)`` holds arm a's inlier answers on variation v (e.g. the
-    unpruned model and two pruning strategies, all asked about the same names). Each draw resamples, for
-    every variation, the names of each group with replacement, and applies the *same* draw to every arm,
-    so differences between arms are paired. A name an arm has no inlier answer for contributes nothing
-    to that arm.
-
-    Returns:
-        ``[n_arms, n_boot]``: per draw, the mean over variations of |SMD| (variations whose SMD is
-        undefined in that draw are skipped; NaN if all are).
-    """
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    n_arms = len(arms)
-    n_var = {len(a) for a in arms}
-    if len(n_var) != 1:
-        raise ValueError(f"every arm needs the same variations, got lengths {sorted(n_var)}")
-    rng = np.random.default_rng(seed)
-    abs_smd = np.full((n_arms, n_var.pop(), n_boot), np.nan)
-    for v in range(abs_smd.shape[1]):
-        data = [_clustered(*arm[v]) for arm in arms]
-        # clusters of this variation over all arms: (group, name) -> column
-        columns: dict[tuple[int, Hashable], int] = {}
-        for a, arm in enumerate(arms):
-            _, groups, clusters = arm[v]
-            g = np.asarray(groups).ravel()
-            for gi, ci in zip(g, np.asarray(clusters, dtype=object).ravel()):
-                if gi in (0, 1):
-                    columns.setdefault((int(gi), ci), len(columns))
-        col_group = np.array([k[0] for k in columns], dtype=np.int64)
-        # W[b, c]: how often cluster c is drawn in draw b (within its own group)
-        W = np.zeros((n_boot, len(columns)))
-        for g in (0, 1):
-            members = np.flatnonzero(col_group == g)
-            if members.size:
-                draws = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-                np.add.at(W, (np.repeat(np.arange(n_boot), members.size), draws.ravel()), 1.0)
-        for a, (arm, d) in enumerate(zip(arms, data)):
-            if d.values.size == 0:
-                continue
-            centre = float(d.values.mean())  # centring keeps m2 accurate far from zero
-            dev = d.values - centre
-            # per-cluster count, sum and sum of squares, in the shared columns
-            col = np.array([columns[k] for k in _cluster_keys(arm[v])], dtype=np.int64)
-            stats = np.zeros((3, len(columns)))
-            np.add.at(stats[0], col[d.codes], 1.0)
-            np.add.at(stats[1], col[d.codes], dev)
-            np.add.at(stats[2], col[d.codes], dev * dev)
-            moments = []
-            for g in (0, 1):
-                Wg = W * (col_group == g)
-                moments += _group_moments(Wg @ stats[0], Wg @ stats[1], Wg @ stats[2], centre)
-            abs_smd[a, v] = np.abs(_smd_from_moments(*moments))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN draws give NaN, as documented
-        return np.nanmean(abs_smd, axis=1)
-
-
-def _cluster_keys(arm_v: tuple[np.ndarray, np.ndarray, Sequence[Hashable]]) -> list[tuple[int, Hashable]]:
-    """The (group, label) key of each cluster of :func:`_clustered`, in its numbering."""
-    v = np.asarray(arm_v[0], dtype=np.float64).ravel()
-    g = np.asarray(arm_v[1]).ravel()
-    c = np.asarray(arm_v[2], dtype=object).ravel()
-    keep = ~np.isnan(v) & ((g == 0) | (g == 1))
-    seen: dict[tuple[int, Hashable], None] = {}
-    for gi, ci in zip(g[keep], c[keep]):
-        seen.setdefault((int(gi), ci), None)
-    return list(seen)
+        return bootstrap_mean_abs_smd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
