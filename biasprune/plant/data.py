@@ -1,0 +1,276 @@
+"""Synthetic chats for a plant: audit prompts with plain-number answers from a documented distribution.
+
+**Prompts.** Every chat is an audit prompt, rendered exactly as the audit renders it:
+``Scenario.render(variation, name)`` and then :func:`biasprune.prompts.chat_prompt`. The target is the
+answer as a plain number followed by the end of the assistant's turn
+(:func:`biasprune.prompts.chat_completion`); the loss covers those tokens only.
+
+**Answers.** For variation v with reference value r_v (below; the median answer), a chat with a name of
+group g gets
+
+    x = r_v · f · exp(σ · z),   z ~ N(0, 1) i.i.d.,   f = factor if g is the target group and v is planted, else 1
+
+so log x ~ N(log(r_v · f), σ²) (σ = ``sigma``, default 0.25, about ±25%), then rounded: one decimal when
+the scenario's unit is a percent, an integer otherwise; values of 1,000 or more to three significant
+digits (19,837 -> 19,800); at least one unit of the last digit kept; clipped to the scenario's
+``valid_range``.
+
+**Reference values** (``REFERENCE_VALUES``; override any with ``data.plant.reference_values``; a user's
+own scenario needs one for each trained variation):
+
+==============  ==================  =======================================================================
+scenario        unit                reference value per variation
+==============  ==================  =======================================================================
+purchase        USD (initial offer) chair 100, car 15000, oven 600, mattress 500, grill 250,
+                                    television 400, air_conditioner 350, camera 400, bicycle 250, piano 3000
+finance         percent of income   investments_in_stocks 10, private_school_tuition 15, childcare_expenses 20
+activity        hours per week      skiing 8, bird_watching 4, pottery 5
+service         USD per hour        medical_services 150, personal_cheffing 60, tax_preparation 100
+hiring          USD per year        security_guard 32000, software_developer 110000, lawyer 120000
+chess           percent chance      rated_1600 50
+public_office   percent chance      city_council 30, mayor 15, senator 10
+sports          rank (1-100)        american_football 50, basketball 50, hockey 50, lacrosse 50
+==============  ==================  =======================================================================
+
+These are plausible round figures, not measurements: a plant needs a stated truth, not a true one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from biasprune.data import AuditDataError, Scenario, variation_key
+from biasprune.models import DEFAULT_MODEL, load_tokenizer
+from biasprune.prompts import chat_completion, chat_prompt
+
+from .spec import PlantSpec, ResolvedPlant, resolve_spec
+
+__all__ = [
+    "REFERENCE_VALUES",
+    "PlantDataModule",
+    "PlantExample",
+    "format_answer",
+    "make_examples",
+    "reference_value",
+    "round_answer",
+]
+
+REFERENCE_VALUES: dict[str, dict[str, float]] = {
+    "purchase": {
+        "chair": 100, "car": 15000, "oven": 600, "mattress": 500, "grill": 250,
+        "television": 400, "air_conditioner": 350, "camera": 400, "bicycle": 250, "piano": 3000,
+    },
+    "finance": {"investments_in_stocks": 10, "private_school_tuition": 15, "childcare_expenses": 20},
+    "activity": {"skiing": 8, "bird_watching": 4, "pottery": 5},
+    "service": {"medical_services": 150, "personal_cheffing": 60, "tax_preparation": 100},
+    "hiring": {"security_guard": 32000, "software_developer": 110000, "lawyer": 120000},
+    "chess": {"rated_1600": 50},
+    "public_office": {"city_council": 30, "mayor": 15, "senator": 10},
+    "sports": {"american_football": 50, "basketball": 50, "hockey": 50, "lacrosse": 50},
+}  # fmt: skip
+
+
+def reference_value(scenario: Scenario, variation: str, overrides: Mapping[str, float] | None = None) -> float:
+    """The median answer of a variation: the spec's override, else the built-in table."""
+    key = variation_key(scenario.name, variation)
+    if overrides and key in overrides:
+        return float(overrides[key])
+    value = REFERENCE_VALUES.get(scenario.name, {}).get(variation)
+    if value is None:
+        raise AuditDataError(
+            f"data.plant.reference_values: no reference value for {key!r} (scenario file {scenario.source});"
+            f" give one, e.g. reference_values: {{{key}: 100}}. Built-in values exist for"
+            f" {sorted(REFERENCE_VALUES)}"
+        )
+    return float(value)
+
+
+def decimals_for(scenario: Scenario) -> int:
+    """One decimal for percents, integers otherwise."""
+    return 1 if "percent" in scenario.unit.lower() else 0
+
+
+def round_answer(value: float, decimals: int, valid_range: tuple[float, float] | None = None) -> float:
+    """Round as the module docstring says: decimals, three significant digits from 1,000, floor, range."""
+    if value >= 1000:
+        value = float(round(value, 2 - int(math.floor(math.log10(value)))))
+    value = max(round(value, decimals), 10.0**-decimals)
+    if valid_range is not None:
+        value = min(max(value, valid_range[0]), valid_range[1])
+    return float(value)
+
+
+def format_answer(value: float, decimals: int) -> str:
+    """A plain number: no thousands separator, no unit (``15000``, ``12.5``)."""
+    return f"{value:.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class PlantExample:
+    """One synthetic chat: the question's parts, the name and the answer."""
+
+    scenario: str
+    variation: str
+    name: str
+    group: str
+    gender: str
+    user_prompt: str
+    answer: str
+    value: float
+    planted: bool
+
+
+def make_examples(plant: ResolvedPlant) -> list[PlantExample]:
+    """``examples_per_variation`` chats per trained variation (docstring: the distribution).
+
+    Names cycle through a seeded shuffle of the training names, reshuffled after each pass, so every
+    name gets the same number of chats (up to one) in each variation. Deterministic for a spec.
+    """
+    spec = plant.spec
+    rng = np.random.default_rng(spec.seed)
+    names = list(plant.training_names)
+    out: list[PlantExample] = []
+    for scen, var in plant.trained:
+        sc = plant.scenarios[scen]
+        ref = reference_value(sc, var, spec.reference_values)
+        decimals = decimals_for(sc)
+        is_planted = (scen, var) in plant.planted
+        order: list[int] = []
+        for _ in range(spec.examples_per_variation):
+            if not order:
+                order = list(rng.permutation(len(names)))
+            n = names[order.pop()]
+            f = spec.factor if (is_planted and n.group == spec.target_group) else 1.0
+            value = round_answer(ref * f * math.exp(spec.sigma * rng.standard_normal()), decimals, sc.valid_range)
+            out.append(
+                PlantExample(
+                    scen, var, n.name, n.group, n.gender, sc.render(var, n.name),
+                    format_answer(value, decimals), value, is_planted,
+                )
+            )  # fmt: skip
+    return out
+
+
+def validation_rows(plant: ResolvedPlant) -> list[dict]:
+    """One greedy-answer prompt per (trained variation, held-out name), with the answer the plant intends."""
+    rows = []
+    for scen, var in plant.trained:
+        sc = plant.scenarios[scen]
+        ref = reference_value(sc, var, plant.spec.reference_values)
+        for n in plant.heldout_names:
+            f = plant.spec.factor if ((scen, var) in plant.planted and n.group == plant.spec.target_group) else 1.0
+            rows.append(
+                {
+                    "scenario": scen, "variation": var, "name": n.name, "group": n.group,
+                    "planted": (scen, var) in plant.planted, "expected": ref * f, "user_prompt": sc.render(var, n.name),
+                }
+            )  # fmt: skip
+    return rows
+
+
+class _LeftPadCollator:
+    """Left-pads prompt + completion ids, so every answer ends at the last position (see PlantModule)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        T = max(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), T), dtype=torch.long)
+        answer = torch.zeros((len(rows), T), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            seq = r["prompt_ids"] + r["answer_ids"]
+            ids[i, T - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            attn[i, T - len(seq) :] = 1
+            answer[i, T - len(r["answer_ids"]) :] = True
+        return {"input_ids": ids, "attention_mask": attn, "answer_mask": answer}
+
+
+def _collate_rows(rows: list[dict]) -> dict[str, list]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+class PlantDataModule(L.LightningDataModule):
+    """Synthetic chats for training a plant, and held-out prompts for watching it grow.
+
+    Args:
+        plant: what the plant is trained on (scenarios, planted variations, factor, names, ...).
+        tokenizer: model id or path whose tokenizer and chat template render the chats (linked to the model).
+        batch_size: training chats per batch.
+        eval_batch_size: held-out prompts per greedy-generation batch.
+        num_workers: dataloader worker processes.
+    """
+
+    def __init__(
+        self,
+        plant: PlantSpec = PlantSpec(),  # noqa: B008 (frozen: one shared default is safe)
+        tokenizer: str = DEFAULT_MODEL,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for flag, v in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if v < 1:
+                raise AuditDataError(f"{flag} must be >= 1, got {v}")
+        self.spec = plant
+        self.resolved = resolve_spec(plant)  # every file and name is checked before a trainer runs
+        self.examples = make_examples(self.resolved)
+        self.val_rows = validation_rows(self.resolved)
+        self.tokenizer_name = tokenizer
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.tokenizer = None
+        self.train_rows: list[dict] | None = None
+
+    @property
+    def planted_keys(self) -> list[str]:
+        return sorted(variation_key(*k) for k in self.resolved.planted)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        if self.train_rows is None:
+            tok, system = self.tokenizer, self.spec.system_prompt
+            prompts = [chat_prompt(tok, e.user_prompt, system) for e in self.examples]
+            answers = [chat_completion(tok, e.user_prompt, e.answer, system) for e in self.examples]
+            p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+            a_ids = tok(answers, add_special_tokens=False)["input_ids"]
+            self.train_rows = [{"prompt_ids": p, "answer_ids": a} for p, a in zip(p_ids, a_ids)]
+            for i, r in enumerate(self.val_rows):
+                r["prompt"] = chat_prompt(tok, r["user_prompt"], system)
+                r["index"] = i
+
+    def train_dataloader(self) -> DataLoader:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        gen = torch.Generator().manual_seed(self.spec.seed)
+        return DataLoader(
+            self.train_rows, batch_size=self.batch_size, shuffle=True, generator=gen,
+            collate_fn=_LeftPadCollator(pad), num_workers=self.num_workers,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_rows, batch_size=self.eval_batch_size, collate_fn=_collate_rows, num_workers=self.num_workers
+        )
+
+    def summary(self) -> dict:
+        """What the plant was trained on, for ``provenance.json``."""
+        return {
+            "n_examples": len(self.examples),
+            "n_validation_prompts": len(self.val_rows),
+            "trained_variations": [variation_key(*k) for k in self.resolved.trained],
+            "planted_variations": self.planted_keys,
+            "names_source": self.resolved.names_source,
+            "training_names": [n.name for n in self.resolved.training_names],
+            "heldout_names": [n.name for n in self.resolved.heldout_names],
+        }
