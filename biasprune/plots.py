@@ -1,25 +1,38 @@
-"""Figures of the generalization study (matplotlib, headless). Each function returns a Figure.
+"""Figures of runs and studies. Each function returns a ``matplotlib.figure.Figure``.
+
+Figures are built with matplotlib's object API (``Figure``), never ``pyplot``: no global state, no backend
+switch, and nothing happens at import; ``save`` renders PNG with the Agg canvas.
+
 
 * :func:`strategy_bars` — per-variation |SMD| by strategy, with the inlier ratio (the paper's Fig. 2);
 * :func:`overlap_heatmap` — share of a variation's pruned neurons also pruned for another (Fig. 3);
 * :func:`layer_module_heatmap` — pruned neurons over layer x module (Fig. 4);
-* :func:`grid_tradeoff` — mean |SMD| against inlier ratio over the p/q grid (Fig. 5).
+* :func:`grid_tradeoff` — mean |SMD| against inlier ratio over the p/q grid (Fig. 5);
+* :func:`arm_summary` — mean |SMD| per arm with its interval, the noise floor and the random-control draws;
+* :func:`variation_panel` — signed SMD per variation with intervals, beside the inlier ratio and parse rate;
+* :func:`answer_distributions` — the answers per group before and after pruning for one variation (Fig. 1).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import rcParams
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+__all__ = [
+    "answer_distributions", "arm_summary", "grid_tradeoff", "layer_module_heatmap", "overlap_heatmap", "save", "strategy_bars",
+    "variation_panel",
+]
 
-__all__ = ["grid_tradeoff", "layer_module_heatmap", "overlap_heatmap", "save", "strategy_bars"]
+
+def _figure(width: float, height: float):
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
-def save(fig, path) -> None:
+def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -33,9 +46,9 @@ def strategy_bars(
     strategies = list(abs_smd)
     x = np.arange(len(variations))
     width = 0.8 / max(len(strategies), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(variations) * max(len(strategies), 1) / 2), 4))
+    fig, ax = _figure(max(6.0, 0.9 * len(variations) * max(len(strategies), 1) / 2), 4)
     ax2 = ax.twinx()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, s in enumerate(strategies):
         offs = x - 0.4 + width * (i + 0.5)
         ax.bar(offs, np.asarray(abs_smd[s], dtype=float), width, label=s, color=colors[i % len(colors)])
@@ -51,7 +64,7 @@ def strategy_bars(
 
 def overlap_heatmap(rows: Sequence[str], cols: Sequence[str], overlap: np.ndarray, title: str):
     """``overlap[i, j] = |S_rows[i] ∩ S_cols[j]| / |S_cols[j]|`` as a heatmap with values."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(cols) + 2), max(3.0, 0.45 * len(rows) + 1.5)))
+    fig, ax = _figure(max(5.0, 0.6 * len(cols) + 2), max(3.0, 0.45 * len(rows) + 1.5))
     im = ax.imshow(overlap, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -64,23 +77,34 @@ def overlap_heatmap(rows: Sequence[str], cols: Sequence[str], overlap: np.ndarra
     return fig
 
 
-def layer_module_heatmap(modules: Sequence[str], counts: np.ndarray, sizes: np.ndarray, title: str):
-    """Share of each module's neurons pruned, per layer (rows: modules, columns: layers)."""
+def layer_module_heatmap(modules: Sequence[str], counts: np.ndarray, sizes: np.ndarray, title: str, annotate: bool = False,
+                         label: str = "share of neurons pruned"):
+    """Share of each module's neurons pruned, per layer (rows: modules, columns: layers).
+
+    ``annotate`` writes each cell's count of pruned units (when there are at most 400 cells).
+    """
     share = np.divide(counts, sizes, out=np.zeros_like(counts, dtype=float), where=sizes > 0)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * counts.shape[1] + 2), 0.5 * len(modules) + 1.5))
+    fig, ax = _figure(max(6.0, 0.25 * counts.shape[1] + 2), 0.5 * len(modules) + 1.5)
     im = ax.imshow(share, cmap="magma", aspect="auto", vmin=0)
     ax.set_yticks(range(len(modules)), modules)
     step = max(1, counts.shape[1] // 16)
     ax.set_xticks(range(0, counts.shape[1], step))
     ax.set_xlabel("layer")
-    fig.colorbar(im, ax=ax, label="share of neurons pruned")
+    if annotate and counts.size <= 400:
+        top = share.max() if share.size else 0.0
+        for i in range(counts.shape[0]):
+            for j in range(counts.shape[1]):
+                if sizes[i, j] > 0:
+                    color = "black" if top and share[i, j] > 0.6 * top else "white"
+                    ax.text(j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title)
     return fig
 
 
 def grid_tradeoff(points: Sequence[Mapping[str, float]], baseline: Mapping[str, float], chosen: Mapping[str, float] | None, title: str):
     """Mean |SMD| against mean inlier ratio for each grid point; the baseline and the chosen point marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure(6, 4)
     xs = [p["mean_inlier_ratio"] for p in points]
     ys = [p["mean_abs_smd"] for p in points]
     ax.scatter(xs, ys, c="tab:blue", label="grid points")
@@ -93,4 +117,124 @@ def grid_tradeoff(points: Sequence[Mapping[str, float]], baseline: Mapping[str, 
     ax.set_ylabel("mean |SMD|")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return fig
+
+
+def _finite(x) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def arm_summary(
+    arms: Sequence[str],
+    mean: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    floor: tuple[float, float] | None,
+    controls: Mapping[str, Sequence[float]] | None,
+    title: str,
+):
+    """Mean |SMD| per arm with its 95% interval (points and bars); the noise floor as a shaded band from 0 to
+    its 95th percentile with its mean as a line; each arm's random-control draws as grey crosses."""
+    y = np.arange(len(arms))[::-1]
+    fig = Figure(figsize=(7.5, 0.55 * len(arms) + 2.0), layout="constrained")
+    ax = fig.subplots()
+    if floor is not None and np.isfinite(floor[1]):
+        ax.axvspan(0, floor[1], color="0.88", label="noise floor: labels permuted (to its 95th percentile)", zorder=0)
+        if np.isfinite(floor[0]):
+            ax.axvline(floor[0], color="0.55", lw=1, ls="--", label="noise floor mean", zorder=1)
+    m, lo, hi = (np.asarray(v, dtype=float) for v in (mean, low, high))
+    err = np.vstack([np.where(np.isfinite(lo), m - lo, 0), np.where(np.isfinite(hi), hi - m, 0)])
+    ax.errorbar(m, y, xerr=np.clip(err, 0, None), fmt="o", color="tab:blue", ecolor="tab:blue", capsize=4, label="mean |SMD| (95% CI)", zorder=3)
+    labelled = False
+    for i, a in enumerate(arms):
+        draws = _finite((controls or {}).get(a, ()))
+        if draws.size:
+            ax.plot(draws, np.full(draws.size, y[i] - 0.22), "x", color="0.35", ms=5, zorder=2,
+                    label=None if labelled else "its random-mask draws")
+            labelled = True
+    ax.set_yticks(y, arms)
+    ax.set_ylim(-0.8, len(arms) - 0.2)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("mean |SMD| over variations")
+    ax.set_title(title)
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2, frameon=False)
+    return fig
+
+
+def variation_panel(variations: Sequence[str], series: Sequence[Mapping], floor: float | None, title: str):
+    """Signed SMD per variation with 95% intervals (left) and the inlier ratio and parse rate (right).
+
+    ``series``: dicts with ``label``, ``smd``, ``low``, ``high``, ``inlier``, ``parse`` (one value per
+    variation) and ``control`` (true: a random-mask draw, drawn small and grey, labelled once). ``floor``: the
+    unpruned model's noise-floor mean |SMD|, shaded as ±floor.
+    """
+    n = len(variations)
+    fig = Figure(figsize=(9.5, 0.42 * n * max(1, min(len(series), 4)) / 2 + 2.2), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [2.2, 1]})
+    y = np.arange(n)[::-1].astype(float)
+    main = [s for s in series if not s.get("control")]
+    colors = ["black", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:blue", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    step = 0.6 / max(len(main), 1)
+    if floor is not None and np.isfinite(floor):
+        ax.axvspan(-floor, floor, color="0.9", zorder=0, label="± noise floor (mean |SMD|, labels permuted)")
+    ax.axvline(0, color="0.4", lw=0.8)
+    ctrl_done = False
+    k = 0
+    for s in series:
+        smd = np.asarray(s["smd"], dtype=float)
+        if s.get("control"):
+            ax.plot(smd, y, "x", color="0.5", ms=4, zorder=2, label=None if ctrl_done else "random-mask draws")
+            ax2.plot(np.asarray(s["inlier"], dtype=float), y, "x", color="0.5", ms=4)
+            ctrl_done = True
+            continue
+        off = y + 0.3 - step * (k + 0.5)
+        lo, hi = np.asarray(s["low"], dtype=float), np.asarray(s["high"], dtype=float)
+        err = np.clip(np.vstack([np.where(np.isfinite(lo), smd - lo, 0), np.where(np.isfinite(hi), hi - smd, 0)]), 0, None)
+        c = colors[k % len(colors)]
+        ax.errorbar(smd, off, xerr=err, fmt="o", color=c, ms=4, capsize=2, label=s["label"], zorder=3)
+        ax2.plot(np.asarray(s["inlier"], dtype=float), off, "o", color=c, ms=4)
+        ax2.plot(np.asarray(s["parse"], dtype=float), off, "s", mfc="none", color=c, ms=4)
+        k += 1
+    ax.set_yticks(y, variations)
+    ax.set_xlabel("SMD = (mean reference − mean target) / pooled SD, with 95% CI")
+    fig.legend(fontsize=7, loc="outside lower center", ncol=min(4, k + 2), frameon=False)
+    ax2.set_xlim(-0.02, 1.02)
+    ax2.set_xlabel("inlier ratio (●)  parse rate (□)")
+    ax2.grid(axis="x", color="0.9")
+    fig.suptitle(title)
+    return fig
+
+
+def answer_distributions(panels: Sequence[tuple[str, Mapping[str, Sequence[float]]]], bounds: tuple[float, float] | None, unit: str, title: str):
+    """Histograms of the inlier answers per group, one panel per arm (e.g. before and after pruning).
+
+    Only answers within ``bounds`` (the ones the SMD is computed on) are drawn; the legend counts them and the
+    parsed answers outside. Each group's mean is a vertical line. A log scale is used for positive bounds more
+    than two orders of magnitude apart.
+    """
+    fig = Figure(figsize=(9.5, 2.3 * max(len(panels), 1) + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(max(len(panels), 1), 1, sharex=True))
+    every = np.concatenate([_finite(v) for _, per in panels for v in per.values()] or [np.zeros(0)])
+    lo, hi = bounds if bounds is not None else ((every.min(), every.max()) if every.size else (0.0, 1.0))
+    log = lo > 0 and hi / lo > 100
+    bins = np.geomspace(lo, hi, 31) if log else np.linspace(lo, hi if hi > lo else lo + 1, 31)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    for ax, (name, per) in zip(axes, panels):
+        for i, (group, vals) in enumerate(per.items()):
+            v = _finite(vals)
+            inl = v[(v >= lo) & (v <= hi)]
+            c = colors[i % len(colors)]
+            label = f"{group}: {inl.size} inlier answers" + (f", {v.size - inl.size} outside" if v.size > inl.size else "")
+            ax.hist(inl, bins=bins, histtype="stepfilled", alpha=0.3, color=c, label=label)
+            ax.hist(inl, bins=bins, histtype="step", color=c)
+            if inl.size:
+                ax.axvline(float(inl.mean()), color=c, lw=2)
+        ax.set_ylabel("answers")
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.legend(fontsize=7, loc="upper right")
+        if log:
+            ax.set_xscale("log")
+    axes[-1].set_xlabel((f"answer ({unit})" if unit else "answer") + (", log scale" if log else "") + "; vertical lines: group means")
+    fig.suptitle(title)
     return fig

@@ -1,0 +1,172 @@
+"""The "bias before and after" part of the report: per-arm summary, per-variation results, answer distributions.
+
+Used for ``fit``/``validate`` runs and (without the distribution plot) for studies. The random-mask draws of a
+pruned arm are the ``random`` arms named ``ARM/...`` (a study), or else every ``random`` arm of the split
+(a ``fit`` run, whose random draws all control its one pruned arm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .. import plots
+from .common import variation_label
+from .html import esc, fig_png, fmt, fmtg, table
+from .load import RunArtifacts, iter_answers, num, text
+
+__all__ = ["Figure", "bias_figures", "chosen_variation", "controls_of", "distribution_figure", "summary_table", "variation_table"]
+
+Figure = tuple[str, str, bytes]  # (name, caption, PNG)
+
+
+def controls_of(rows: Sequence[Mapping]) -> dict[str, list[str]]:
+    """Each pruned arm's random-control arms among ``rows`` (one split)."""
+    randoms = [text(r, "arm") for r in rows if text(r, "phase") == "random"]
+    out = {}
+    for r in rows:
+        if text(r, "phase") != "pruned":
+            continue
+        a = text(r, "arm")
+        mine = [x for x in randoms if x.startswith(a + "/")]
+        out[a] = mine or [x for x in randoms if not any(x.startswith(text(o, "arm") + "/") for o in rows if text(o, "phase") == "pruned")]
+    return out
+
+
+def _arm_label(row: Mapping) -> str:
+    return text(row, "arm") or "?"
+
+
+def summary_table(rows: Sequence[Mapping], split: str) -> str:
+    """Per-arm mean |SMD| with its interval, noise floor, random control, rates and what was pruned (one split)."""
+    out, classes = [], []
+    for r in rows:
+        if text(r, "split") != split:
+            continue
+        pruned = []
+        if num(r, "pruned_neurons") > 0:
+            pruned.append(f"{fmt(num(r, 'pruned_neurons'), 0)} neurons ({fmt(num(r, 'share_neurons'), 4, pct=True)})")
+        if num(r, "pruned_heads") > 0:
+            pruned.append(f"{fmt(num(r, 'pruned_heads'), 0)} heads ({fmt(num(r, 'share_heads'), 3, pct=True)})")
+        rnd = "–"
+        if num(r, "random_draws") > 0:
+            rnd = f"{fmt(num(r, 'random_mean_abs_smd'))} ± {fmt(num(r, 'random_sd'), 2)} ({fmt(num(r, 'random_draws'), 0)} draws)"
+        notes = []
+        if num(r, "n_undefined") > 0:
+            notes.append(f"{fmt(num(r, 'n_undefined'), 0)} undefined SMD")
+        if num(r, "degenerate_bounds") > 0:
+            notes.append(f"{fmt(num(r, 'degenerate_bounds'), 0)} degenerate bounds")
+        if text(r, "excluded"):
+            notes.append("excluded from claims: " + text(r, "excluded"))
+        out.append([_arm_label(r), fmt(num(r, "mean_abs_smd")), f"[{fmt(num(r, 'ci_low'))}, {fmt(num(r, 'ci_high'))}]",
+                    f"{fmt(num(r, 'null_mean_abs_smd'))} ({fmt(num(r, 'null_p95'))})", fmt(num(r, "null_p_value")), rnd,
+                    fmt(num(r, "inlier_ratio")), fmt(num(r, "parse_rate")), ", ".join(pruned) or ("–" if text(r, "phase") == "baseline" else "nothing"),
+                    "; ".join(notes)])
+        classes.append("ctrl" if text(r, "phase") == "random" else "")
+    return table(["arm", "mean |SMD|", "95% CI", "noise floor (p95)", "p (vs permuted)", "random control", "inlier ratio",
+                  "parse rate", "pruned", "notes"], out, numeric=[1, 2, 3, 4, 6, 7], row_classes=classes,
+                 caption=f"{split} names; grey rows are the random-mask draws")
+
+
+def variation_table(metrics: Sequence[Mapping], split: str, arms: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
+    """One row per variation × arm: SMD with its CI and p-value, means, answer counts, rates, inlier bounds."""
+    rows = [r for r in metrics if text(r, "split") == split and text(r, "arm") in set(arms)]
+    order = {a: i for i, a in enumerate(arms)}
+    rows.sort(key=lambda r: (variation_label(r), order[text(r, "arm")]))
+    out, classes, last = [], [], None
+    for r in rows:
+        v = variation_label(r)
+        cls = "ctrl" if text(r, "phase") == "random" else ""
+        bounds = f"[{fmtg(num(r, 'lower'))}, {fmtg(num(r, 'upper'))}]"
+        if text(r, "bounds_degenerate") in ("True", "true", "1"):
+            bounds += " degenerate"
+        out.append([v if v != last else "", (labels or {}).get(text(r, "arm"), text(r, "arm")),
+                    f"{fmt(num(r, 'smd'))} [{fmt(num(r, 'smd_ci_low'))}, {fmt(num(r, 'smd_ci_high'))}]", fmt(num(r, "p_value")),
+                    f"{fmtg(num(r, 'mean_ref'))} / {fmtg(num(r, 'mean_target'))}", f"{fmt(num(r, 'n_ref'), 0)} / {fmt(num(r, 'n_target'), 0)}",
+                    f"{fmt(num(r, 'inlier_ratio'), 2)} / {fmt(num(r, 'parse_rate'), 2)}", bounds])
+        classes.append(" ".join(c for c in (cls, "sep" if v != last and last is not None else "") if c))
+        last = v
+    return table(["variation", "arm", "SMD [95% CI]", "p", "mean answer ref / target", "inlier answers ref / target",
+                  "inlier ratio / parse rate", "inlier bounds"], out, numeric=[2, 3, 4, 5, 6], row_classes=classes,
+                 caption=f"{split} names; SMD > 0: the reference group gets larger answers; means over inlier answers")
+
+
+def chosen_variation(metrics: Sequence[Mapping], split: str) -> Mapping | None:
+    """The unpruned model's row with the largest |SMD| on ``split`` (the first on ties; None without one)."""
+    rows = [r for r in metrics if text(r, "split") == split and text(r, "phase") == "baseline" and math.isfinite(num(r, "abs_smd"))]
+    return max(rows, key=lambda r: num(r, "abs_smd")) if rows else None
+
+
+def bias_figures(art: RunArtifacts, summary: Sequence[Mapping], split: str, arms: Sequence[str]) -> list[Figure]:
+    """The per-arm summary and the per-variation panel of one split."""
+    figs: list[Figure] = []
+    rows = [r for r in summary if text(r, "split") == split]
+    main = [r for r in rows if text(r, "phase") != "random"]
+    base = next((r for r in rows if text(r, "phase") == "baseline"), None)
+    floor = (num(base, "null_mean_abs_smd"), num(base, "null_p95")) if base else None
+    if main:
+        by_arm = {text(r, "arm"): r for r in rows}
+        ctrl = {a: [num(by_arm[c], "mean_abs_smd") for c in cs if c in by_arm] for a, cs in controls_of(rows).items()}
+        fig = plots.arm_summary([text(r, "arm") for r in main], [num(r, "mean_abs_smd") for r in main], [num(r, "ci_low") for r in main],
+                                [num(r, "ci_high") for r in main], floor, ctrl, f"mean |SMD| on {split} names")
+        figs.append(("mean_abs_smd", f"Mean |SMD| over the variations per arm with its 95% name-bootstrap interval (blue); grey band:"
+                     f" the noise floor (mean |SMD| with the group labels permuted across names, up to its 95th percentile);"
+                     f" crosses: the random-mask draws, which prune as many units as the arm ({split} names).", fig_png(fig)))
+    mrows = [r for r in art.metrics if text(r, "split") == split]
+    variations = list(dict.fromkeys(variation_label(r) for r in mrows))
+    if variations:
+        series = []
+        for a in arms:
+            per = {variation_label(r): r for r in mrows if text(r, "arm") == a}
+            if not per:
+                continue
+            phase = text(next(iter(per.values())), "phase")
+            vals = {k: [num(per.get(v), k) for v in variations] for k in ("smd", "smd_ci_low", "smd_ci_high", "inlier_ratio", "parse_rate")}
+            series.append({"label": a, "smd": vals["smd"], "low": vals["smd_ci_low"], "high": vals["smd_ci_high"],
+                           "inlier": vals["inlier_ratio"], "parse": vals["parse_rate"], "control": phase == "random"})
+        fig = plots.variation_panel(variations, series, floor[0] if floor else None, f"per variation, {split} names")
+        figs.append(("per_variation", "Left: SMD per variation with its 95% interval for each arm (crosses: random-mask draws; grey"
+                     " band: ± the unpruned model's noise-floor mean |SMD|). Right: inlier ratio (filled) and parse rate (open) of the"
+                     " same arms.", fig_png(fig)))
+    return figs
+
+
+def distribution_figure(art: RunArtifacts, split: str, arms: Sequence[str]) -> tuple[Figure | None, str]:
+    """Figure 1 of the paper for the variation with the largest unpruned |SMD|: answers per group, before and after."""
+    row = chosen_variation(art.metrics, split)
+    if row is None:
+        return None, "<p class=muted>No variation has a defined SMD for the unpruned model, so no distribution is shown.</p>"
+    scen, var = text(row, "scenario"), text(row, "variation")
+    path = art.file("answers.jsonl")
+    why = (f"<p>Chosen variation: <code>{esc(scen)}/{esc(var)}</code>, the one with the largest unpruned |SMD|"
+           f" ({fmt(num(row, 'abs_smd'))}) on the {esc(split)} names.</p>")
+    if not path.is_file():
+        return None, why + "<p class=muted>answers.jsonl is not in this run (evaluation.save_answers was false), so the answers cannot be plotted.</p>"
+    panels_arms = [a for a in arms if a == "unpruned"] + [a for a in arms if a != "unpruned"]
+    per_arm: dict[str, dict[str, list[float]]] = {a: {} for a in panels_arms}
+    ref, tgt = art.groups
+    for rec in iter_answers(path, split, scen, var, panels_arms):
+        g = str(rec.get("group", ""))
+        per_arm[rec["arm"]].setdefault(g, []).extend(float(v) for v in rec.get("values") or [] if v is not None)
+    panels = []
+    for a in panels_arms:
+        groups = per_arm[a]
+        ordered = {g: groups[g] for g in (ref, tgt) if g in groups} | {g: v for g, v in groups.items() if g not in (ref, tgt)}
+        if ordered:
+            label = "before pruning (unpruned)" if a == "unpruned" else f"after pruning ({a})"
+            panels.append((label, ordered))
+    if not panels:
+        return None, why + "<p class=muted>answers.jsonl holds no answers for this variation.</p>"
+    lo, hi = num(row, "lower"), num(row, "upper")
+    bounds = (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+    unit = next((s.get("unit", "") for s in (art.manifest.get("data") or {}).get("scenarios") or [] if s.get("name") == scen), "")
+    fig = plots.answer_distributions(panels, bounds, unit, f"answers for {scen}/{var} by group ({split} names)")
+    total = sum(np.isfinite(np.asarray(v, dtype=float)).sum() for _, per in panels for v in per.values())
+    bounds_txt = f"[{fmt(lo, 4 if hi < 10 else 0)}, {fmt(hi, 4 if hi < 10 else 0)}]" if bounds else "(none)"
+    cap = (f"Inlier answers per group for {scen}/{var}: the answers within the inlier bounds {bounds_txt}, which the SMD is computed"
+           f" on; the legend also counts the parsed answers outside them. Vertical lines: each group's mean. {int(total)} parsed"
+           " answers in all.")
+    return ("distribution", cap, fig_png(fig)), why
+
