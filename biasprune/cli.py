@@ -1,54 +1,45 @@
-"""The ``biasprune`` command: the Lightning CLI (fit, validate, test, predict) plus ``study``.
+"""The ``biasprune`` command: ``fit``, ``validate``, ``study`` (the Lightning CLI), ``plant`` and ``report``.
 
-Every constructor argument of the module, the data module and the pruning callback is a flag
-(``biasprune fit --help`` lists them all); YAML files under ``configs/`` group them by concern.
+Errors in the configuration or the input files print one line (``biasprune: error: ...``) and exit with
+status 2; ``--debug`` (or ``BIASPRUNE_DEBUG=1``) shows the traceback. A run that fails after its directory
+was created leaves a ``FAILED`` file there with the reason, so that nobody takes it for a result. Heavy
+imports (Lightning, torch) happen only for the subcommands that need them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from lightning.pytorch.cli import LightningCLI
-
-import biasprune.strategies  # noqa: F401  (registers the frozen_ddp strategies)
-from biasprune.module import BiasPruneModule
-from biasprune.callbacks.pruning import PruningCallback
-from biasprune.datamodules.audit import AuditDataModule
-
-__all__ = ["BiasPruneCLI", "main"]
-
-TRAINER_DEFAULTS = {
-    "max_epochs": 1,
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "biasprune"},
-    },
-}
-
-
-class BiasPruneCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(PruningCallback, "pruning")
-        # The data module applies the model's chat template: it follows the model choice.
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
-        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+__all__ = ["main"]
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "study":
-        from biasprune.study import main as study_main
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = os.environ.get("BIASPRUNE_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
+    from biasprune.errors import USER_ERRORS
 
-        study_main(argv[1:])
-        return
-    BiasPruneCLI(
-        BiasPruneModule,
-        AuditDataModule,
-        seed_everything_default=0,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        args=args,  # None: LightningCLI reads sys.argv itself
-    )
+    try:
+        if argv and argv[0] == "plant":
+            from biasprune.plant.cli import main as plant_main
+
+            plant_main(argv[1:])
+        elif argv and argv[0] == "report":
+            from biasprune.report.cli import main as report_main
+
+            report_main(argv[1:])
+        else:
+            from biasprune.lightning_cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"biasprune: error: {err}\n(run again with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce", "gather_objects", "is_distributed"]
+__all__ = ["all_reduce", "barrier", "gather_objects", "is_distributed"]
 
 
 def is_distributed() -> bool:
@@ -29,3 +29,9 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()

@@ -1,50 +1,43 @@
-"""Evaluation of one variation's sampled answers: inlier bounds, bias statistics, result rows.
+"""From answer records to results: inlier bounds, one row per (split, arm, variation), all pure functions.
 
-Inlier bounds are the [P5, P95] (configurable) percentiles of the *unpruned* model's parsed answers for
-the same variation, optionally intersected with the scenario's ``valid_range``. The inlier ratio is the
-share of all sampled responses (unparseable ones included) whose value lies within the bounds; the SMD
-is computed on the inliers of each group.
+Inlier bounds are the [P5, P95] (configurable) percentiles of the *unpruned* model's parsed answers for the
+same split and variation, optionally intersected with the scenario's ``valid_range``. The inlier ratio is
+the share of all sampled responses (unparseable ones included) whose value lies within the bounds; the SMD
+is computed on the inliers of each group. Bounds that collapse (P_low = P_high, or no parsed answer) are
+flagged in the row (``bounds_degenerate``) and in the summary, never silently used.
+
+Per-arm summaries (mean |SMD| with its interval, noise floor, random control, claims) are in
+:mod:`biasprune.summary`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
+from .checks import check_positive
 from .stats import bootstrap_smd_ci, permutation_pvalue
 
 __all__ = [
-    "EvaluationConfig",
     "METRIC_COLUMNS",
-    "describe_variation",
-    "format_summary",
-    "headline",
+    "EvaluationConfig",
+    "VariationKey",
+    "compute_bounds",
+    "group_records",
     "inlier_answers",
     "inlier_bounds",
-    "variation_row",
+    "variation_rows",
 ]
 
+VariationKey = tuple[str, str, str]  # (split, scenario, variation)
+
 METRIC_COLUMNS = (
-    "phase",
-    "scenario",
-    "variation",
-    "smd",
-    "abs_smd",
-    "inlier_ratio",
-    "n_ref",
-    "n_target",
-    "mean_ref",
-    "mean_target",
-    "smd_ci_low",
-    "smd_ci_high",
-    "p_value",
-    "lower",
-    "upper",
-    "n_answers",
-    "parse_rate",
+    "split", "phase", "arm", "draw", "scenario", "variation", "smd", "abs_smd", "smd_ci_low", "smd_ci_high",
+    "p_value", "inlier_ratio", "parse_rate", "n_ref", "n_target", "n_names_ref", "n_names_target", "mean_ref",
+    "mean_target", "lower", "upper", "bounds_degenerate", "n_answers", "pruned_neurons", "pruned_heads",
 )
 
 
@@ -53,20 +46,19 @@ class EvaluationConfig:
     """How answers are judged.
 
     Attributes:
-        baseline: evaluate the unpruned model (in ``fit``, before scoring).
-        pruned: evaluate the pruned model (in ``fit``, after the masks are applied).
-        inlier_percentiles: percentiles of the baseline answers that bound the inliers.
+        baseline: evaluate the unpruned model (its answers also fix the inlier bounds); false needs
+            ``inlier_bounds``.
+        inlier_percentiles: percentiles of the unpruned model's answers that bound the inliers.
         use_valid_range: also clip the bounds to the scenario's ``valid_range``.
         inlier_bounds: ``inlier_bounds.json`` of an earlier run; empty to compute the bounds from this run's
-            baseline (``validate`` with a masks file looks beside the masks file first).
-        bootstrap_samples: resamples of names for the SMD's 95% confidence interval (0 to skip).
-        permutation_samples: permutations of group labels across names for the p-value (0 to skip).
+            unpruned answers.
+        bootstrap_samples: name-bootstrap draws for every confidence interval (0 to skip them).
+        permutation_samples: label permutations across names for p-values and the noise floor (0 to skip).
         seed: seed of the bootstrap and permutation draws.
-        save_answers: write every sampled response and its parsed value to ``answers_<phase>.jsonl``.
+        save_answers: write every sampled response and its parsed value to ``answers.jsonl``.
     """
 
     baseline: bool = True
-    pruned: bool = True
     inlier_percentiles: tuple[float, float] = (5.0, 95.0)
     use_valid_range: bool = True
     inlier_bounds: str = ""
@@ -80,14 +72,11 @@ class EvaluationConfig:
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"evaluation.inlier_percentiles must satisfy 0 <= low < high <= 100, got {self.inlier_percentiles}")
         for name in ("bootstrap_samples", "permutation_samples"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"evaluation.{name} must be >= 0, got {getattr(self, name)}")
+            check_positive(f"evaluation.{name}", getattr(self, name), minimum=0)
 
 
 def inlier_bounds(
-    values: np.ndarray,
-    percentiles: Sequence[float] = (5.0, 95.0),
-    valid_range: Sequence[float] | None = None,
+    values: np.ndarray, percentiles: Sequence[float] = (5.0, 95.0), valid_range: Sequence[float] | None = None
 ) -> tuple[float, float]:
     """[P_low, P_high] of the parsed (non-NaN) values, intersected with ``valid_range`` when given.
 
@@ -120,110 +109,99 @@ def inlier_answers(
     )
 
 
-def describe_variation(
-    values: np.ndarray,
-    groups: np.ndarray,
-    names: Sequence[str],
-    bounds: tuple[float, float],
-    bootstrap_samples: int = 1000,
-    permutation_samples: int = 1000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Counts, group means, CI and p-value of one variation (everything but the SMD and inlier ratio).
-
-    Args:
-        values: parsed answers ``[n_prompts, k]`` (NaN = unparseable).
-        groups: group index per prompt, 0 = reference, 1 = target.
-        names: the name asked about in each prompt (the unit resampled by the bootstrap).
-        bounds: inlier bounds.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = bounds
-    flat_v, flat_g, flat_n = inlier_answers(values, groups, names, bounds)
-    ref, tgt = flat_v[flat_g == 0], flat_v[flat_g == 1]
-    out = {
-        "n_ref": int(ref.size),
-        "n_target": int(tgt.size),
-        "mean_ref": float(ref.mean()) if ref.size else math.nan,
-        "mean_target": float(tgt.mean()) if tgt.size else math.nan,
-        "lower": float(lo),
-        "upper": float(hi),
-        "n_answers": int(values.size),
-        "parse_rate": float((~np.isnan(values)).mean()) if values.size else math.nan,
-        "smd_ci_low": math.nan,
-        "smd_ci_high": math.nan,
-        "p_value": math.nan,
-    }
-    if bootstrap_samples:
-        out["smd_ci_low"], out["smd_ci_high"] = bootstrap_smd_ci(flat_v, flat_g, flat_n, n_boot=bootstrap_samples, seed=seed)
-    if permutation_samples:
-        out["p_value"] = permutation_pvalue(flat_v, flat_g, flat_n, n_perm=permutation_samples, seed=seed)
+def group_records(records: Iterable[Mapping]) -> dict[tuple[str, str], dict[tuple[str, str], list[Mapping]]]:
+    """``{(split, arm): {(scenario, variation): [records]}}``, keeping first-seen order."""
+    out: dict[tuple[str, str], dict[tuple[str, str], list[Mapping]]] = {}
+    for r in records:
+        out.setdefault((r["split"], r["arm"]), {}).setdefault((r["scenario"], r["variation"]), []).append(r)
     return out
 
 
-def variation_row(
-    values: np.ndarray,
-    groups: np.ndarray,
-    names: Sequence[str],
-    bounds: tuple[float, float],
-    config: EvaluationConfig,
-    smd: float | None = None,
-    ratio: float | None = None,
-    **labels: object,
-) -> dict[str, object]:
-    """One ``metrics.csv`` row: ``labels``, the SMD of the inliers, the inlier ratio and the description.
+def record_arrays(recs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Parsed answers ``[n_prompts, k]``, group index per prompt and name per prompt."""
+    values = np.array([r["values"] for r in recs], dtype=np.float64).reshape(len(recs), -1)
+    return values, np.array([r["group_index"] for r in recs], dtype=np.int64), [r["name"] for r in recs]
 
-    ``smd`` and ``ratio`` are computed here from ``values`` unless given (the LightningModule passes the
-    values its torchmetrics synced across processes). NaN bounds or an empty interval leave no inlier.
+
+def compute_bounds(
+    records: Iterable[Mapping],
+    config: EvaluationConfig,
+    valid_range: Callable[[str], Sequence[float] | None],
+    stored: Mapping[str, Sequence[float]] | None = None,
+) -> dict[VariationKey, tuple[float, float]]:
+    """Bounds per (split, scenario, variation) from the ``unpruned`` arm's answers.
+
+    ``stored`` (``inlier_bounds.json`` contents, keyed ``scenario/variation``) wins over computed bounds.
+    """
+    out: dict[VariationKey, tuple[float, float]] = {}
+    for (split, arm), per_var in group_records(records).items():
+        if arm != "unpruned":
+            continue
+        for (scen, var), recs in per_var.items():
+            vr = valid_range(scen) if config.use_valid_range else None
+            out[(split, scen, var)] = inlier_bounds(record_arrays(recs)[0], config.inlier_percentiles, vr)
+    for key, b in (stored or {}).items():  # stored bounds hold for every split
+        scen, var = key.split("/", 1)
+        for split in ("dev", "test"):
+            out[(split, scen, var)] = (float(b[0]), float(b[1]))
+    return out
+
+
+def _degenerate(bounds: tuple[float, float]) -> bool:
+    lo, hi = bounds
+    return bool(math.isnan(lo) or math.isnan(hi) or not lo < hi)
+
+
+def variation_rows(
+    records: Iterable[Mapping],
+    bounds: Mapping[VariationKey, tuple[float, float]],
+    config: EvaluationConfig,
+    synced: Mapping[tuple[str, str, str, str], tuple[float, float]] | None = None,
+) -> list[dict]:
+    """One ``metrics.csv`` row per (split, arm, variation) of ``records``.
+
+    ``synced`` optionally gives ``(smd, inlier_ratio)`` per ``(split, arm, scenario, variation)`` as the
+    module's torchmetrics computed them across processes; they must agree with the values computed here from
+    the gathered records, which are used otherwise.
     """
     import torch
 
-    from .functional import inlier_ratio, standardized_mean_difference
+    from .functional import standardized_mean_difference
 
-    values = np.asarray(values, dtype=np.float64)
-    if smd is None:
-        v, g, _ = inlier_answers(values, groups, names, bounds)
-        smd = float(standardized_mean_difference(torch.from_numpy(v), torch.from_numpy(np.asarray(g, dtype=np.int64))))
-    if ratio is None:
-        lo, hi = bounds
-        if not values.size:
-            ratio = math.nan
-        else:
-            ratio = float(inlier_ratio(torch.from_numpy(values.ravel()), lo, hi)) if lo <= hi else 0.0
-    row: dict[str, object] = dict(labels, smd=smd, abs_smd=abs(smd), inlier_ratio=ratio)
-    row.update(
-        describe_variation(
-            values,
-            groups,
-            names,
-            bounds,
-            bootstrap_samples=config.bootstrap_samples,
-            permutation_samples=config.permutation_samples,
-            seed=config.seed,
-        )
-    )
-    return row
-
-
-def headline(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """A phase's headline: mean |SMD| and mean inlier ratio over its variations (NaN SMDs skipped)."""
-    abs_smd = [r["abs_smd"] for r in rows if not math.isnan(r["abs_smd"])]
-    ratios = [r["inlier_ratio"] for r in rows if not math.isnan(r["inlier_ratio"])]
-    return {
-        "mean_abs_smd": float(np.mean(abs_smd)) if abs_smd else math.nan,
-        "mean_inlier_ratio": float(np.mean(ratios)) if ratios else math.nan,
-        "n_variations": len(rows),
-        "n_nan_smd": len(rows) - len(abs_smd),
-    }
-
-
-def format_summary(rows: Sequence[Mapping[str, object]]) -> str:
-    """A before/after table: one line per phase with mean |SMD| and mean inlier ratio."""
-    phases: dict[str, list] = {}
-    for r in rows:
-        phases.setdefault(str(r["phase"]), []).append(r)
-    lines = [f"{'phase':<10} {'variations':>10} {'mean |SMD|':>11} {'inlier ratio':>13}"]
-    for phase, rs in phases.items():
-        h = headline(rs)
-        lines.append(f"{phase:<10} {h['n_variations']:>10d} {h['mean_abs_smd']:>11.3f} {h['mean_inlier_ratio']:>13.3f}")
-    return "\n".join(lines)
+    rows = []
+    for (split, arm), per_var in group_records(records).items():
+        for (scen, var), recs in per_var.items():
+            key = (split, scen, var)
+            if key not in bounds:
+                raise RuntimeError(
+                    f"no inlier bounds for {split}/{scen}/{var}: they come from the unpruned model's answers; keep"
+                    " --model.evaluation.baseline true, or give --model.evaluation.inlier_bounds covering it"
+                )
+            b = bounds[key]
+            values, groups, names = record_arrays(recs)
+            v, g, n = inlier_answers(values, groups, names, b)
+            if synced and (split, arm, scen, var) in synced:
+                smd, ratio = synced[(split, arm, scen, var)]
+            else:
+                smd = float(standardized_mean_difference(torch.from_numpy(v), torch.from_numpy(np.asarray(g, dtype=np.int64))))
+                ratio = float((((values >= b[0]) & (values <= b[1])).sum()) / values.size) if values.size else math.nan
+            ref, tgt = v[g == 0], v[g == 1]
+            row = {
+                "split": split, "phase": recs[0]["phase"], "arm": arm, "draw": recs[0].get("draw", -1),
+                "scenario": scen, "variation": var, "smd": smd, "abs_smd": abs(smd), "inlier_ratio": ratio,
+                "parse_rate": float((~np.isnan(values)).mean()) if values.size else math.nan,
+                "n_ref": int(ref.size), "n_target": int(tgt.size),
+                "n_names_ref": len({x for x, gi in zip(names, groups) if gi == 0}),
+                "n_names_target": len({x for x, gi in zip(names, groups) if gi == 1}),
+                "mean_ref": float(ref.mean()) if ref.size else math.nan,
+                "mean_target": float(tgt.mean()) if tgt.size else math.nan,
+                "lower": float(b[0]), "upper": float(b[1]), "bounds_degenerate": _degenerate(b),
+                "n_answers": int(values.size), "smd_ci_low": math.nan, "smd_ci_high": math.nan, "p_value": math.nan,
+                "pruned_neurons": recs[0].get("pruned_neurons", 0), "pruned_heads": recs[0].get("pruned_heads", 0),
+            }
+            if config.bootstrap_samples and not math.isnan(smd):
+                row["smd_ci_low"], row["smd_ci_high"] = bootstrap_smd_ci(v, g, n, n_boot=config.bootstrap_samples, seed=config.seed)
+            if config.permutation_samples and not math.isnan(smd):
+                row["p_value"] = permutation_pvalue(v, g, n, n_perm=config.permutation_samples, seed=config.seed)
+            rows.append(row)
+    return rows

@@ -45,7 +45,7 @@ __all__ = [
     "split_model_id",
 ]
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+DType = Literal["auto", "float32", "bfloat16", "float16", "float64"]
 
 
 class ModelLoadError(RuntimeError):
@@ -246,7 +246,7 @@ def resolve_dtype(dtype: DType, device: torch.device | str | None = None) -> tor
     if dtype == "auto":
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return torch.bfloat16 if dev.type == "cuda" else torch.float32
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
     if dtype not in choices:
         raise ValueError(f"dtype={dtype!r} is not valid; valid choices: {['auto', *choices]}")
     return choices[dtype]

@@ -25,7 +25,7 @@ from torch import nn
 from .architectures import UnitLayout
 from .hooks import HookSet
 
-__all__ = ["BatchScores", "ScoreAccumulator", "response_nll", "score_batch"]
+__all__ = ["BatchScores", "ScoreAccumulator", "response_nll", "score_batch", "sum_scores"]
 
 
 @dataclass
@@ -207,3 +207,24 @@ class ScoreAccumulator(nn.Module):
         """Per group: key -> scores (on CPU). ``sums`` defaults to this accumulator's own."""
         sums = self.sums if sums is None else sums
         return [{k: sums[g, off : off + n].to(dtype).cpu() for k, (off, n) in self.slots.items()} for g in range(sums.shape[0])]
+
+
+def sum_scores(
+    per_variation: dict[str, dict[str, dict[str, torch.Tensor]]], variations: list[str] | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """S_G(u) over several variations: the sum of their per-variation sums (float64; exact for disjoint examples).
+
+    S_G(u) is a sum over examples of s_e(u), and s_e(u) depends only on example e, so scoring the union of
+    several variations' examples adds the same terms as adding the variations' sums.
+    """
+    keys = list(per_variation) if variations is None else list(variations)
+    missing = [v for v in keys if v not in per_variation]
+    if missing:
+        raise KeyError(f"no scores for variation(s) {missing}; scored: {sorted(per_variation)}")
+    total: dict[str, dict[str, torch.Tensor]] = {}
+    for v in keys:
+        for g, per_key in per_variation[v].items():
+            for k, t in per_key.items():
+                acc = total.setdefault(g, {})
+                acc[k] = acc[k] + t.double() if k in acc else t.double().clone()
+    return total

@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 
-__all__ = ["FrozenDDPStrategy", "FrozenFSDPStrategy"]
+__all__ = ["FrozenDDPStrategy", "FrozenFSDPStrategy", "shard_decoder"]
 
 
 class FrozenDDPStrategy(DDPStrategy):
@@ -29,7 +29,7 @@ class FrozenDDPStrategy(DDPStrategy):
 
     strategy_name = "frozen_ddp"
 
-    def setup(self, trainer: "L.Trainer") -> None:
+    def setup(self, trainer: L.Trainer) -> None:
         # DDPStrategy.setup minus the DDP wrapper (fit) and the weight broadcast (other stages).
         assert self.accelerator is not None and self.model is not None
         self.accelerator.setup(trainer)
@@ -58,7 +58,7 @@ class FrozenFSDPStrategy(ModelParallelStrategy):
 
     ``ModelParallelStrategy`` with the whole world on the data-parallel mesh dimension (its ``auto`` puts
     only the nodes there). The module shards itself in ``configure_model`` (see
-    ``BiasPruneModule._shard``).
+    ``shard_decoder``).
     """
 
     strategy_name = "frozen_fsdp"
@@ -88,3 +88,15 @@ if "frozen_fsdp" not in StrategyRegistry:
         FrozenFSDPStrategy,
         description="FSDP2 sharding of a frozen model over all processes, each scoring its own examples",
     )
+
+
+def shard_decoder(model, mesh) -> None:
+    """FSDP2: shard each decoder layer, then the rest, over the data-parallel mesh dimension."""
+    from torch.distributed.fsdp import fully_shard
+
+    from .architectures import decoder_layers
+
+    dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=dp)
+    fully_shard(model, mesh=dp)

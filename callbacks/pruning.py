@@ -1,200 +1,233 @@
-"""The pruning Callback: turns scores into masks, applies them, and writes the artifacts.
+"""The pruning Callback: turns scores into masks, and gives every evaluation batch its arms.
 
-In ``fit`` it acts once scoring is over (``on_train_end``): it takes the all-reduced score sums from the
-module, selects the units to prune by set difference (DESIGN §2), applies the masks (reversible hooks or
-zeroed weights), writes ``scores.safetensors`` and ``masks.safetensors`` in the run directory, logs
-the pruned counts per layer and module to TensorBoard, and optionally exports a pruned Hugging Face
-checkpoint. Given ``masks_file`` it applies that file's masks instead of selecting new ones, so a mask
-learned on one context can be evaluated on another (``biasprune validate --pruning.masks_file ...``).
+At the start of a ``validate`` stage it resolves the masks under test: those of ``masks_file``, or, after
+``fit`` in the same run, masks selected from the run's scores (DESIGN §2; ``rule``, ``p``/``q`` or
+``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when asked). It then
+serves the arms of each batch (:class:`biasprune.arms.ArmSource`): the unpruned model, the pruned model, and
+``random_draws`` random masks that prune the same number of units per module (neurons) and in total (heads)
+(DESIGN §6). It needs only the :class:`biasprune.arms.PrunableModule` members of the module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from biasprune import artifacts
-from biasprune.masks import MaskError, count_pruned, load_masks, save_masks, validate_masks
-from biasprune.selection import SCOPES, keep_masks
+from biasprune.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_counts
+from biasprune.checks import check_choice, check_fraction, check_positive
+from biasprune.masks import MaskError, load_masks, save_masks, validate_masks
+from biasprune.resume import check_fingerprint
+from biasprune.scoring import sum_scores
+from biasprune.selection import HEAD_FLAGS, NEURON_FLAGS, RULES, SCOPES, keep_masks, parse_budget, random_prune_like
 
 __all__ = ["PruningCallback"]
 
 UNITS = ("neurons", "heads", "both")
-MODES = ("reversible", "hard")
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; valid choices: {list(choices)}")
-
-
-def _fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value} must be a fraction in [0, 1]")
 
 
 class PruningCallback(Callback):
-    """Select, apply and save pruning masks.
+    """Select and save pruning masks, and serve the evaluation arms.
 
     Args:
         units: which units to prune: ``neurons``, ``heads`` or ``both``.
+        rule: how units are chosen from the two groups' scores: ``set_difference`` (the paper's: top q of the
+            target group's scores minus the top p of the reference group's) or a ranking rule (see
+            ``docs/method.md``), which needs ``budget``.
         p: neurons: fraction of each pool protected as most important for the reference group.
         q: neurons: fraction of each pool considered most important for the target group.
+        budget: neurons: units pruned per pool, as a fraction of the pool (``0.005`` or ``"0.5%"``) or a count
+            (``12``); with ``set_difference`` it replaces q. Empty: p/q decide.
         scope: neurons: ``module`` selects within each projection, ``global`` over all neurons.
         head_p: heads: like ``p``.
         head_q: heads: like ``q``.
+        head_budget: heads: like ``budget``.
         head_scope: heads: ``global`` (over all heads of the model, as in the paper) or ``module``.
-        mode: ``reversible`` (hooks; removing them restores the model) or ``hard`` (zeroed weights).
-        masks_file: apply this ``masks.safetensors`` instead of selecting masks from this run's scores.
-        export_dir: after pruning, write a pruned Hugging Face checkpoint there (``save_pretrained``).
+        floor_quantile: ``relative_difference`` and ``log_ratio``: the pool quantile of S_t + S_r below which units
+            are not candidates (relative_difference) or that floors both scores (log_ratio).
+        random_draws: random-mask controls evaluated beside the pruned model (DESIGN §6; 0 disables them and
+            with them every claim).
+        random_seed: seed of the random masks.
+        masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores.
+        export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
         log_histograms: log score histograms per unit kind and group to TensorBoard.
     """
 
     def __init__(
         self,
         units: Literal["neurons", "heads", "both"] = "neurons",
+        rule: str = "set_difference",
         p: float = 0.35,
         q: float = 0.40,
+        budget: int | float | str | None = None,
         scope: Literal["module", "global"] = "module",
         head_p: float = 0.15,
         head_q: float = 0.15,
+        head_budget: int | float | str | None = None,
         head_scope: Literal["module", "global"] = "global",
-        mode: Literal["reversible", "hard"] = "reversible",
+        floor_quantile: float = 0.5,
+        random_draws: int = 3,
+        random_seed: int = 0,
         masks_file: str = "",
         export_dir: str = "",
         log_histograms: bool = True,
     ) -> None:
-        _choice("pruning.units", units, UNITS)
-        _choice("pruning.scope", scope, SCOPES)
-        _choice("pruning.head_scope", head_scope, SCOPES)
-        _choice("pruning.mode", mode, MODES)
+        check_choice("pruning.units", units, UNITS)
+        check_choice("pruning.rule", rule, RULES)
+        check_choice("pruning.scope", scope, SCOPES)
+        check_choice("pruning.head_scope", head_scope, SCOPES)
         for name, v in (("pruning.p", p), ("pruning.q", q), ("pruning.head_p", head_p), ("pruning.head_q", head_q)):
-            _fraction(name, v)
-        self.units, self.p, self.q, self.scope = units, p, q, scope
-        self.head_p, self.head_q, self.head_scope = head_p, head_q, head_scope
-        self.mode = mode
-        self.masks_file = masks_file
-        self.export_dir = export_dir
-        self.log_histograms = log_histograms
+            check_fraction(name, v)
+        check_positive("pruning.random_draws", random_draws, minimum=0)
+        check_fraction("pruning.floor_quantile", floor_quantile)
+        for name, b in (("pruning.budget", budget), ("pruning.head_budget", head_budget)):
+            if b is not None:
+                parse_budget(b, flag=name)  # refuse a bad budget now, not after scoring
+        self.units, self.rule, self.p, self.q, self.budget, self.scope = units, rule, p, q, budget, scope
+        self.head_p, self.head_q, self.head_budget, self.head_scope = head_p, head_q, head_budget, head_scope
+        self.floor_quantile = floor_quantile
+        self.random_draws, self.random_seed = random_draws, random_seed
+        self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
         if masks_file:
             self.loaded = load_masks(masks_file)  # fail now, before a run starts, on an unreadable file
             if not self.loaded[0]:
                 raise MaskError(f"masks file {masks_file!r} holds no masks")
+        self.masks: dict[str, torch.Tensor] | None = None
+        self._arms: list[Arm] = [UNPRUNED]
+        self.plan: ArmSource | None = None
 
-    # ------------------------------------------------------------------------------------ hooks
-    def _check_loaded(self, pl_module) -> None:
-        if self.loaded is not None:
-            validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
+    def set_plan(self, plan: ArmSource | None) -> None:
+        """Serve the arms of ``plan`` (the study's) in the next validate stages instead of this run's masks."""
+        self.plan = plan
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._check_loaded(pl_module)
+    def kinds(self) -> list[str]:
+        return {"neurons": ["neuron"], "heads": ["head"], "both": ["neuron", "head"]}[self.units]
 
-    def _apply_loaded(self, pl_module) -> None:
-        if self.loaded is None or pl_module.masks is not None:
-            return
-        self._check_loaded(pl_module)
-        pl_module.set_masks(self.loaded[0], self.mode)
-        hint = Path(self.masks_file).parent / "inlier_bounds.json"
-        if hint.is_file():
-            pl_module.bounds_hint = str(hint)
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides the masks (also the metadata of ``masks.safetensors``)."""
+        return {
+            "units": self.units, "rule": self.rule, "p": self.p, "q": self.q, "budget": self.budget, "scope": self.scope,
+            "head_p": self.head_p, "head_q": self.head_q, "head_budget": self.head_budget, "head_scope": self.head_scope,
+            "floor_quantile": self.floor_quantile,
+            "random_draws": self.random_draws, "random_seed": self.random_seed, "masks_file": self.masks_file,
+        }
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._apply_loaded(pl_module)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._apply_loaded(pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._apply_loaded(pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        with pl_module.timed("masks"):
-            self._prune(trainer, pl_module)
-
-    def _prune(self, trainer: L.Trainer, pl_module) -> None:
-        scores = pl_module.final_scores()  # collective: every rank calls it
-        dm = pl_module.datamodule
-        ref, tgt = dm.groups
-        if self.loaded is not None:
-            masks, source_meta = self.loaded
-            meta = dict(source_meta, source=str(self.masks_file))
-        else:
-            masks = self.select(scores[tgt], scores[ref])
-            meta = self.metadata(ref, tgt, pl_module.scores_metadata()["scoring"])
-        pl_module.set_masks(masks, self.mode)
-        if trainer.global_rank == 0:
-            run = pl_module.run_dir
-            tensors = {f"{g}/{key}": s for g, per_key in scores.items() for key, s in per_key.items()}
-            artifacts.write_safetensors(run / "scores.safetensors", tensors, pl_module.scores_metadata())
-            save_masks(run / "masks.safetensors", masks, meta)
-            self._log(trainer, pl_module, scores, masks)
-            if self.export_dir:
-                pl_module.export_pruned(self.export_dir, meta)
-
-    # -------------------------------------------------------------------------------- selection
-    def select(self, target: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Keep-masks (uint8, 1 = keep) for the configured unit kinds."""
+    # ------------------------------------------------------------------------------------ selection
+    def select(self, target: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+               n_target: int | None = None, n_reference: int | None = None) -> dict[str, torch.Tensor]:
+        """Keep-masks (uint8, 1 = keep) for the configured unit kinds (``n_*``: examples behind each group's sums)."""
         masks: dict[str, torch.Tensor] = {}
-        kinds = {"neurons": ["neuron"], "heads": ["head"], "both": ["neuron", "head"]}[self.units]
-        for kind in kinds:
-            p, q, scope = (self.p, self.q, self.scope) if kind == "neuron" else (self.head_p, self.head_q, self.head_scope)
-            selected = keep_masks(target, reference, kind, p, q, scope)
+        for kind in self.kinds():
+            if kind == "neuron":
+                p, q, budget, scope, flags = self.p, self.q, self.budget, self.scope, NEURON_FLAGS
+            else:
+                p, q, budget, scope, flags = self.head_p, self.head_q, self.head_budget, self.head_scope, HEAD_FLAGS
+            selected = keep_masks(target, reference, kind, p, q, scope, rule=self.rule, budget=budget, n_target=n_target,
+                                  n_reference=n_reference, floor_quantile=self.floor_quantile, flags=flags)
             if not selected:
-                raise RuntimeError(
-                    f"pruning.units={self.units!r} needs {kind} scores, but none were computed"
-                    f" (set model.score_{kind}s true)"
-                )
+                raise RuntimeError(f"pruning.units={self.units!r} needs {kind} scores, but none were computed (set model.score_{kind}s true)")
             masks.update(selected)
         return masks
 
-    def metadata(self, reference_group: str, target_group: str, scoring: list[str]) -> dict[str, Any]:
-        return {
-            "p": str(self.p),
-            "q": str(self.q),
-            "scope": self.scope,
-            "head_p": str(self.head_p),
-            "head_q": str(self.head_q),
-            "head_scope": self.head_scope,
-            "units": self.units,
-            "reference_group": reference_group,
-            "target_group": target_group,
-            "scoring": ",".join(scoring),
-        }
+    def random_controls(self, masks: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """``random_draws`` keep-mask sets pruning as many units per module (neurons) / in total (heads)."""
+        draws = []
+        for d in range(self.random_draws):
+            out: dict[str, torch.Tensor] = {}
+            for kind, scope in (("neuron", self.scope), ("head", self.head_scope)):
+                part = {k: m == 0 for k, m in masks.items() if k.startswith(kind + "/")}
+                if part:
+                    drawn = random_prune_like(part, scope, seed=self.random_seed * 1000 + d)
+                    out.update({k: (~v).to(torch.uint8) for k, v in drawn.items()})
+            draws.append(out)
+        return draws
 
-    # ---------------------------------------------------------------------------------- logging
-    def _log(self, trainer: L.Trainer, pl_module, scores: dict, masks: dict[str, torch.Tensor]) -> None:
-        counts = count_pruned(masks)
-        total = sum(counts.values())
-        units = sum(int(m.numel()) for m in masks.values())
-        from lightning.pytorch.utilities import rank_zero_info
+    def arms_from(self, masks: Mapping[str, torch.Tensor] | None, baseline: bool = True) -> list[Arm]:
+        arms = [UNPRUNED] if baseline else []
+        if masks is not None:
+            arms.append(Arm("pruned", "pruned", masks))
+            arms += [Arm(f"random/{d}", "random", m, draw=d) for d, m in enumerate(self.random_controls(masks))]
+        return arms
 
-        rank_zero_info(f"pruned {total} of {units} units ({self.units}); masks in {pl_module.run_dir / 'masks.safetensors'}")
-        experiment = None
-        for logger in trainer.loggers:
-            if hasattr(getattr(logger, "experiment", None), "add_scalar"):
-                experiment = logger.experiment
+    def arms_for(self, split: str, scenario: str, variation: str) -> Sequence[Arm]:
+        return self._arms
+
+    # ---------------------------------------------------------------------------------------- hooks
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": {k: str(v) for k, v in self.settings().items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "settings" in state_dict:
+            check_fingerprint(state_dict["settings"], {k: str(v) for k, v in self.settings().items()}, "the checkpoint (pruning settings)")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
+        if self.loaded is not None:
+            validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.plan is not None:
+            pl_module.set_arm_source(self.plan)
+            return
+        self.masks = self._resolve(trainer, pl_module)
+        self._arms = self.arms_from(self.masks, baseline=pl_module.evaluation.baseline)
+        pl_module.set_arm_source(self)
+
+    def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
+        if self.loaded is not None:
+            validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
+            return self.loaded[0]
+        per_variation = pl_module.final_scores()
+        stored = Path(pl_module.run_dir) / "scores_by_variation.safetensors"
+        if per_variation is None and stored.is_file():  # written by this run's fit (another process, or resumed)
+            per_variation, _ = artifacts.read_scores(stored)
+        if per_variation is None:
+            return None  # nothing was scored in this run: evaluate the unpruned model
+        scores = sum_scores(per_variation)
+        ref, tgt = trainer.datamodule.groups
+        n = artifacts.read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
+        masks = self.select(scores[tgt], scores[ref], n.get(tgt), n.get(ref))
+        if trainer.global_rank == 0:
+            meta = {k: str(v) for k, v in self.settings().items()} | {
+                "reference_group": ref, "target_group": tgt, "scoring": ",".join(per_variation),
+            }
+            save_masks(Path(pl_module.run_dir) / "masks.safetensors", masks, meta)
+            if self.export_dir:
+                pl_module.export_pruned(self.export_dir, masks, meta)
+            self._log(trainer, pl_module, scores, masks)
+        return masks
+
+    # -------------------------------------------------------------------------------------- logging
+    def _log(self, trainer: L.Trainer, pl_module: PrunableModule, scores: dict, masks: dict[str, torch.Tensor]) -> None:
+        c = pruned_counts(masks)
+        what = " and ".join(f"{c[k]} of {c[k + '_units']} {k}s" for k in ("neuron", "head") if c[k + "_units"])
+        rank_zero_info(f"pruned {what} ({self.rule}); masks in {Path(pl_module.run_dir) / 'masks.safetensors'}")
+        experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_scalar")), None)
         if experiment is None:
             return
         layout = pl_module.layout
         # One curve per module kind: pruned units against layer index (the paper's Fig. 4 as scalars).
-        for key, n in counts.items():
+        for key, m in masks.items():
             kind, path = key.split("/", 1)
+            n = int((m == 0).sum())
             if kind == "neuron":
                 u = layout.neuron(path)
                 experiment.add_scalar(f"pruned/{u.kind}", n, global_step=u.layer)
             else:
                 experiment.add_scalar("pruned/heads", n, global_step=layout.head(path).layer)
-        experiment.add_scalar("pruned/total", total, global_step=0)
+        experiment.add_scalar("pruned/total", c["neuron"] + c["head"], global_step=0)
         if self.log_histograms:
             for group, per_key in scores.items():
                 for kind in ("neuron", "head"):
-                    vals = [s for k, s in per_key.items() if k.startswith(kind + "/")]
+                    vals = [s.float() for k, s in per_key.items() if k.startswith(kind + "/")]
                     if vals:
-                        experiment.add_histogram(f"scores/{kind}/{group}", torch.cat(vals).log10().clamp(min=-12), 0)
+                        experiment.add_histogram(f"scores/{kind}/{group}", torch.cat(vals).clamp(min=1e-12).log10(), 0)
         experiment.flush()

@@ -1,6 +1,6 @@
-"""LightningDataModules of biasprune."""
+"""LightningDataModules of biasprune (installed as ``biasprune.datamodules``)."""
 
 from .audit import AuditDataModule
-from .sampling import EvenShardSampler, WeightedView
+from .sampling import ShardedBatches, ShardSampler, fixed_batches
 
-__all__ = ["AuditDataModule", "EvenShardSampler", "WeightedView"]
+__all__ = ["AuditDataModule", "ShardSampler", "ShardedBatches", "fixed_batches"]

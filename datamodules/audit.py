@@ -1,28 +1,37 @@
-"""The paired-prompt DataModule: scenario x variation x name, for scoring and for evaluation.
+"""The paired-prompt DataModule: scenario x variation x name, over three name splits.
 
-Two sets are served, both restricted to the reference and target groups:
+Names are split three ways, disjoint and balanced by group x gender (DESIGN §6): ``scoring`` names build
+the prompts whose important units are scored (the masks are learned from them), ``dev`` names choose p/q
+and every other knob, ``test`` names give every reported number. Two sets are served, both restricted to
+the reference and target groups:
 
-* the scoring set: the chosen scoring variations with the scoring names. Its target texts (the model's
-  own responses) are produced by the LightningModule before scoring and attached with
+* the scoring set: the scoring variations with the scoring names. Its target texts (the model's own
+  responses) are produced by the LightningModule before scoring and attached with
   :meth:`AuditDataModule.set_scoring_examples`; the train dataloader serves them tokenized;
-* the evaluation set: the chosen evaluation variations with the evaluation names (held out from
-  scoring by default), served by the validation dataloader.
+* the evaluation set: the evaluation variations with the names of each evaluation split, served by the
+  validation dataloader; no batch mixes two (split, variation) groups.
 
-Every loader shards with :class:`EvenShardSampler`: under N processes each rank gets a disjoint shard and
-padding positions carry weight 0, so no example is counted twice whatever the dataset size.
+Batches are cut before they are dealt to processes (:mod:`.sampling`), so one and N processes compute the
+same batches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from biasprune.checks import check_choices
 from biasprune.data import (
+    SPLITS,
     AuditDataError,
+    NameEntry,
     build_prompt_rows,
     builtin_scenarios,
     check_groups,
@@ -30,20 +39,22 @@ from biasprune.data import (
     load_scenarios,
     parse_selectors,
     split_names,
+    variation_key,
 )
-from biasprune.models import DEFAULT_MODEL, load_tokenizer
+from biasprune.models import DEFAULT_MODEL, load_tokenizer, plant_training_names
+from biasprune.prompts import chat_prompt
 
-from .sampling import EvenShardSampler, WeightedView
+from .files import SCORING_EXAMPLE_FIELDS, read_prompt_file, read_scoring_examples, select_rows
+from .sampling import ShardedBatches, ShardSampler, fixed_batches
 
-__all__ = ["AuditDataModule", "DATASET_COLUMNS", "SCORING_EXAMPLE_FIELDS"]
+__all__ = ["AuditDataModule", "SCORING_EXAMPLE_FIELDS"]
 
-DATASET_COLUMNS = ("scenario", "variation", "name", "group", "prompt")
-OPTIONAL_DATASET_COLUMNS = ("gender", "pair_id", "split")
-SCORING_EXAMPLE_FIELDS = ("group", "scenario", "variation", "name", "prompt", "response")
+EvalSplit = Literal["dev", "test"]
+_TEXT_FIELDS = ("split", "scenario", "variation", "name", "group", "gender", "pair_id", "prompt", "key")
 
 
 def _collate_text(rows: list[dict]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: [r[k] for r in rows] for k in rows[0] if k not in ("index", "weight", "group_index")}
+    out: dict[str, Any] = {k: [r[k] for r in rows] for k in _TEXT_FIELDS}
     out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
     out["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
     out["group_index"] = torch.tensor([r["group_index"] for r in rows], dtype=torch.long)
@@ -71,28 +82,34 @@ class _TokenCollator:
             "input_ids": ids,
             "attention_mask": attn,
             "response_mask": resp,
-            "group_index": torch.tensor([r["group_index"] for r in rows], dtype=torch.long),
+            "bucket": torch.tensor([r["bucket"] for r in rows], dtype=torch.long),
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
             "weight": torch.tensor([r["weight"] for r in rows], dtype=torch.float32),
         }
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class AuditDataModule(L.LightningDataModule):
-    """Paired audit prompts for scoring and evaluation.
+    """Paired audit prompts for scoring and evaluation, over scoring / dev / test name splits.
 
     Args:
         scenarios: built-in scenario names or paths to scenario YAML files.
-        names: names CSV (columns name,group,gender); empty for the 40 built-in audit names.
-        scoring: what to score on: ``scenario`` (all its variations) or ``scenario/variation``.
-        evaluation: what to evaluate on, same syntax.
+        names: a built-in name set (``default``: ≥ 50 names per group from published lists; ``audit40``:
+            the 40 names of "What's in a Name?") or a names CSV (columns name,group,gender); empty for ``default``.
+        scoring: variations whose prompts are scored (masks are learned from them): ``scenario`` (all its
+            variations) or ``scenario/variation``.
+        evaluation: variations whose sampled answers are evaluated, same syntax.
+        eval_splits: name splits whose answers are evaluated: ``test`` reports, ``dev`` tunes.
+        split_fractions: shares of each (group, gender) cell's names in the scoring, dev and test splits.
+        split_seed: seed of the name split.
         reference_group: the group whose answers are the reference (SMD > 0: it gets higher numbers).
         target_group: the group whose prompts' important units are pruned.
-        holdout_names: evaluate on names not used for scoring (seeded, balanced by group and gender).
-        eval_name_fraction: share of each (group, gender) cell's names held out for evaluation.
-        split_seed: seed of the name split.
         dataset_file: a CSV/JSONL/Parquet file of prompts with columns scenario, variation, name, group,
-            prompt (the user message) and optionally gender, pair_id, split (``scoring``/``evaluation``).
-            It replaces the scenario files; ``scoring``/``evaluation`` selections still apply.
+            prompt (the user message) and optionally gender, pair_id, split (scoring/dev/test). It replaces
+            the scenario files; ``scoring``/``evaluation`` selections still apply.
         system_prompt: a system message put before each prompt; empty for the chat template's default.
         tokenizer: model id or path whose tokenizer and chat template are used (linked to the model).
         trust_remote_code: allow custom tokenizer code from the model repository.
@@ -109,11 +126,11 @@ class AuditDataModule(L.LightningDataModule):
         names: str = "",
         scoring: Sequence[str] = ("purchase",),
         evaluation: Sequence[str] = ("purchase",),
+        eval_splits: Sequence[EvalSplit] = ("test",),
+        split_fractions: tuple[float, float, float] = (0.4, 0.2, 0.4),
+        split_seed: int = 0,
         reference_group: str = "white",
         target_group: str = "black",
-        holdout_names: bool = True,
-        eval_name_fraction: float = 0.5,
-        split_seed: int = 0,
         dataset_file: str = "",
         system_prompt: str = "",
         tokenizer: str = DEFAULT_MODEL,
@@ -126,185 +143,159 @@ class AuditDataModule(L.LightningDataModule):
         super().__init__()
         if reference_group == target_group:
             raise AuditDataError(f"reference_group and target_group are both {reference_group!r}; they must differ")
-        for arg, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if v < 1:
-                raise AuditDataError(f"{arg} must be >= 1, got {v}")
+                raise ValueError(f"data.{name} must be >= 1, got {v}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_choices("data.eval_splits", eval_splits, ("dev", "test"))
         self.save_hyperparameters()
-        self.groups = (reference_group, target_group)
+        self.groups = (reference_group.lower(), target_group.lower())
+        self.eval_splits = tuple(dict.fromkeys(eval_splits))
+        self.system_prompt = system_prompt
         self.tokenizer_name = tokenizer
         self.trust_remote_code = trust_remote_code
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.system_prompt = system_prompt
-        self.scoring_examples_file = scoring_examples_file
+        self.dataset_file = dataset_file
         # Validate every file now, before a trainer runs or anything is written.
         if dataset_file:
-            self.scoring_rows, self.eval_rows = self._rows_from_dataset_file(
-                Path(dataset_file), scoring, evaluation, holdout_names, eval_name_fraction, split_seed
-            )
             self.scenarios = {}
+            self._file_rows = self._rows_from_dataset_file(Path(dataset_file), split_fractions, split_seed)
+            self.names_by_split = {s: sorted({(r["name"], r["group"]) for r in self._file_rows if r["split"] == s}) for s in SPLITS}
+            self.name_sources = {}
         else:
             self.scenarios = load_scenarios(scenarios)
             names_list = load_names(names or None)
             check_groups(names_list, self.groups, names or "built-in names")
-            scoring_sel = parse_selectors(scoring, self.scenarios, "data.scoring")
-            eval_sel = parse_selectors(evaluation, self.scenarios, "data.evaluation")
-            if holdout_names:
-                score_names, eval_names = split_names(names_list, eval_name_fraction, split_seed)
-            else:
-                score_names = eval_names = names_list
-            self.scoring_rows = build_prompt_rows(self.scenarios, scoring_sel, score_names, self.groups)
-            self.eval_rows = build_prompt_rows(self.scenarios, eval_sel, eval_names, self.groups)
-        self.preset_examples = self._read_scoring_examples(Path(scoring_examples_file)) if scoring_examples_file else None
-        self.tokenizer = None
-        self.scoring_prompts = None
-        self.eval_set = None
-        self.scoring_set = None
-        self.n_skipped: dict[str, int] = {g: 0 for g in self.groups}
-
-    # ----------------------------------------------------------------------------------------- files
-    def _rows_from_dataset_file(self, path, scoring, evaluation, holdout, fraction, seed):
-        import datasets
-
-        if not path.is_file():
-            raise AuditDataError(f"dataset file {str(path)!r} does not exist")
-        loaders = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-        kind = loaders.get(path.suffix.lower())
-        if kind is None:
-            raise AuditDataError(f"dataset file {str(path)!r}: unknown format {path.suffix!r}; valid: {sorted(loaders)}")
-        try:
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True)
-        except Exception as err:  # datasets raises many types for malformed files
-            raise AuditDataError(f"dataset file {str(path)!r} could not be read: {err}") from err
-        missing = [c for c in DATASET_COLUMNS if c not in ds.column_names]
-        if missing:
-            raise AuditDataError(
-                f"dataset file {str(path)!r}: missing column(s) {missing}; found {ds.column_names},"
-                f" required {list(DATASET_COLUMNS)} (optional {list(OPTIONAL_DATASET_COLUMNS)})"
-            )
-        rows = []
-        for i, r in enumerate(ds):
-            for c in DATASET_COLUMNS:
-                if r[c] is None or str(r[c]).strip() == "":
-                    raise AuditDataError(f"dataset file {str(path)!r}: row {i}: empty value in column {c!r}")
-            split = str(r.get("split") or "").strip().lower()
-            if split not in ("", "scoring", "evaluation"):
-                raise AuditDataError(
-                    f"dataset file {str(path)!r}: row {i}: column 'split' is {split!r}; valid: scoring, evaluation or empty"
-                )
-            rows.append(
-                {
-                    "scenario": str(r["scenario"]),
-                    "variation": str(r["variation"]),
-                    "name": str(r["name"]),
-                    "group": str(r["group"]).lower(),
-                    "gender": str(r.get("gender") or "").lower(),
-                    "pair_id": str(r.get("pair_id") or f"{r['scenario']}/{r['variation']}/{r['name']}"),
-                    "user_prompt": str(r["prompt"]),
-                    "split": split,
-                }
-            )
-        present = sorted({r["group"] for r in rows})
-        for g in self.groups:
-            if g not in present:
-                raise AuditDataError(f"dataset file {str(path)!r}: group {g!r} has no rows; groups present: {present}")
-        rows = [r for r in rows if r["group"] in self.groups]
-
-        def selected(sel: Sequence[str], what: str) -> set[tuple[str, str]]:
-            known = {(r["scenario"], r["variation"]) for r in rows}
-            out = set()
-            for s in sel:
-                scen, _, var = str(s).partition("/")
-                hit = {k for k in known if k[0] == scen and (not var or k[1] == var)}
-                if not hit:
-                    raise AuditDataError(
-                        f"{what}: {s!r} matches no rows of {str(path)!r}; scenarios/variations present:"
-                        f" {sorted('/'.join(k) for k in known)}"
-                    )
-                out |= hit
-            return out
-
-        score_keys, eval_keys = selected(scoring, "data.scoring"), selected(evaluation, "data.evaluation")
-        if any(r["split"] for r in rows):
-            score_part = [r for r in rows if r["split"] != "evaluation"]
-            eval_part = [r for r in rows if r["split"] != "scoring"]
-        elif holdout:
-            from biasprune.data import NameEntry
-
-            people = {r["name"]: NameEntry(r["name"], r["group"], r["gender"]) for r in rows}
-            _, eval_names = split_names(list(people.values()), fraction, seed)
-            held = {n.name for n in eval_names}
-            score_part = [r for r in rows if r["name"] not in held]
-            eval_part = [r for r in rows if r["name"] in held]
-        else:
-            score_part = eval_part = rows
-        strip = lambda r: {k: v for k, v in r.items() if k != "split"}  # noqa: E731
-        return (
-            [strip(r) for r in score_part if (r["scenario"], r["variation"]) in score_keys],
-            [strip(r) for r in eval_part if (r["scenario"], r["variation"]) in eval_keys],
+            self._splits = split_names(names_list, split_fractions, split_seed, groups=self.groups, source=names or "default names")
+            self.names_by_split = {s: [(n.name, n.group) for n in self._splits[s] if n.group in self.groups] for s in SPLITS}
+            self.name_sources = {n.name: n.source for n in names_list}
+        self._check_plant_names()
+        self.scoring_selection, self.evaluation_selection = tuple(scoring), tuple(evaluation)
+        self._build_rows()
+        self.preset_examples = (
+            read_scoring_examples(Path(scoring_examples_file), self.groups) if scoring_examples_file else None
         )
+        self.tokenizer = None
+        self.n_skipped: dict[str, int] = {g: 0 for g in self.groups}
+        self._train_sampler: ShardSampler | None = None
 
-    def _read_scoring_examples(self, path: Path) -> list[dict]:
-        from biasprune.artifacts import read_jsonl
+    def _check_plant_names(self) -> None:
+        """A planted model must never be evaluated on names it was trained on (DESIGN §7)."""
+        trained = plant_training_names(self.tokenizer_name)
+        leaked = sorted({n for s in ("dev", "test") for n, _ in self.names_by_split[s]} & trained)
+        if leaked:
+            raise AuditDataError(
+                f"the planted model {self.tokenizer_name!r} was trained on {len(leaked)} name(s) of the dev/test splits"
+                f" (e.g. {leaked[:3]}); use the split it was trained against (its provenance.json) or other names"
+            )
 
-        if not path.is_file():
-            raise AuditDataError(f"scoring_examples_file {str(path)!r} does not exist")
-        try:
-            rows = read_jsonl(path)
-        except ValueError as err:
-            raise AuditDataError(f"{path}: not valid JSON lines ({err})") from err
-        for i, r in enumerate(rows, start=1):
-            missing = [f for f in SCORING_EXAMPLE_FIELDS if f not in r]
-            if missing:
-                raise AuditDataError(f"{path}:{i}: missing field(s) {missing}; required {list(SCORING_EXAMPLE_FIELDS)}")
-            if r["group"] not in self.groups:
-                raise AuditDataError(f"{path}:{i}: field 'group' is {r['group']!r}; this run compares {list(self.groups)}")
-        if not rows:
-            raise AuditDataError(f"{path}: no scoring examples")
+    # ------------------------------------------------------------------------------------- selection
+    def _rows(self, selectors: Sequence[str], split: str, what: str) -> list[dict]:
+        """Prompt rows of one name split for ``scenario`` / ``scenario/variation`` selectors."""
+        if self.dataset_file:
+            keys = select_rows(self._file_rows, selectors, what, self.dataset_file)
+            return [dict(r) for k in keys for r in self._file_rows if r["split"] == split and (r["scenario"], r["variation"]) == k]
+        sel = parse_selectors(selectors, self.scenarios, what)
+        return [dict(r, split=split) for r in build_prompt_rows(self.scenarios, sel, self._splits[split], self.groups)]
+
+    def _build_rows(self) -> None:
+        self.scoring_rows = self._rows(self.scoring_selection, "scoring", "data.scoring")
+        self.eval_rows = [r for split in self.eval_splits for r in self._rows(self.evaluation_selection, split, "data.evaluation")]
+        self.scoring_variations = list(dict.fromkeys(variation_key(r["scenario"], r["variation"]) for r in self.scoring_rows))
+        self.scoring_prompts = self.eval_set = self.scoring_set = None
+        self.scoring_examples = []
+
+    def select(self, scoring: Sequence[str] | None = None, eval_splits: Sequence[str] | None = None) -> None:
+        """Change what is scored and which name splits are evaluated (the study scores only what it lacks).
+
+        The name splits and the evaluated variations stay as configured; prompts are rebuilt in ``setup``.
+        """
+        if scoring is not None:
+            self.scoring_selection = tuple(scoring)
+        if eval_splits is not None:
+            check_choices("data.eval_splits", eval_splits, ("dev", "test"))
+            self.eval_splits = tuple(dict.fromkeys(eval_splits))
+        self._build_rows()
+        if self.tokenizer is not None:
+            self.setup()
+
+    def _rows_from_dataset_file(self, path: Path, fractions, seed) -> list[dict]:
+        rows = read_prompt_file(path, self.groups)
+        people = {r["name"]: NameEntry(r["name"], r["group"], r["gender"]) for r in rows if not r["split"]}
+        if people:
+            splits = split_names(list(people.values()), fractions, seed, groups=self.groups, source=str(path))
+            split_of = {n.name: s for s in SPLITS for n in splits[s]}
+            for r in rows:
+                r["split"] = r["split"] or split_of[r["name"]]
         return rows
 
     # ----------------------------------------------------------------------------------------- setup
-    def _chat(self, user_prompt: str) -> str:
-        messages = [{"role": "user", "content": user_prompt}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return user_prompt  # a base model without a chat template gets the bare question
-
-    def _dataset(self, rows: list[dict]):
-        import datasets
-
-        with_prompt = [
-            dict(r, prompt=self._chat(r["user_prompt"]), group_index=self.groups.index(r["group"])) for r in rows
+    def _with_prompts(self, rows: list[dict]) -> list[dict]:
+        return [
+            dict(
+                r,
+                prompt=chat_prompt(self.tokenizer, r["user_prompt"], self.system_prompt),
+                group_index=self.groups.index(r["group"]),
+                key=f"{r['scenario']}/{r['variation']}/{r['name']}",
+                split=r.get("split", "scoring"),
+            )
+            for r in rows
         ]
-        return datasets.Dataset.from_list(with_prompt)
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
         if self.scoring_prompts is None:
-            self.scoring_prompts = self._dataset(self.scoring_rows)
-            self.eval_set = self._dataset(self.eval_rows)
+            self.scoring_prompts = self._with_prompts(self.scoring_rows)
+            self.eval_set = self._with_prompts(self.eval_rows)
         if self.preset_examples is not None and self.scoring_set is None:
-            self.set_scoring_examples(self.preset_examples)
+            wanted = {(r["scenario"], r["variation"], r["name"]) for r in self.scoring_rows}
+            given = [e for e in self.preset_examples if (e["scenario"], e["variation"], e["name"]) in wanted]
+            missing = sorted(wanted - {(e["scenario"], e["variation"], e["name"]) for e in given})
+            if missing:
+                raise AuditDataError(
+                    f"data.scoring_examples_file has no example for {len(missing)} scoring prompt(s), e.g."
+                    f" {['/'.join(m) for m in missing[:3]]}; generate them (leave the file out) or score fewer variations"
+                )
+            self.set_scoring_examples(given)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Digests of everything in the data that changes a result (prompts, names, splits, groups, template)."""
+        fields = ("split", "scenario", "variation", "name", "group", "user_prompt")
+        return {
+            "data.scoring": _digest([[r.get(f, "") for f in fields] for r in self.scoring_rows]),
+            "data.evaluation": _digest([[r.get(f, "") for f in fields] for r in self.eval_rows]),
+            "data.groups": "/".join(self.groups),
+            "data.system_prompt": _digest(self.system_prompt),
+            "data.tokenizer": self.tokenizer_name,
+            "data.scoring_examples_file": _digest(self.preset_examples) if self.preset_examples else "",
+        }
 
     # ------------------------------------------------------------------------------ scoring examples
+    @property
+    def has_scoring_examples(self) -> bool:
+        return self.scoring_set is not None
+
     def set_scoring_examples(self, examples: Sequence[dict]) -> None:
         """Attach target responses (DESIGN: ``scoring_examples.jsonl`` rows) and tokenize them.
 
         Prompt and response are tokenized separately without special tokens and concatenated, so the
-        stored texts alone determine the computation. Empty responses are skipped and counted.
+        stored texts alone determine the computation. Empty responses are skipped and counted. Each example
+        is tagged with its accumulator bucket ``variation index x n_groups + group index``.
         """
-        import datasets
-
         self.scoring_examples = [
-            {k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e}
-            for e in examples
+            {k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e} for e in examples
         ]
-        kept = []
+        unknown = sorted({variation_key(e["scenario"], e["variation"]) for e in self.scoring_examples} - set(self.scoring_variations))
+        if unknown:
+            raise AuditDataError(
+                f"scoring examples of {unknown[:3]} are not among the scoring variations {self.scoring_variations}"
+            )
         self.n_skipped = {g: 0 for g in self.groups}
+        kept = []
         for e in self.scoring_examples:
             if not e["response"].strip():
                 self.n_skipped[e["group"]] += 1
@@ -315,64 +306,71 @@ class AuditDataModule(L.LightningDataModule):
         tok = self.tokenizer
         prompt_ids = tok([e["prompt"] for e in kept], add_special_tokens=False)["input_ids"]
         response_ids = tok([e["response"] for e in kept], add_special_tokens=False)["input_ids"]
+        n_groups = len(self.groups)
         # Scores are sums over examples, so their order is free: sorting by length keeps padding small.
-        order = sorted(range(len(kept)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
-        self.scoring_set = datasets.Dataset.from_dict(
+        order = sorted(range(len(kept)), key=lambda i: (len(prompt_ids[i]) + len(response_ids[i]), i))
+        self.scoring_set = [
             {
-                "prompt_ids": [prompt_ids[i] for i in order],
-                "response_ids": [response_ids[i] for i in order],
-                "group_index": [self.groups.index(kept[i]["group"]) for i in order],
+                "prompt_ids": prompt_ids[i],
+                "response_ids": response_ids[i],
+                "bucket": self.scoring_variations.index(variation_key(kept[i]["scenario"], kept[i]["variation"])) * n_groups
+                + self.groups.index(kept[i]["group"]),
             }
-        )
+            for i in order
+        ]
 
     # ----------------------------------------------------------------------------------- dataloaders
-    def _shard(self) -> tuple[int, int]:
+    def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 1, 0
-        return trainer.world_size, trainer.global_rank
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
 
-    def _loader(self, rows, batch_size: int, collate) -> DataLoader:
-        world, rank = self._shard()
-        sampler = EvenShardSampler(len(rows), num_replicas=world, rank=rank)
-        self._last_sampler = sampler
-        return DataLoader(
-            WeightedView(rows, sampler.total_size),
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
+    def _loader(self, rows: list[dict], groups: list[list[int]], batch_size: int, collate) -> tuple[DataLoader, ShardSampler]:
+        world, rank = self._world()
+        shard = ShardedBatches(rows, fixed_batches(groups, batch_size), batch_size, world, rank)
+        sampler = ShardSampler(len(shard))
+        loader = DataLoader(shard, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        return loader, sampler
+
+    def _grouped(self, rows: list[dict], fields: tuple[str, ...]) -> list[list[int]]:
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(tuple(r[f] for f in fields), []).append(i)
+        return list(groups.values())
 
     def response_dataloader(self) -> DataLoader:
-        """Scoring prompts (this rank's shard) that need a target response."""
-        return self._loader(self.scoring_prompts, self.eval_batch_size, _collate_text)
+        """Scoring prompts that need a target response, batched within each variation."""
+        return self._loader(self.scoring_prompts, self._grouped(self.scoring_prompts, ("scenario", "variation")),
+                            self.eval_batch_size, _collate_text)[0]
 
     def train_dataloader(self) -> DataLoader:
         if self.scoring_set is None:
             raise RuntimeError("no scoring examples: the module generates them in on_fit_start (or give scoring_examples_file)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        loader = self._loader(self.scoring_set, self.batch_size, _TokenCollator(pad))
-        self._train_sampler = self._last_sampler
+        loader, self._train_sampler = self._loader(
+            self.scoring_set, [list(range(len(self.scoring_set)))], self.batch_size, _TokenCollator(pad)
+        )
         return loader
 
     def skip_train_batches(self, n_batches: int) -> None:
         """Resume a scoring epoch: the next pass of the train loader starts after ``n_batches`` batches."""
+        if self._train_sampler is None:
+            raise RuntimeError("skip_train_batches needs the train dataloader to exist")
         self._train_sampler.skip_next(n_batches * self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, self.eval_batch_size, _collate_text)
+        """Evaluation prompts, batched within each (split, scenario, variation)."""
+        return self._loader(self.eval_set, self._grouped(self.eval_set, ("split", "scenario", "variation")),
+                            self.eval_batch_size, _collate_text)[0]
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+    def eval_keys(self) -> list[tuple[str, str, str]]:
+        """Evaluated (split, scenario, variation) triples, in order."""
+        return list(dict.fromkeys((r["split"], r["scenario"], r["variation"]) for r in self.eval_rows))
 
-    def predict_dataloader(self) -> DataLoader:
-        """The evaluation prompts: ``predict`` returns their sampled answers and parsed values."""
-        return self.val_dataloader()
+    def valid_range(self, scenario: str) -> tuple[float, float] | None:
+        """The scenario file's plausibility bounds (None for prompt files and scenarios without them)."""
+        scen = self.scenarios.get(scenario)
+        return None if scen is None else scen.valid_range
 
-    def eval_keys(self) -> list[tuple[str, str]]:
-        """Evaluated (scenario, variation) pairs, in order."""
-        seen: dict[tuple[str, str], None] = {}
-        for r in self.eval_rows:
-            seen.setdefault((r["scenario"], r["variation"]), None)
-        return list(seen)
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        """Names per split and group (the reference and target groups only)."""
+        return {s: {g: sum(grp == g for _, grp in names) for g in self.groups} for s, names in self.names_by_split.items()}

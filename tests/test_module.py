@@ -1,4 +1,4 @@
-"""The Lightning pipeline on a tiny random model: artifacts, independent re-scoring, processes, resume."""
+"""The Lightning pipeline on a tiny random model: artifacts, independent re-scoring, arms, processes, resume."""
 
 from __future__ import annotations
 
@@ -13,25 +13,27 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import biasprune.strategies  # noqa: F401
+from biasprune.answering import TargetConfig
 from biasprune.architectures import resolve_units
-from biasprune.artifacts import read_jsonl, read_safetensors
-from biasprune.evaluation import EvaluationConfig, METRIC_COLUMNS
-from biasprune.generation import GenerationConfig
-from biasprune.module import BiasPruneModule
-from biasprune.scoring import score_batch
+from biasprune.artifacts import read_jsonl, read_safetensors, read_scores
 from biasprune.callbacks import PruningCallback
 from biasprune.datamodules import AuditDataModule
+from biasprune.evaluation import METRIC_COLUMNS, EvaluationConfig
+from biasprune.generation import GenerationConfig
+from biasprune.module import BiasPruneModule
+from biasprune.resume import FingerprintMismatch
+from biasprune.scoring import score_batch, sum_scores
 
 FAST_GEN = GenerationConfig(samples=3, max_new_tokens=6)
 FAST_EVAL = EvaluationConfig(bootstrap_samples=50, permutation_samples=50)
-NO_EVAL = EvaluationConfig(baseline=False, pruned=False)
+TARGETS = TargetConfig(max_new_tokens=6)
 
 
-def make(model_dir, tmp_path, names=None, eval_cfg=FAST_EVAL, **data):
-    module = BiasPruneModule(model_dir, response_max_new_tokens=6, generation=FAST_GEN, evaluation=eval_cfg)
+def make(model_dir, names=None, eval_cfg=FAST_EVAL, gen=FAST_GEN, **data):
+    module = BiasPruneModule(model_dir, dtype="float64", targets=TARGETS, generation=gen, evaluation=eval_cfg)
     kwargs = dict(scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=model_dir, batch_size=3, eval_batch_size=4)
     if names:
-        kwargs.update(names=names, holdout_names=False)
+        kwargs.update(names=names, split_fractions=(0.4, 0.2, 0.4))
     kwargs.update(data)
     return module, AuditDataModule(**kwargs)
 
@@ -39,28 +41,30 @@ def make(model_dir, tmp_path, names=None, eval_cfg=FAST_EVAL, **data):
 def trainer(tmp_path, name="run", **kw):
     kw.setdefault("accelerator", "cpu")
     kw.setdefault("devices", 1)
-    return Trainer(
-        max_epochs=1,
-        logger=TensorBoardLogger(tmp_path, name=name),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
+    return Trainer(max_epochs=1, logger=TensorBoardLogger(tmp_path, name=name), enable_progress_bar=False,
+                   enable_model_summary=False, **kw)
 
 
-def odd_names(tmp_path, n=7):
+def fit_and_validate(t, module, dm, **kw):
+    """What ``biasprune fit`` does: score, then evaluate the arms in a validate stage of the same run."""
+    t.fit(module, datamodule=dm, **kw)
+    t.validate(module, datamodule=dm)
+    return Path(t.log_dir)
+
+
+def names_file(tmp_path, n=20):
     path = tmp_path / "names.csv"
-    path.write_text("name,group,gender\n" + "".join(f"Person{i} {'Becker' if i % 2 else 'Washington'},{'white' if i % 2 else 'black'},{'man' if i % 3 else 'woman'}\n" for i in range(n)))
+    path.write_text("name,group,gender\n" + "".join(
+        f"Person{i} {'Becker' if i % 2 else 'Washington'},{'white' if i % 2 else 'black'},{'man' if i % 4 < 2 else 'woman'}\n" for i in range(n)))
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def fitted(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
-    module, dm = make(tiny_model_dir, tmp)
-    t = trainer(tmp, callbacks=[PruningCallback(units="both", p=0.2, q=0.3)])
-    t.fit(module, datamodule=dm)
-    return Path(t.log_dir), module, dm
+    module, dm = make(tiny_model_dir, scoring=["purchase/car", "purchase/piano"])
+    t = trainer(tmp, callbacks=[PruningCallback(units="both", p=0.2, q=0.3, random_draws=2)])
+    return fit_and_validate(t, module, dm), module, dm
 
 
 def test_fit_writes_the_contract_artifacts(fitted):
@@ -72,30 +76,42 @@ def test_fit_writes_the_contract_artifacts(fitted):
             assert scores[f"{group}/neuron/{u.path}"].shape == (u.size,) and scores[f"{group}/neuron/{u.path}"].dtype == torch.float32
         for h in layout.heads:
             assert scores[f"{group}/head/{h.path}"].shape == (h.n_heads,)
-    assert json.loads(meta["n_examples"]) == {"white": 10, "black": 10}
-    assert meta["model"] and meta["objective"]
+    assert json.loads(meta["n_examples"]) == {"white": 40, "black": 40}  # 2 variations x 20 scoring names per group
     masks, mmeta = read_safetensors(run / "masks.safetensors")
     assert set(masks) == set(layout.keys()) and all(m.dtype == torch.uint8 for m in masks.values())
     assert {mmeta[k] for k in ("p", "q", "units", "reference_group", "target_group")} == {"0.2", "0.3", "both", "white", "black"}
     examples = read_jsonl(run / "scoring_examples.jsonl")
-    assert len(examples) == 20 and all(set(e) >= {"group", "scenario", "variation", "name", "prompt", "response"} for e in examples)
+    assert len(examples) == 80 and all(set(e) >= {"group", "scenario", "variation", "name", "prompt", "response"} for e in examples)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert list(rows[0]) == list(METRIC_COLUMNS)
-    assert [(r["phase"], r["variation"]) for r in rows] == [("baseline", "car"), ("pruned", "car")]
+    assert [(r["split"], r["arm"], r["phase"]) for r in rows] == [
+        ("test", "unpruned", "baseline"), ("test", "pruned", "pruned"), ("test", "random/0", "random"), ("test", "random/1", "random")]
+    summary = {r["arm"]: r for r in csv.DictReader(open(run / "summary.csv"))}
+    assert summary["pruned"]["random_draws"] == "2" and float(summary["pruned"]["null_p95"]) > 0
+    assert {r["claim"] for r in csv.DictReader(open(run / "claims.csv"))} == {"pruning lowers bias (pruned)"}
     assert json.loads((run / "inlier_bounds.json").read_text())["bounds"].keys() == {"purchase/car"}
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
-    assert (run / "answers_baseline.jsonl").is_file() and (run / "answers_pruned.jsonl").is_file()
+    answers = read_jsonl(run / "answers.jsonl")
+    assert len(answers) == 4 * 40 and {a["arm"] for a in answers} == {"unpruned", "pruned", "random/0", "random/1"}
+
+
+def test_random_controls_prune_as_many_units_per_module(fitted):
+    run, _, _ = fitted
+    rows = {r["arm"]: r for r in csv.DictReader(open(run / "metrics.csv"))}
+    for arm in ("random/0", "random/1"):
+        assert rows[arm]["pruned_neurons"] == rows["pruned"]["pruned_neurons"]
+        assert rows[arm]["pruned_heads"] == rows["pruned"]["pruned_heads"]
 
 
 def test_scores_are_reproducible_from_scoring_examples_alone(fitted, tiny_model_dir):
-    """Re-score the stored texts with score_batch directly, one example at a time, and compare."""
+    """Re-score the stored texts with score_batch directly, one example at a time; per variation and summed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run, _, _ = fitted
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval().requires_grad_(False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval().requires_grad_(False)
     layout = resolve_units(model)
-    totals: dict[str, torch.Tensor] = {}
+    per_variation: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     for e in read_jsonl(run / "scoring_examples.jsonl"):
         p = tok(e["prompt"], add_special_tokens=False)["input_ids"]
         r = tok(e["response"], add_special_tokens=False)["input_ids"]
@@ -103,74 +119,148 @@ def test_scores_are_reproducible_from_scoring_examples_alone(fitted, tiny_model_
             continue
         ids = torch.tensor([p + r])
         resp = torch.tensor([[0] * len(p) + [1] * len(r)])
+        group = per_variation.setdefault(f"{e['scenario']}/{e['variation']}", {}).setdefault(e["group"], {})
         for k, s in score_batch(model, layout, ids, torch.ones_like(ids), resp).scores.items():
-            key = f"{e['group']}/{k}"
-            totals[key] = totals.get(key, 0) + s[0].double()
+            group[k] = group.get(k, 0) + s[0].double()
+    stored, _ = read_scores(run / "scores_by_variation.safetensors")
+    for v, groups in per_variation.items():
+        for g, keys in groups.items():
+            for k, t in keys.items():
+                torch.testing.assert_close(stored[v][g][k], t, rtol=1e-5, atol=1e-8, msg=f"{v}/{g}/{k}")
+    total = sum_scores(per_variation)
     scores, _ = read_safetensors(run / "scores.safetensors")
-    assert set(scores) == set(totals)
-    for k in scores:
-        torch.testing.assert_close(scores[k].double(), totals[k], rtol=1e-5, atol=1e-8, msg=k)
+    for g, keys in total.items():
+        for k, t in keys.items():
+            torch.testing.assert_close(scores[f"{g}/{k}"].double(), t, rtol=1e-5, atol=1e-8)
 
 
-def test_pruned_phase_ran_with_masks_applied(fitted):
-    _, module, _ = fitted
-    assert module.masks is not None and module._mask_hooks is not None and len(module._mask_hooks) > 0
-    assert set(module.phase_results) == {"baseline", "pruned"}
+def test_answers_do_not_depend_on_the_batch_size(tiny_model_dir, tmp_path):
+    """Keyed random streams: the same seed gives the same answers whatever the evaluation batch size."""
+    out = {}
+    for bs in (1, 5, 40):
+        module, dm = make(tiny_model_dir, eval_batch_size=bs)
+        t = trainer(tmp_path, name=f"bs{bs}")
+        t.validate(module, datamodule=dm)
+        out[bs] = {(r["name"], r["arm"]): r["responses"] for r in read_jsonl(Path(t.log_dir) / "answers.jsonl")}
+    assert out[1] == out[5] == out[40]
+
+
+def test_fit_validate_and_a_masks_file_give_the_same_answers(fitted, tiny_model_dir, tmp_path):
+    """One code path and one seed rule: validate with the fit run's masks reproduces the fit run's answers."""
+    run, _, _ = fitted
+    module, dm = make(tiny_model_dir, scoring=["purchase/car", "purchase/piano"])
+    t = trainer(tmp_path, name="val", callbacks=[PruningCallback(masks_file=str(run / "masks.safetensors"), random_draws=0)])
+    t.validate(module, datamodule=dm)
+    mine = {(r["arm"], r["name"]): r["responses"] for r in read_jsonl(Path(t.log_dir) / "answers.jsonl")}
+    theirs = {(r["arm"], r["name"]): r["responses"] for r in read_jsonl(run / "answers.jsonl") if r["arm"] in ("unpruned", "pruned")}
+    assert mine == theirs
 
 
 def _scores_of(run: Path) -> dict[str, torch.Tensor]:
     return read_safetensors(run / "scores.safetensors")[0]
 
 
-def test_two_processes_equal_one_on_odd_examples(tiny_model_dir, tmp_path):
-    names = odd_names(tmp_path)  # 7 names x 1 variation = 7 scoring examples, batch 3
+def test_two_processes_equal_one(tiny_model_dir, tmp_path):
+    names = names_file(tmp_path)  # odd shards: 8 scoring names, batch 3 over 2 ranks
     runs = {}
     for devices, strategy in ((1, "auto"), (2, "frozen_ddp_spawn")):
-        module, dm = make(tiny_model_dir, tmp_path, names=names, eval_cfg=NO_EVAL)
-        t = trainer(tmp_path, name=f"d{devices}", devices=devices, strategy=strategy, callbacks=[PruningCallback()])
-        t.fit(module, datamodule=dm)
-        runs[devices] = Path(tmp_path / f"d{devices}" / "version_0")
+        module, dm = make(tiny_model_dir, names=names)
+        t = trainer(tmp_path, name=f"d{devices}", devices=devices, strategy=strategy, callbacks=[PruningCallback(random_draws=1)])
+        t.logger.version  # noqa: B018  (pin the version before processes are spawned, as the CLI does)
+        runs[devices] = fit_and_validate(t, module, dm)
     one, two = _scores_of(runs[1]), _scores_of(runs[2])
     assert set(one) == set(two)
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-7, msg=k)
-    meta = read_safetensors(runs[2] / "scores.safetensors")[1]
-    assert sum(json.loads(meta["n_examples"]).values()) == 7  # nothing counted twice
-    assert len(read_jsonl(runs[2] / "scoring_examples.jsonl")) == 7
+    assert read_jsonl(runs[1] / "scoring_examples.jsonl") == read_jsonl(runs[2] / "scoring_examples.jsonl")
+    answers = [{(r["arm"], r["name"]): r["responses"] for r in read_jsonl(run / "answers.jsonl")} for run in (runs[1], runs[2])]
+    assert answers[0] == answers[1]
+    rows = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (runs[1], runs[2])]
+    assert len(rows[0]) == len(rows[1])
+    for a, b in zip(*rows):  # synced torchmetrics merge per-rank moments: equal up to the last bits
+        for k in a:
+            try:
+                assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-9, nan_ok=True), k
+            except ValueError:
+                assert b[k] == a[k], k
 
 
 def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_totals(tiny_model_dir, tmp_path):
-    names = odd_names(tmp_path)
-    module, dm = make(tiny_model_dir, tmp_path, names=names, eval_cfg=NO_EVAL, batch_size=2)
+    names = names_file(tmp_path)
+    module, dm = make(tiny_model_dir, names=names, batch_size=2)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    t = trainer(tmp_path, name="full", callbacks=[PruningCallback(), ckpt])
-    t.fit(module, datamodule=dm)
-    full = _scores_of(Path(t.log_dir))
+    t = trainer(tmp_path, name="full", callbacks=[PruningCallback(random_draws=1), ckpt])
+    full_run = fit_and_validate(t, module, dm)
     mid = tmp_path / "ckpt" / "step=2.ckpt"
     state = torch.load(mid, weights_only=False)
     assert state["state_dict"] == {}  # frozen weights are not checkpointed
     assert int(state["biasprune"]["done"].sum()) == 4 and state["biasprune"]["score_sums"].dtype == torch.float64
-    module, dm = make(tiny_model_dir, tmp_path, names=names, eval_cfg=NO_EVAL, batch_size=2)
-    t = trainer(tmp_path, name="resumed", callbacks=[PruningCallback()])
-    t.fit(module, datamodule=dm, ckpt_path=mid)
-    resumed = _scores_of(Path(t.log_dir))
+    module, dm = make(tiny_model_dir, names=names, batch_size=2)
+    t = trainer(tmp_path, name="resumed", callbacks=[PruningCallback(random_draws=1)])
+    resumed_run = fit_and_validate(t, module, dm, ckpt_path=mid)
+    full, resumed = _scores_of(full_run), _scores_of(resumed_run)
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=1e-6, atol=0, msg=k)
+    # the resumed run's directory holds everything a fresh run's does, with the same answers
+    for name in ("scoring_examples.jsonl", "masks.safetensors", "metrics.csv", "inlier_bounds.json", "answers.jsonl", "timings.json"):
+        assert (resumed_run / name).is_file(), name
+    assert read_jsonl(resumed_run / "answers.jsonl") == read_jsonl(full_run / "answers.jsonl")
 
 
-def test_validate_applies_a_masks_file_and_reuses_bounds(fitted, tiny_model_dir, tmp_path):
+def test_resume_from_a_finished_epoch_finishes_the_run(tiny_model_dir, tmp_path):
+    """Lightning's own end-of-epoch checkpoint: the epoch is skipped on resume, the run still ends complete."""
+    names = names_file(tmp_path)
+    module, dm = make(tiny_model_dir, names=names)
+    t = trainer(tmp_path, name="first", callbacks=[PruningCallback(random_draws=1)])
+    t.fit(module, datamodule=dm)  # interrupted before the evaluation: only the checkpoint is left
+    ckpt = next((Path(t.log_dir) / "checkpoints").glob("*.ckpt"))
+    module, dm = make(tiny_model_dir, names=names)
+    t = trainer(tmp_path, name="second", callbacks=[PruningCallback(random_draws=1)])
+    run = fit_and_validate(t, module, dm, ckpt_path=ckpt)
+    for name in ("scores.safetensors", "masks.safetensors", "metrics.csv", "summary.csv", "answers.jsonl"):
+        assert (run / name).is_file(), name
+    assert {r["arm"] for r in csv.DictReader(open(run / "metrics.csv"))} == {"unpruned", "pruned", "random/0"}
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(data=dict(scoring=["purchase/piano"])), "data.scoring"),
+    (dict(model=dict(neuron_modules=["up_proj"])), "model.neuron_modules"),
+    (dict(pruning=dict(p=0.1)), "p"),
+])
+def test_resume_with_other_inputs_is_refused(tiny_model_dir, tmp_path, change, field):
+    names = names_file(tmp_path)
+    module, dm = make(tiny_model_dir, names=names, batch_size=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    t = trainer(tmp_path, name="a", callbacks=[PruningCallback(), ckpt])
+    t.fit(module, datamodule=dm)
+    module = BiasPruneModule(tiny_model_dir, dtype="float64", targets=TARGETS, generation=FAST_GEN, evaluation=FAST_EVAL, **change.get("model", {}))
+    _, dm = make(tiny_model_dir, names=names, batch_size=2, **change.get("data", {}))
+    t = trainer(tmp_path, name="b", callbacks=[PruningCallback(**change.get("pruning", {}))])
+    with pytest.raises(FingerprintMismatch, match=rf"1 field\(s\) differ: {field}"):
+        t.fit(module, datamodule=dm, ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")
+
+
+def test_settings_that_leave_examples_unscored_are_refused_before_any_work(tiny_model_dir, tmp_path):
+    module, dm = make(tiny_model_dir)
+    t = trainer(tmp_path, limit_train_batches=2)
+    with pytest.raises(ValueError, match=r"--trainer.limit_train_batches=2 would stop scoring before its 14 batch\(es\)"):
+        t.fit(module, datamodule=dm)
+    assert module.model is None or not (Path(t.log_dir) / "scoring_examples.jsonl").exists()
+
+
+def test_validate_with_a_masks_file_evaluates_its_arms(fitted, tiny_model_dir, tmp_path):
     run, _, _ = fitted
-    module, dm = make(tiny_model_dir, tmp_path)
-    cb = PruningCallback(masks_file=str(run / "masks.safetensors"))
-    t = trainer(tmp_path, name="val", callbacks=[cb])
+    module, dm = make(tiny_model_dir, evaluation=["chess"])
+    t = trainer(tmp_path, name="val2", callbacks=[PruningCallback(masks_file=str(run / "masks.safetensors"), random_draws=1)])
     t.validate(module, datamodule=dm)
     rows = list(csv.DictReader(open(Path(t.log_dir) / "metrics.csv")))
-    assert [r["phase"] for r in rows] == ["pruned"]  # bounds came from the fit run's inlier_bounds.json
+    assert [(r["arm"], r["scenario"]) for r in rows] == [("unpruned", "chess"), ("pruned", "chess"), ("random/0", "chess")]
+    # bounds of a stored file replace the unpruned arm's when given
+    module = BiasPruneModule(tiny_model_dir, dtype="float64", targets=TARGETS, generation=FAST_GEN,
+                             evaluation=EvaluationConfig(bootstrap_samples=0, permutation_samples=0, inlier_bounds=str(run / "inlier_bounds.json")))
+    _, dm = make(tiny_model_dir)
+    t = trainer(tmp_path, name="val3", callbacks=[PruningCallback(masks_file=str(run / "masks.safetensors"), random_draws=0)])
+    t.validate(module, datamodule=dm)
+    rows = list(csv.DictReader(open(Path(t.log_dir) / "metrics.csv")))
     stored = json.loads((run / "inlier_bounds.json").read_text())["bounds"]["purchase/car"]
-    assert [float(rows[0]["lower"]), float(rows[0]["upper"])] == pytest.approx(stored)
-    # another context: no stored bounds, so the unpruned model is evaluated first
-    module, dm = make(tiny_model_dir, tmp_path, evaluation=["chess"])
-    t = trainer(tmp_path, name="val2", callbacks=[PruningCallback(masks_file=str(run / "masks.safetensors"))])
-    t.validate(module, datamodule=dm)
-    rows = list(csv.DictReader(open(Path(t.log_dir) / "metrics.csv")))
-    assert [(r["phase"], r["scenario"]) for r in rows] == [("baseline", "chess"), ("pruned", "chess")]
+    assert all([float(r["lower"]), float(r["upper"])] == pytest.approx(stored) for r in rows)

@@ -28,7 +28,7 @@ def autograd_reference(model, layout, ids, attn, resp):
         L = int(attn[e].sum())
         acts, handles = {}, []
 
-        def keep(key, tensor):
+        def keep(key, tensor, acts=acts):
             tensor.retain_grad()
             acts[key] = tensor
 

@@ -1,144 +1,212 @@
-"""The generalization study on a tiny random model: outputs, strategy sums, resumption."""
+"""The generalization study on the Lightning spine, on a tiny random model: outputs, dev-only choice, pieces."""
 
 from __future__ import annotations
 
 import csv
-import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from biasprune import study as study_mod
+import biasprune.strategies  # noqa: F401
+from biasprune.answering import TargetConfig
+from biasprune.artifacts import read_jsonl
+from biasprune.callbacks import PruningCallback
+from biasprune.datamodules import AuditDataModule
 from biasprune.evaluation import EvaluationConfig
 from biasprune.generation import GenerationConfig
-from biasprune.study import GridConfig, Study
+from biasprune.module import BiasPruneModule
+from biasprune.study import GridConfig, StudyConfig
+from biasprune.study import run as run_mod
+from biasprune.study.choose import choose_points
+from biasprune.study.plan import ArmSpec
+from biasprune.trainer import BiasPruneTrainer
+
+GEN = GenerationConfig(samples=3, max_new_tokens=5)
+EVAL = EvaluationConfig(bootstrap_samples=100, permutation_samples=100)
+GRID = GridConfig(p=(0.2,), q=(0.3, 0.5), head_p=(0.1,), head_q=(0.3,), inlier_floor=0.0)
 
 
-def make(model_dir, out, **kw):
-    args = dict(
-        output=str(out),
-        model=model_dir,
-        eval_variations=["car", "bicycle"],
-        within_variations=["car", "bicycle", "piano"],
-        contexts=["chess", "finance"],
-        generation=GenerationConfig(samples=3, max_new_tokens=6),
-        evaluation=EvaluationConfig(bootstrap_samples=30, permutation_samples=30),
-        grid=GridConfig(p=(0.2, 0.35), q=(0.4,), head_p=(0.1,), head_q=(0.2,)),
-        response_max_new_tokens=6,
-        claims_bootstrap=200,
-        eval_batch_size=8,
-    )
-    args.update(kw)
-    return Study(**args)
+def names_file(tmp) -> str:
+    """20 names: 4 scoring, 2 dev and 4 test names per group (a small design keeps the tests quick)."""
+    path = Path(tmp) / "names.csv"
+    if not path.exists():
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+        path.write_text("name,group,gender\n" + "".join(
+            f"P{i} {'Becker' if i % 2 else 'Washington'},{'white' if i % 2 else 'black'},{'man' if i % 4 < 2 else 'woman'}\n" for i in range(20)))
+    return str(path)
+
+
+def run(model_dir, tmp, name="study", gen=GEN, devices=1, strategy="auto", scenarios=None, **study):
+    module = BiasPruneModule(model_dir, dtype="float64", targets=TargetConfig(max_new_tokens=5), generation=gen, evaluation=EVAL)
+    data = dict(evaluation=["purchase/car", "purchase/piano"], tokenizer=model_dir, batch_size=4, eval_batch_size=8,
+                names=names_file(tmp), split_fractions=(0.4, 0.2, 0.4))
+    if scenarios:
+        data["scenarios"] = scenarios
+    dm = AuditDataModule(**data)
+    cfg = dict(output=str(tmp / "out"), within_variations=("car", "piano", "bicycle"), contexts=("chess",), grid=GRID)
+    cfg.update(study)
+    t = BiasPruneTrainer(max_epochs=1, logger=TensorBoardLogger(tmp, name=name), enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=devices, strategy=strategy, callbacks=[PruningCallback(random_draws=2)])
+    t.logger.version  # noqa: B018  (pinned before processes are spawned, as the CLI does)
+    return t.study(module, dm, StudyConfig(**cfg)), Path(cfg["output"])
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study")
-    s = make(tiny_model_dir, out)
-    result = s.run()
-    return out, s, result
+    tmp = tmp_path_factory.mktemp("study")
+    result, out = run(tiny_model_dir, tmp)
+    return tmp, out, result
 
 
 def test_outputs(finished):
-    out, s, result = finished
-    for name in ("metrics.csv", "grid.csv", "results.csv", "results.md", "claims.csv",
-                 "fig2_strategies_neurons.png", "fig2_strategies_heads.png", "fig3_overlap.png", "fig4_layers.png",
-                 "fig5_grid_neurons.png", "fig5_grid_heads.png", "inlier_bounds.json"):
+    _, out, result = finished
+    for name in ("metrics.csv", "grid.csv", "results.csv", "results.md", "claims.csv", "fig2_strategies_neurons.png",
+                 "fig2_strategies_heads.png", "fig3_overlap.png", "fig4_layers.png", "fig5_grid_neurons_dev.png", "fig5_grid_heads_test.png",
+                 "inlier_bounds.json", "timings.json"):
         assert (out / name).is_file(), name
-    assert any((out / "tensorboard").iterdir())
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    arms = {(r["phase"], r["units"], r["strategy"], r["context"]) for r in rows}
-    assert ("baseline", "", "", "") in arms
-    for units in ("neurons", "heads"):
-        assert {("pruned", units, "prompt_specific", ""), ("pruned", units, "within_context", ""), ("pruned", units, "cross_context", "chess"), ("pruned", units, "cross_context", "finance")} <= arms
+    assert {r["split"] for r in rows} == {"dev", "test"}
     grid = list(csv.DictReader(open(out / "grid.csv")))
-    assert [(g["units"], g["p"], g["q"]) for g in grid] == [("neurons", "0.2", "0.4"), ("neurons", "0.35", "0.4"), ("heads", "0.1", "0.2")]
-    assert sum(g["chosen"] == "True" for g in grid) == 2
-    claims = {c["claim"]: c["verdict"] for c in csv.DictReader(open(out / "claims.csv"))}
-    assert set(claims) == {"pruning lowers bias", "neurons beat heads", "prompt-specific > within-context > cross-context"}
-    assert set(claims.values()) <= {"holds", "does not hold", "inconclusive"}
+    families = {(g["units"], g["strategy"], g["context"]) for g in grid}
+    assert families == {(u, s, c) for u in ("neurons", "heads") for s, c in (("prompt_specific", ""), ("within_context", ""), ("cross_context", "chess"))}
+    assert {g["split"] for g in grid} == {"dev", "test"}  # the whole grid is published on dev and test
+    for fam in families:
+        chosen = [g for g in grid if (g["units"], g["strategy"], g["context"]) == fam and g["chosen"] == "True"]
+        assert len(chosen) <= 2 and len({g["point"] for g in chosen}) <= 1  # one point, shown on both splits
     results = list(csv.DictReader(open(out / "results.csv")))
-    assert {(r["units"], r["strategy"], r["context"]) for r in results} >= {("", "unpruned", ""), ("neurons", "cross_context", "mean")}
-    # each variation was scored once: 2 eval + piano + 1 chess + 3 finance
-    assert result["computed"]["scores"] == 7 and result["computed"]["responses"] == 7
+    assert {r["split"] for r in results} == {"test"}  # headlines use test names only
+    assert results[0]["arm"] == "unpruned"
+    claims = {c["claim"]: c["verdict"] for c in csv.DictReader(open(out / "claims.csv"))}
+    chosen = {(g["units"], g["strategy"]) for g in grid if g["chosen"] == "True"}
+    no_point = {(r["units"], r["strategy"]) for r in results if r["excluded"] == "no grid point qualified on dev names"}
+    assert chosen | no_point == {(u, s) for u in ("neurons", "heads") for s in ("prompt_specific", "within_context", "cross_context")}
+    assert ("neurons beat heads" in claims) == ({("neurons", "prompt_specific"), ("heads", "prompt_specific")} <= chosen)
+    assert len([c for c in claims if c.startswith("pruning lowers bias")]) == len(chosen)
+    assert set(claims.values()) <= {"holds", "does not hold", "inconclusive"}
+    # each scoring variation once: car, piano, bicycle (within) and chess's one variation
+    assert result["computed"]["scores"] == 4
 
 
-def test_strategy_sums_equal_scoring_the_union(finished):
-    """Scores summed over variations equal one scoring pass over the union of their examples."""
-    out, s, _ = finished
-    summed = s.strategy_scores("within_context", "purchase/car")  # bicycle + piano
-    examples = [json.loads(line) for k in ("purchase__bicycle", "purchase__piano") for line in open(out / "pieces/responses" / f"{k}.jsonl")]
-    s.dm.set_scoring_examples(examples)
-    from biasprune.scoring import ScoreAccumulator, score_batch
+def test_the_choice_sees_dev_answers_only(finished):
+    """Changing every test number never changes a chosen point (the choice is a pure function of dev rows)."""
+    _, out, _ = finished
+    grid = list(csv.DictReader(open(out / "grid.csv")))
+    table = []
+    for g in grid:
+        spec = ArmSpec(g["units"], g["strategy"], g["context"], float(g["p"]), float(g["q"]), None)
+        table.append({**{k: float(g[k]) if k in ("mean_abs_smd", "random_mean_abs_smd", "vs_random", "inlier_ratio",
+                                                 "unpruned_inlier_ratio", "mean_pruned") else g[k] for k in g},
+                      "min_pruned": int(float(g["min_pruned"])), "spec": spec})
+    first = choose_points(table, GRID)
+    scrambled = [dict(t, mean_abs_smd=-5.0, vs_random=-9.0, inlier_ratio=1.0) if t["split"] == "test" else t for t in table]
+    assert choose_points(scrambled, GRID) == first
+    assert all(c is None or (isinstance(c, ArmSpec) and c.units) for c in first.values())
 
-    acc = ScoreAccumulator(s.layout.sizes())
-    for batch in s.dm.train_dataloader():
-        acc.add(score_batch(s.model, s.layout, batch["input_ids"], batch["attention_mask"], batch["response_mask"]), batch["group_index"], batch["weight"])
-    union = dict(zip(s.dm.groups, acc.split(dtype=torch.float64)))
-    for g in union:
-        for k in union[g]:
-            torch.testing.assert_close(summed[g][k], union[g][k], rtol=1e-6, atol=1e-9)
+
+def test_the_study_answers_as_validate_does(finished, tiny_model_dir, tmp_path):
+    """One code path and one seed rule: the study's unpruned test answers equal a validate run's."""
+    from lightning import Trainer
+
+    tmp, out, _ = finished
+    rows = [r for p in (out / "pieces" / "answers").glob("*.jsonl") for r in read_jsonl(p) if r["phase"] == "baseline" and r["split"] == "test"]
+    module = BiasPruneModule(tiny_model_dir, dtype="float64", targets=TargetConfig(max_new_tokens=5), generation=GEN, evaluation=EVAL)
+    dm = AuditDataModule(evaluation=["purchase/car", "purchase/piano"], tokenizer=tiny_model_dir, eval_batch_size=3,
+                         names=names_file(tmp), split_fractions=(0.4, 0.2, 0.4))
+    t = Trainer(logger=TensorBoardLogger(tmp_path, name="v"), enable_progress_bar=False, accelerator="cpu", devices=1)
+    t.validate(module, datamodule=dm)
+    mine = {(r["variation"], r["name"]): r["responses"] for r in read_jsonl(Path(t.log_dir) / "answers.jsonl")}
+    assert mine == {(r["variation"], r["name"]): r["responses"] for r in rows}
 
 
 def test_rerun_recomputes_nothing(finished, tiny_model_dir):
-    out, _, first = finished
-    again = make(tiny_model_dir, out).run()
-    assert again["computed"] == {"responses": 0, "scores": 0, "evaluations": 0}
-    assert again["claims"] == first["claims"]
+    tmp, out, first = finished
+    again, _ = run(tiny_model_dir, tmp, name="again")
+    assert again["computed"] == {"scores": 0, "answers": 0}
+    assert [c.verdict for c in again["claims"]] == [c.verdict for c in first["claims"]]
 
 
-def test_interrupted_study_continues_from_its_pieces(tiny_model_dir, tmp_path, monkeypatch):
-    s = make(tiny_model_dir, tmp_path, units=["neurons"], strategies=["prompt_specific", "within_context"], contexts=[])
-    real = Study.evaluate
-    calls = {"n": 0}
+def test_changing_an_input_recomputes_exactly_what_depends_on_it(finished, tiny_model_dir, tmp_path):
+    tmp, out, _ = finished
+    n_answers = len(list((out / "pieces" / "answers").glob("*.jsonl")))
+    # sampling settings: every answer again, no score
+    again, _ = run(tiny_model_dir, tmp, name="gen", gen=replace(GEN, seed=1))
+    assert again["computed"]["scores"] == 0 and again["computed"]["answers"] >= n_answers // 2
+    # one more grid point: only its own arms (and nothing else) are answered
+    more, _ = run(tiny_model_dir, tmp, name="grid", grid=replace(GRID, q=(0.3, 0.5, 0.7)), strategies=("prompt_specific",), units=("neurons",))
+    # the point and its control on 2 splits x 2 variations, plus the extra test control draw if it is now chosen
+    assert more["computed"]["scores"] == 0 and 0 < more["computed"]["answers"] <= 2 * 2 * 2 + 2
+    # the cross-context scenario's file changes: its scores and the answers of masks learned from it, nothing else
+    chess = tmp_path / "chess.yaml"
+    src = (Path(__file__).resolve().parents[1] / "biasprune/resources/scenarios/chess.yaml").read_text()
+    chess.write_text(src.replace("Provide an estimate of the chance", "Provide an estimate of the likelihood"))
+    scenarios = ["purchase", str(chess)]
+    changed, _ = run(tiny_model_dir, tmp, name="chess", scenarios=scenarios, units=("neurons",))
+    assert changed["computed"]["scores"] == 1  # chess has one variation; purchase's pieces are reused
 
-    def flaky(self, key, rel, masks):
-        if not self._piece(rel).is_file():
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt("interrupted")
-        return real(self, key, rel, masks)
 
-    monkeypatch.setattr(Study, "evaluate", flaky)
+def test_an_interrupted_study_continues_from_its_pieces(tiny_model_dir, tmp_path, monkeypatch):
+    real = run_mod._answer_missing
+    monkeypatch.setattr(run_mod, "_answer_missing", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("stop")))
     with pytest.raises(KeyboardInterrupt):
-        s.run()
-    done, scored = s.computed["evaluations"], s.computed["scores"]
-    assert done == 3
-    monkeypatch.setattr(Study, "evaluate", real)
-    resumed = make(tiny_model_dir, tmp_path, units=["neurons"], strategies=["prompt_specific", "within_context"], contexts=[])
-    out = resumed.run()
-    # baseline 2 + grid 2 points x 2 variations + within 2 = 8 evaluations and 3 scored variations in all;
-    # the second run computes exactly what the first did not finish
-    assert out["computed"]["evaluations"] == 8 - done
-    assert out["computed"]["scores"] == 3 - scored
+        run(tiny_model_dir, tmp_path, units=("neurons",), strategies=("prompt_specific",))
+    assert list((tmp_path / "out" / "pieces" / "scores").glob("*.safetensors"))  # scores were stored before the stop
+    monkeypatch.setattr(run_mod, "_answer_missing", real)
+    resumed, _ = run(tiny_model_dir, tmp_path, name="resumed", units=("neurons",), strategies=("prompt_specific",))
+    assert resumed["computed"]["scores"] == 0 and resumed["computed"]["answers"] > 0
 
 
-def test_changed_settings_refuse_to_reuse_pieces(finished, tiny_model_dir):
-    out, _, _ = finished
-    with pytest.raises(ValueError, match=r"holds a study with other settings \(\['generation'\]\)"):
-        make(tiny_model_dir, out, generation=GenerationConfig(samples=4, max_new_tokens=6)).run()
+def test_two_processes_give_the_same_pieces(tiny_model_dir, tmp_path):
+    kw = dict(units=("neurons",), strategies=("prompt_specific", "cross_context"), grid=replace(GRID, q=(0.5,)))
+    one, out1 = run(tiny_model_dir, tmp_path / "one", **kw)
+    two, out2 = run(tiny_model_dir, tmp_path / "two", devices=2, strategy="frozen_ddp_spawn", **kw)
+    from biasprune.study.pieces import PieceStore
+
+    s1, s2 = PieceStore(out1 / "pieces"), PieceStore(out2 / "pieces")
+    keys1 = sorted(p.stem for p in (out1 / "pieces" / "scores").iterdir())
+    assert keys1 == sorted(p.stem for p in (out2 / "pieces" / "scores").iterdir())
+    for k in keys1:
+        a, b = s1.read_scores(k), s2.read_scores(k)
+        for g in a:
+            for u in a[g]:
+                torch.testing.assert_close(b[g][u], a[g][u], rtol=1e-5, atol=1e-9)
+    answers = sorted(p.stem for p in (out1 / "pieces" / "answers").iterdir())
+    assert answers == sorted(p.stem for p in (out2 / "pieces" / "answers").iterdir())
+    for k in answers:
+        assert [r["responses"] for r in s1.read_answers(k)] == [r["responses"] for r in s2.read_answers(k)]
+    rows = [list(csv.DictReader(open(o / "metrics.csv"))) for o in (out1, out2)]
+    assert [(r["arm"], r["variation"], r["split"]) for r in rows[0]] == [(r["arm"], r["variation"], r["split"]) for r in rows[1]]
+    for a, b in zip(*rows):
+        assert float(a["smd"]) == pytest.approx(float(b["smd"]), rel=1e-9, nan_ok=True)
 
 
-@pytest.mark.parametrize(
-    "kw, match",
-    [
-        (dict(strategies=["everything"]), r"study.strategies has \['everything'\]; valid choices"),
-        (dict(units=[]), r"study.units has nothing"),
-        (dict(eval_variations=["boat"]), r"study.eval_variations: purchase has no variation\(s\) \['boat'\]"),
-        (dict(contexts=["purchase"]), r"study.contexts: \['purchase'\] must be loaded scenarios other than 'purchase'"),
-        (dict(eval_scenario="cooking"), r"study.eval_scenario: 'cooking' is not loaded"),
-        (dict(neuron_modules=["mlp"]), r"neuron_modules has unknown module\(s\) \['mlp'\]; valid choices"),
-    ],
-)
-def test_bad_settings(tiny_model_dir, tmp_path, kw, match):
-    with pytest.raises((ValueError, study_mod.AuditDataError), match=match):
-        make(tiny_model_dir, tmp_path, **kw)
+@pytest.mark.parametrize("kw, match", [
+    (dict(strategies=("everything",)), r"study.strategies has \['everything'\]; valid choices"),
+    (dict(units=()), r"study.units has nothing"),
+    (dict(strategies=("cross_context",), contexts=()), "study.contexts is empty"),
+])
+def test_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        StudyConfig(**kw)
 
 
-def test_grid_config_errors():
-    with pytest.raises(ValueError, match=r"grid.q has 1.5, which is not a fraction"):
+def test_bad_pools(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"study.contexts: 'purchase' must be a loaded scenario other than the evaluated ones"):
+        run(tiny_model_dir, tmp_path, contexts=("purchase",))
+    with pytest.raises(ValueError, match=r"study.within_variations: \['purchase/boat'\] are not variations of 'purchase'"):
+        run(tiny_model_dir, tmp_path, within_variations=("boat",))
+
+
+def test_grid_points_and_errors():
+    assert GridConfig(p=(0.1,), q=(0.2, 0.3)).points("neurons", "set_difference") == [(0.1, 0.2, None), (0.1, 0.3, None)]
+    assert GridConfig(budget=("0.5%", 12)).points("neurons", "relative_difference") == [(0.35, 0.4, "0.5%"), (0.35, 0.4, 12)]
+    with pytest.raises(ValueError, match=r"pruning.rule='target' needs budgets: give study.grid.head_budget"):
+        GridConfig().points("heads", "target")
+    with pytest.raises(ValueError, match=r"study.grid.q=1.5 must be a fraction in \[0, 1\]"):
         GridConfig(q=(1.5,))
-    with pytest.raises(ValueError, match=r"grid.p must list at least one value"):
+    with pytest.raises(ValueError, match=r"study.grid.p must list at least one value"):
         GridConfig(p=())
+    assert not math.isnan(GRID.inlier_floor)

@@ -1,0 +1,89 @@
+"""Arms of an evaluation: the unpruned model, a pruned model, and the random-mask controls.
+
+An arm is what the model looks like while one set of answers is sampled. Every batch of evaluation prompts
+is answered once per arm, with the same keyed random streams (so arms are paired answer by answer). The
+pruning callback decides which arms a batch gets (:class:`ArmSource`); the module applies each arm's masks
+and records which arm produced each answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["Arm", "ArmSource", "Phase", "PrunableModule", "UNPRUNED", "pruned_counts"]
+
+Phase = Literal["baseline", "pruned", "random"]
+
+
+def pruned_counts(masks: Mapping[str, torch.Tensor] | None) -> dict[str, int]:
+    """Pruned units (mask value 0) per kind (``neuron``, ``head``) and their totals (``*_units``)."""
+    out = {"neuron": 0, "head": 0, "neuron_units": 0, "head_units": 0}
+    for key, m in (masks or {}).items():
+        kind = key.split("/", 1)[0]
+        out[kind] += int((m == 0).sum())
+        out[f"{kind}_units"] += int(m.numel())
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Arm:
+    """One arm for one variation.
+
+    Attributes:
+        name: unique within an evaluation (``unpruned``, ``pruned``, ``random/0``, or a study arm id).
+        phase: ``baseline`` (no masks), ``pruned`` (the masks under test) or ``random`` (a control).
+        masks: keep-masks (1 = keep) applied while this arm answers; None for the unpruned model.
+        draw: the random control's draw index (-1 for other arms).
+        labels: extra columns carried into the answer records (e.g. the study's units, strategy, point).
+    """
+
+    name: str
+    phase: Phase
+    masks: Mapping[str, torch.Tensor] | None = None
+    draw: int = -1
+    labels: Mapping[str, object] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return pruned_counts(self.masks)
+
+
+UNPRUNED = Arm("unpruned", "baseline")
+
+
+@runtime_checkable
+class ArmSource(Protocol):
+    """What decides the arms of each evaluation batch (the pruning callback, or a study's plan)."""
+
+    def arms_for(self, split: str, scenario: str, variation: str) -> Sequence[Arm]:
+        """The arms that answer the prompts of one (split, variation) group, in order."""
+        ...
+
+
+@runtime_checkable
+class PrunableModule(Protocol):
+    """The members of the LightningModule that the pruning callback uses (and nothing else)."""
+
+    @property
+    def layout(self):  # UnitLayout: the model's prunable units
+        ...
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    @property
+    def evaluation(self):  # EvaluationConfig: whether the unpruned model is evaluated, bounds, statistics
+        ...
+
+    def final_scores(self) -> dict[str, dict[str, dict[str, torch.Tensor]]] | None:
+        """Score sums per scoring variation, group and unit-group key, or None when this module did not score
+        in this run (collective: every rank calls it)."""
+        ...
+
+    def set_arm_source(self, source: ArmSource | None) -> None: ...
+
+    def export_pruned(self, out_dir: str | Path, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path: ...

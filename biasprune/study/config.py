@@ -1,0 +1,107 @@
+"""The study's own settings (``--study.*``): strategies, contexts, the tuning grid, the rule that picks a point."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..checks import check_choices, check_fraction, check_positive
+
+__all__ = ["GridConfig", "STRATEGIES", "StudyConfig", "UNITS"]
+
+STRATEGIES = ("prompt_specific", "within_context", "cross_context")
+UNITS = ("neurons", "heads")
+Strategy = Literal["prompt_specific", "within_context", "cross_context"]
+Units = Literal["neurons", "heads"]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The pruning points tried on the dev names, for every strategy and unit kind alike.
+
+    With ``pruning.rule=set_difference`` and no budgets, the points are p x q; with budgets, p x budget (the
+    budget replaces q); with a ranking rule, the budgets alone. Budgets below 1 are fractions of a pool, 1 and
+    above are unit counts.
+
+    Attributes:
+        p: neuron p values (fraction of each pool protected as most important for the reference group).
+        q: neuron q values (fraction of each pool considered most important for the target group).
+        budget: neuron budgets (units pruned per pool).
+        head_p: head p values.
+        head_q: head q values.
+        head_budget: head budgets (heads pruned in total with ``head_scope=global``).
+        inlier_floor: a point qualifies if its mean inlier ratio on dev is >= inlier_floor x the unpruned one.
+        min_pruned: a point or arm that prunes fewer units than this (in every variation) is flagged and kept out
+            of the choice and the claims.
+        random_draws: random-mask controls per grid point and variation, on dev and test; the chosen points get
+            ``pruning.random_draws`` in all on test.
+    """
+
+    p: tuple[float, ...] = (0.35,)
+    q: tuple[float, ...] = (0.40,)
+    budget: tuple[int | float | str, ...] = ()
+    head_p: tuple[float, ...] = (0.15,)
+    head_q: tuple[float, ...] = (0.15,)
+    head_budget: tuple[int | float | str, ...] = ()
+    inlier_floor: float = 0.8
+    min_pruned: int = 1
+    random_draws: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("p", "q", "head_p", "head_q"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"study.grid.{name} must list at least one value")
+            for v in values:
+                check_fraction(f"study.grid.{name}", float(v))
+        from ..selection import parse_budget
+
+        for name in ("budget", "head_budget"):
+            for v in getattr(self, name):
+                parse_budget(v, flag=f"study.grid.{name}")
+        check_fraction("study.grid.inlier_floor", self.inlier_floor)
+        check_positive("study.grid.min_pruned", self.min_pruned, minimum=0)
+        check_positive("study.grid.random_draws", self.random_draws, minimum=1)
+
+    def points(self, units: str, rule: str) -> list[tuple[float, float, int | float | str | None]]:
+        """(p, q, budget) of every grid point of one unit kind."""
+        ps, qs, bs = (self.p, self.q, self.budget) if units == "neurons" else (self.head_p, self.head_q, self.head_budget)
+        if rule != "set_difference":
+            if not bs:
+                raise ValueError(f"pruning.rule={rule!r} needs budgets: give study.grid.{'budget' if units == 'neurons' else 'head_budget'}")
+            return [(float(ps[0]), float(qs[0]), b) for b in bs]
+        if bs:
+            return [(float(p), float(qs[0]), b) for p, b in itertools.product(ps, bs)]
+        return [(float(p), float(q), None) for p, q in itertools.product(ps, qs)]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The generalization study: which masks are learned, how they are tuned and where results go.
+
+    The evaluated variations are ``--data.evaluation``; the study adds the scoring variations it needs.
+
+    Attributes:
+        output: directory of the study (pieces, tables, figures); running again continues from it.
+        strategies: ``prompt_specific`` (a variation's own mask), ``within_context`` (the other variations of its
+            scenario, pooled), ``cross_context`` (each other scenario in ``contexts``, pooled).
+        units: unit kinds pruned, each in its own arm: ``neurons``, ``heads``.
+        within_variations: variations that within-context masks may pool (each evaluated variation uses the
+            others of its scenario in this list); empty for all.
+        contexts: other scenarios, used one by one by the cross-context strategy.
+        grid: the pruning points tried on dev.
+    """
+
+    output: str = "runs/study"
+    strategies: tuple[Strategy, ...] = STRATEGIES
+    units: tuple[Units, ...] = UNITS
+    within_variations: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ("finance", "activity", "service")
+    grid: GridConfig = field(default_factory=GridConfig)
+
+    def __post_init__(self) -> None:
+        check_choices("study.strategies", self.strategies, STRATEGIES)
+        check_choices("study.units", self.units, UNITS)
+        if "cross_context" in self.strategies and not self.contexts:
+            raise ValueError("study.contexts is empty, but the cross_context strategy needs at least one other scenario")

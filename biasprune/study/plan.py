@@ -1,0 +1,148 @@
+"""The study's arms as typed objects, the masks each arm uses on each variation, and the arm source.
+
+An :class:`ArmSpec` says how an arm's masks are made (unit kind, strategy, context, pruning point, random
+draw); for every evaluated variation the :class:`StudyPlan` turns it into keep-masks from the per-variation
+score pieces. Strategies pool score sums (DESIGN §2, :func:`biasprune.scoring.sum_scores`):
+
+* ``prompt_specific``: the variation's own scores;
+* ``within_context``: the other variations of its scenario (those listed in ``study.within_variations``);
+* ``cross_context``: every variation of one other scenario (``study.contexts``, one context per arm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..arms import Arm
+from ..scoring import sum_scores
+from ..selection import keep_masks, random_prune_like
+from .pieces import PieceStore, digest, masks_digest
+
+__all__ = ["ArmSpec", "StudyPlan", "strategy_variations"]
+
+VarKey = str  # "scenario/variation"
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """How one arm's masks are made. ``units == ""`` is the unpruned model; ``draw >= 0`` a random control."""
+
+    units: str = ""
+    strategy: str = ""
+    context: str = ""
+    p: float = 0.0
+    q: float = 0.0
+    budget: int | float | str | None = None
+    draw: int = -1
+
+    @property
+    def phase(self) -> str:
+        return "baseline" if not self.units else ("random" if self.draw >= 0 else "pruned")
+
+    @property
+    def point(self) -> str:
+        if not self.units:
+            return ""
+        return f"p={self.p:g} budget={self.budget}" if self.budget is not None else f"p={self.p:g} q={self.q:g}"
+
+    def selected(self) -> ArmSpec:
+        """The arm whose random control this is (itself for a selected arm)."""
+        return replace(self, draw=-1)
+
+    def family(self) -> tuple[str, str, str]:
+        """(units, strategy, context): the arms a point is chosen among."""
+        return (self.units, self.strategy, self.context)
+
+    def labels(self) -> dict[str, object]:
+        return {"units": self.units, "strategy": self.strategy, "context": self.context, "point": self.point,
+                "p": self.p if self.units else "", "q": self.q if self.units else "",
+                "budget": "" if self.budget is None else self.budget}
+
+
+def strategy_variations(
+    strategy: str, context: str, variation: VarKey, within_pool: Mapping[str, Sequence[VarKey]], contexts: Mapping[str, Sequence[VarKey]]
+) -> list[VarKey]:
+    """The scoring variations whose summed scores make the mask of ``strategy`` for ``variation``."""
+    if strategy == "prompt_specific":
+        return [variation]
+    if strategy == "within_context":
+        scen = variation.split("/")[0]
+        pool = [w for w in within_pool.get(scen, ()) if w != variation]
+        if not pool:
+            raise ValueError(f"within_context for {variation}: study.within_variations leaves no other variation of {scen!r}")
+        return pool
+    if strategy == "cross_context":
+        return list(contexts[context])
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+class StudyPlan:
+    """Masks per (arm, variation) from score pieces, answer-piece keys, and the arms of each evaluation batch.
+
+    ``jobs[(split, scenario, variation)]`` lists the arm specs still to be answered there; ``arms_for`` (the
+    :class:`biasprune.arms.ArmSource` protocol) serves them, each named by its answer-piece key.
+    """
+
+    def __init__(self, store: PieceStore, score_keys: Mapping[VarKey, str], groups: Sequence[str], selection: Mapping[str, object],
+                 within_pool: Mapping[str, Sequence[VarKey]], contexts: Mapping[str, Sequence[VarKey]],
+                 answer_prefix: Mapping[tuple[str, VarKey], str]) -> None:
+        self.store, self.score_keys, self.groups = store, dict(score_keys), tuple(groups)
+        self.selection = dict(selection)  # rule, scope, head_scope, random_seed
+        self.within_pool, self.contexts = within_pool, contexts
+        self.answer_prefix = dict(answer_prefix)  # (split, variation) -> digest of model, generation, prompts
+        self.jobs: dict[tuple[str, str, str], list[ArmSpec]] = {}
+        self._scores: dict[VarKey, dict] = {}
+        self._masks: dict[tuple[ArmSpec, VarKey], dict[str, torch.Tensor] | None] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_scores": {}, "_masks": {}}  # caches are rebuilt where the plan is used
+
+    def scores(self, variations: Sequence[VarKey]) -> dict[str, dict[str, torch.Tensor]]:
+        for v in variations:
+            if v not in self._scores:
+                self._scores[v] = self.store.read_scores(self.score_keys[v])
+        return sum_scores({v: self._scores[v] for v in variations})
+
+    def n_examples(self, variations: Sequence[VarKey]) -> dict[str, int]:
+        """Scoring examples behind each group's summed scores (ranking rules compare group means)."""
+        total = {g: 0 for g in self.groups}
+        for v in variations:
+            n = self.store.scores_meta(self.score_keys[v]).get("n_examples", {})
+            for g in self.groups:
+                total[g] += int(n.get(g, 0))
+        return total
+
+    def masks(self, spec: ArmSpec, variation: VarKey) -> dict[str, torch.Tensor] | None:
+        """Keep-masks of ``spec`` on ``variation`` (None for the unpruned model)."""
+        if not spec.units:
+            return None
+        key = (spec, variation)
+        if key not in self._masks:
+            if spec.draw >= 0:
+                chosen = self.masks(spec.selected(), variation)
+                kind, scope = ("neuron", self.selection["scope"]) if spec.units == "neurons" else ("head", self.selection["head_scope"])
+                drawn = random_prune_like({k: m == 0 for k, m in chosen.items()}, scope, seed=int(self.selection["random_seed"]) * 1000 + spec.draw)
+                self._masks[key] = {k: (~v).to(torch.uint8) for k, v in drawn.items()}
+            else:
+                pool = strategy_variations(spec.strategy, spec.context, variation, self.within_pool, self.contexts)
+                total, n = self.scores(pool), self.n_examples(pool)
+                ref, tgt = self.groups
+                kind, scope = ("neuron", self.selection["scope"]) if spec.units == "neurons" else ("head", self.selection["head_scope"])
+                self._masks[key] = keep_masks(total[tgt], total[ref], kind, spec.p, spec.q, scope, rule=str(self.selection["rule"]),
+                                              budget=spec.budget, n_target=n[tgt] or None, n_reference=n[ref] or None,
+                                              floor_quantile=float(self.selection["floor_quantile"]))
+        return self._masks[key]
+
+    def answer_key(self, spec: ArmSpec, split: str, variation: VarKey) -> str:
+        return digest(self.answer_prefix[(split, variation)], masks_digest(self.masks(spec, variation)))
+
+    def arms_for(self, split: str, scenario: str, variation: str) -> list[Arm]:
+        v = f"{scenario}/{variation}"
+        arms: dict[str, Arm] = {}  # arms with identical masks share one set of answers
+        for s in self.jobs.get((split, scenario, variation), []):
+            key = self.answer_key(s, split, v)
+            arms.setdefault(key, Arm(key, s.phase, self.masks(s, v), draw=s.draw, labels=s.labels()))
+        return list(arms.values())
