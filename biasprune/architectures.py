@@ -10,8 +10,8 @@ are named by their dotted paths in ``model.named_modules()``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from torch import nn
 

@@ -7,7 +7,7 @@ pruning masks), it is removed explicitly with :meth:`HookSet.remove`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -37,7 +37,7 @@ class HookSet:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def __enter__(self) -> "HookSet":
+    def __enter__(self) -> HookSet:
         return self
 
     def __exit__(self, *exc) -> None:

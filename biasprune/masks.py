@@ -13,8 +13,8 @@ or ``o_proj`` weight columns (heads). Both give the same logits; removing the ho
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
 

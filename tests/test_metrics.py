@@ -23,7 +23,6 @@ from biasprune.functional import (
 )
 from biasprune.metrics import InlierRatio, StandardizedMeanDifference
 
-
 # ---- independent references ------------------------------------------------------------------------
 
 
