@@ -38,7 +38,8 @@ def main(args: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"biasprune: error: {err}\n(run again with --debug for the traceback)", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the error's own layout
+        print(f"biasprune: error: {message}\n(run again with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
 

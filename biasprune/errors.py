@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentError
+
 from .data import AuditDataError
 from .masks import MaskError
 from .models import ModelLoadError
@@ -13,6 +15,7 @@ __all__ = ["USER_ERRORS"]
 # others are named for readers. A plain RuntimeError from deep inside a run is not a user error: it keeps
 # its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    ArgumentError,  # a flag or a configuration key jsonargparse could not parse
     ValueError,
     AuditDataError,
     MaskError,

@@ -150,5 +150,7 @@ def run_lightning_cli(args: list[str]) -> None:
             seed_everything_default=0,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
+            # parse errors raise (and main prints them in one line) instead of printing the whole usage
+            parser_kwargs={"exit_on_error": False},
             args=args,
         )

@@ -20,13 +20,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 
 from . import artifacts
 from .answering import TargetConfig, answer_batch, sort_records, target_responses
+from .attribution import contrastive_batch
+from .checks import check_choice
 from .architectures import DEFAULT_NEURON_MODULES, UnitLayout, check_neuron_modules, resolve_units
 from .arms import UNPRUNED, ArmSource
 from .distributed import gather_objects
@@ -38,7 +40,9 @@ from .resume import ScoringProgress, check_fingerprint, check_scoring_limits
 from .run_results import evaluate_and_write
 from .scoring import ScoreAccumulator, score_batch
 
-__all__ = ["BiasPruneModule"]
+__all__ = ["BiasPruneModule", "OBJECTIVES"]
+
+OBJECTIVES = ("nll", "contrastive")
 
 
 class BiasPruneModule(L.LightningModule):
@@ -54,6 +58,10 @@ class BiasPruneModule(L.LightningModule):
         neuron_modules: projections whose output channels are neurons.
         score_neurons: accumulate neuron scores.
         score_heads: accumulate head scores.
+        objective: ``nll``: S_G(u) from the response likelihood of each group's prompts (DESIGN §2);
+            ``contrastive``: attribution patching on name-swapped pairs, |(a_target - a_reference) . dm/da| with m the
+            log-probability of the target's answer, summed over pairs (group ``contrast``; prune with
+            ``pruning.rule=target``).
         targets: how the target responses of the scoring prompts are generated.
         generation: how evaluation answers are sampled.
         evaluation: how answers are judged (inlier bounds, statistics, controls).
@@ -68,6 +76,7 @@ class BiasPruneModule(L.LightningModule):
         neuron_modules: Sequence[str] = DEFAULT_NEURON_MODULES,
         score_neurons: bool = True,
         score_heads: bool = True,
+        objective: Literal["nll", "contrastive"] = "nll",
         targets: TargetConfig = TargetConfig(),
         generation: GenerationConfig = GenerationConfig(),
         evaluation: EvaluationConfig = EvaluationConfig(),
@@ -76,6 +85,7 @@ class BiasPruneModule(L.LightningModule):
         check_neuron_modules(neuron_modules)
         if not (score_neurons or score_heads):
             raise ValueError("model.score_neurons and model.score_heads are both false: there is nothing to score")
+        check_choice("model.objective", objective, OBJECTIVES)
         if evaluation.inlier_bounds and not Path(evaluation.inlier_bounds).is_file():
             raise ValueError(f"model.evaluation.inlier_bounds: file {evaluation.inlier_bounds!r} does not exist")
         if not evaluation.baseline and not evaluation.inlier_bounds:
@@ -176,6 +186,7 @@ class BiasPruneModule(L.LightningModule):
             "model.dtype": self.hparams.dtype,
             "model.neuron_modules": ",".join(self.hparams.neuron_modules),
             "model.score_kinds": f"{self.hparams.score_neurons},{self.hparams.score_heads}",
+            "model.objective": self.hparams.objective,
             "model.targets": str(asdict(self.targets)),
         }
 
@@ -187,17 +198,20 @@ class BiasPruneModule(L.LightningModule):
         dm = self.datamodule
         sizes = {k: n for k, n in self.layout.sizes().items()
                  if (k.startswith("neuron/") and self.hparams.score_neurons) or (k.startswith("head/") and self.hparams.score_heads)}
-        self.accumulator = ScoreAccumulator(sizes, n_groups=len(dm.scoring_variations) * len(dm.groups)).to(self.device)
+        self.accumulator = ScoreAccumulator(sizes, n_groups=len(dm.scoring_variations) * len(self.score_groups)).to(self.device)
+        pairs = self.hparams.objective == "contrastive"
         restored = self._restored or {}
         if restored:
             check_fingerprint(restored.get("fingerprint", {}), self._full_fingerprint(), "the checkpoint")
-            dm.set_scoring_examples(restored["scoring_examples"])
+            dm.set_scoring_examples(restored["scoring_examples"], pairs=pairs)
         elif not dm.has_scoring_examples:
             with self.timed("target_responses"):
                 local = [r for batch in dm.response_dataloader() for r in target_responses(
                     self.model, self.tokenizer, batch, self.targets, self._lockstep)]
                 merged = sorted((r for part in gather_objects(local) for r in part), key=lambda r: r["index"])
-                dm.set_scoring_examples([{k: v for k, v in r.items() if k != "index"} for r in merged])
+                dm.set_scoring_examples([{k: v for k, v in r.items() if k != "index"} for r in merged], pairs=pairs)
+        elif pairs and "target_ids" not in dm.scoring_set[0]:  # preset examples, tokenized before the objective was known
+            dm.set_scoring_examples(dm.scoring_examples, pairs=True)
         if self.global_rank == 0:
             artifacts.write_jsonl(self.run_dir / "scoring_examples.jsonl", dm.scoring_examples)
         self.progress = ScoringProgress(len(dm.scoring_set), self.device)
@@ -215,6 +229,11 @@ class BiasPruneModule(L.LightningModule):
         if loop.restarting and loop.batch_progress.current.processed:
             self.datamodule.skip_train_batches(loop.batch_progress.current.processed)
 
+    @property
+    def score_groups(self) -> tuple[str, ...]:
+        """The groups of the score sums: the data's two groups, or ``contrast`` for the contrastive objective."""
+        return ("contrast",) if self.hparams.objective == "contrastive" else tuple(self.datamodule.groups)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         take = (batch["weight"] > 0) & ~self.progress.done[batch["index"]]
         if self._lockstep:  # score every row (the same calls on every rank), count only the taken ones
@@ -223,10 +242,14 @@ class BiasPruneModule(L.LightningModule):
             return None
         else:
             idx = take.nonzero().flatten()
-        attn = batch["attention_mask"][idx]
-        T = int(attn.sum(1).max())  # drop padding columns that only other rows needed
-        out = score_batch(self.model, self.layout, batch["input_ids"][idx, :T], attn[:, :T], batch["response_mask"][idx, :T],
-                          neurons=self.hparams.score_neurons, heads=self.hparams.score_heads)
+        kinds = dict(neurons=self.hparams.score_neurons, heads=self.hparams.score_heads)
+        if self.hparams.objective == "contrastive":
+            fields = ("target_ids", "target_attn", "reference_ids", "reference_attn", "response_mask_target", "suffix_len")
+            out = contrastive_batch(self.model, self.layout, *(batch[f][idx] for f in fields), **kinds)
+        else:
+            attn = batch["attention_mask"][idx]
+            T = int(attn.sum(1).max())  # drop padding columns that only other rows needed
+            out = score_batch(self.model, self.layout, batch["input_ids"][idx, :T], attn[:, :T], batch["response_mask"][idx, :T], **kinds)
         self.accumulator.add(out, batch["bucket"][idx], take[idx])
         self.progress.mark(batch["index"][idx[take[idx]]])
         self.progress.count_step(self.trainer)
@@ -244,7 +267,7 @@ class BiasPruneModule(L.LightningModule):
             return None
         if self._final is None:
             dm = self.datamodule
-            self._final = self.progress.finalize(self.accumulator, dm.scoring_variations, dm.groups)
+            self._final = self.progress.finalize(self.accumulator, dm.scoring_variations, self.score_groups)
         return self._final["scores"]
 
     def write_scores(self) -> None:
@@ -254,7 +277,9 @@ class BiasPruneModule(L.LightningModule):
             dm = self.datamodule
             meta = {
                 "model": self.hparams.model_name_or_path,
-                "objective": "mean NLL of the model's own response tokens; s_e(u) = |sum_t sum_d a*g|",
+                "objective": {"nll": "mean NLL of the model's own response tokens; s_e(u) = |sum_t sum_d a*g|",
+                              "contrastive": "attribution patching on name-swapped pairs; s_p(u) = |sum_t sum_d (a_ref - a_tgt)*dm/da|,"
+                                             " m = log p(target's response | target prompt)"}[self.hparams.objective],
                 "reference_group": dm.groups[0], "target_group": dm.groups[1],
                 "n_examples": self._final["n_examples"], "n_skipped": dict(dm.n_skipped),
                 "scoring": dm.scoring_variations,

@@ -25,7 +25,7 @@ from torch import nn
 from .architectures import UnitLayout
 from .hooks import HookSet
 
-__all__ = ["BatchScores", "ScoreAccumulator", "response_nll", "score_batch", "sum_scores"]
+__all__ = ["BatchScores", "ScoreAccumulator", "response_nll", "score_batch", "selection_inputs", "sum_scores"]
 
 
 @dataclass
@@ -228,3 +228,24 @@ def sum_scores(
                 acc = total.setdefault(g, {})
                 acc[k] = acc[k] + t.double() if k in acc else t.double().clone()
     return total
+
+
+def selection_inputs(
+    scores: dict[str, dict[str, torch.Tensor]], groups: tuple[str, str], rule: str, n_examples: dict[str, int] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int | None, int | None]:
+    """(target scores, reference scores, n_target, n_reference) for a selection rule.
+
+    Scores of the contrastive objective hold one group, ``contrast``, which already measures what carries the
+    difference between the pair; they are ranked as they are (``rule="target"``, reference zero).
+    """
+    n = n_examples or {}
+    if "contrast" in scores:
+        if rule != "target":
+            raise ValueError(
+                f"pruning.rule={rule!r} compares two groups' scores, but the contrastive objective scores pairs (one"
+                " group, 'contrast'): use pruning.rule=target"
+            )
+        zero = {k: torch.zeros_like(t) for k, t in scores["contrast"].items()}
+        return scores["contrast"], zero, None, None
+    ref, tgt = groups
+    return scores[tgt], scores[ref], n.get(tgt) or None, n.get(ref) or None

@@ -24,7 +24,7 @@ from biasprune.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_coun
 from biasprune.checks import check_choice, check_fraction, check_positive
 from biasprune.masks import MaskError, load_masks, save_masks, validate_masks
 from biasprune.resume import check_fingerprint
-from biasprune.scoring import sum_scores
+from biasprune.scoring import selection_inputs, sum_scores
 from biasprune.selection import HEAD_FLAGS, NEURON_FLAGS, RULES, SCOPES, keep_masks, parse_budget, random_prune_like
 
 __all__ = ["PruningCallback"]
@@ -194,7 +194,7 @@ class PruningCallback(Callback):
         scores = sum_scores(per_variation)
         ref, tgt = trainer.datamodule.groups
         n = artifacts.read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
-        masks = self.select(scores[tgt], scores[ref], n.get(tgt), n.get(ref))
+        masks = self.select(*selection_inputs(scores, (ref, tgt), self.rule, n))
         if trainer.global_rank == 0:
             meta = {k: str(v) for k, v in self.settings().items()} | {
                 "reference_group": ref, "target_group": tgt, "scoring": ",".join(per_variation),

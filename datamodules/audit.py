@@ -88,6 +88,22 @@ class _TokenCollator:
         }
 
 
+class _PairCollator:
+    """Name-swapped pairs for the contrastive objective (:func:`biasprune.attribution.build_pair_batch`)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        from biasprune.attribution import build_pair_batch
+
+        out = build_pair_batch([(r["target_ids"], r["reference_ids"], r["response_ids"]) for r in rows], self.pad_id)
+        out["bucket"] = torch.tensor([r["bucket"] for r in rows], dtype=torch.long)
+        out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        out["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+        return out
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -279,12 +295,16 @@ class AuditDataModule(L.LightningDataModule):
     def has_scoring_examples(self) -> bool:
         return self.scoring_set is not None
 
-    def set_scoring_examples(self, examples: Sequence[dict]) -> None:
+    def set_scoring_examples(self, examples: Sequence[dict], pairs: bool = False) -> None:
         """Attach target responses (DESIGN: ``scoring_examples.jsonl`` rows) and tokenize them.
 
         Prompt and response are tokenized separately without special tokens and concatenated, so the
         stored texts alone determine the computation. Empty responses are skipped and counted. Each example
         is tagged with its accumulator bucket ``variation index x n_groups + group index``.
+
+        ``pairs`` serves name-swapped pairs instead (the contrastive objective): each item holds the target
+        prompt, its reference-group twin (same ``pair_id``) and the target's response, in bucket
+        ``variation index``.
         """
         self.scoring_examples = [
             {k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e} for e in examples
@@ -303,6 +323,9 @@ class AuditDataModule(L.LightningDataModule):
             kept.append(e)
         if not kept:
             raise AuditDataError("every scoring example has an empty response: nothing to score")
+        if pairs:
+            self.scoring_set = self._pair_items(kept)
+            return
         tok = self.tokenizer
         prompt_ids = tok([e["prompt"] for e in kept], add_special_tokens=False)["input_ids"]
         response_ids = tok([e["response"] for e in kept], add_special_tokens=False)["input_ids"]
@@ -316,6 +339,26 @@ class AuditDataModule(L.LightningDataModule):
                 "bucket": self.scoring_variations.index(variation_key(kept[i]["scenario"], kept[i]["variation"])) * n_groups
                 + self.groups.index(kept[i]["group"]),
             }
+            for i in order
+        ]
+
+    def _pair_items(self, kept: list[dict]) -> list[dict]:
+        missing = [e["name"] for e in kept if not e.get("pair_id")]
+        if missing:
+            raise AuditDataError(f"the contrastive objective pairs examples by pair_id, which {len(missing)} lack (e.g. {missing[0]!r})")
+        ref, tgt = self.groups
+        twins = {e["pair_id"]: e for e in self.scoring_examples if e["group"] == ref}
+        targets = [e for e in kept if e["group"] == tgt and e["pair_id"] in twins]
+        if not targets:
+            raise AuditDataError("no target-group scoring example has a reference-group twin: nothing to contrast")
+        tok = self.tokenizer
+        t_ids = tok([e["prompt"] for e in targets], add_special_tokens=False)["input_ids"]
+        r_ids = tok([twins[e["pair_id"]]["prompt"] for e in targets], add_special_tokens=False)["input_ids"]
+        y_ids = tok([e["response"] for e in targets], add_special_tokens=False)["input_ids"]
+        order = sorted(range(len(targets)), key=lambda i: (len(t_ids[i]) + len(y_ids[i]), i))
+        return [
+            {"target_ids": t_ids[i], "reference_ids": r_ids[i], "response_ids": y_ids[i],
+             "bucket": self.scoring_variations.index(variation_key(targets[i]["scenario"], targets[i]["variation"]))}
             for i in order
         ]
 
@@ -346,9 +389,8 @@ class AuditDataModule(L.LightningDataModule):
         if self.scoring_set is None:
             raise RuntimeError("no scoring examples: the module generates them in on_fit_start (or give scoring_examples_file)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        loader, self._train_sampler = self._loader(
-            self.scoring_set, [list(range(len(self.scoring_set)))], self.batch_size, _TokenCollator(pad)
-        )
+        collate = _PairCollator(pad) if "target_ids" in self.scoring_set[0] else _TokenCollator(pad)
+        loader, self._train_sampler = self._loader(self.scoring_set, [list(range(len(self.scoring_set)))], self.batch_size, collate)
         return loader
 
     def skip_train_batches(self, n_batches: int) -> None:

@@ -5,26 +5,36 @@ from __future__ import annotations
 import pytest
 import torch
 
+from biasprune.answering import TargetConfig
+from biasprune.callbacks import PruningCallback
 from biasprune.evaluation import EvaluationConfig
 from biasprune.masks import MaskError
 from biasprune.models import resolve_dtype
 from biasprune.module import BiasPruneModule
-from biasprune.callbacks import PruningCallback
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(score_neurons=False, score_heads=False), "score_neurons and score_heads are both false"),
-        (dict(response_max_new_tokens=0), "response_max_new_tokens must be >= 1, got 0"),
-        (dict(response_temperature=-0.5), "response_temperature must be >= 0, got -0.5"),
+        (dict(score_neurons=False, score_heads=False), "score_neurons and model.score_heads are both false"),
         (dict(neuron_modules=["fc1"]), r"unknown module\(s\) \['fc1'\]; valid choices"),
+        (dict(objective="likelihood"), r"model.objective='likelihood' is not valid; valid choices: \['nll', 'contrastive'\]"),
         (dict(evaluation=EvaluationConfig(inlier_bounds="/nowhere/bounds.json")), r"evaluation.inlier_bounds: file '/nowhere/bounds.json' does not exist"),
+        (dict(evaluation=EvaluationConfig(baseline=False)), r"baseline=false needs model.evaluation.inlier_bounds"),
     ],
 )
 def test_module_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BiasPruneModule(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_new_tokens=0), r"model.targets.max_new_tokens must be >= 1, got 0"),
+    (dict(temperature=-0.5), r"model.targets.temperature must be >= 0, got -0.5"),
+])
+def test_target_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TargetConfig(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -33,8 +43,11 @@ def test_module_arguments(kwargs, match):
         (dict(units="layers"), r"pruning.units='layers' is not valid; valid choices: \['neurons', 'heads', 'both'\]"),
         (dict(scope="model"), r"pruning.scope='model' is not valid; valid choices: \['module', 'global'\]"),
         (dict(head_scope="layer"), r"pruning.head_scope='layer' is not valid"),
-        (dict(mode="soft"), r"pruning.mode='soft' is not valid; valid choices: \['reversible', 'hard'\]"),
+        (dict(rule="magic"), r"pruning.rule='magic' is not valid; valid choices: \['set_difference'"),
         (dict(head_q=2.0), r"pruning.head_q=2.0 must be a fraction in \[0, 1\]"),
+        (dict(random_draws=-1), r"pruning.random_draws must be >= 0, got -1"),
+        (dict(budget="lots"), r"pruning.budget"),
+        (dict(floor_quantile=1.5), r"pruning.floor_quantile=1.5 must be a fraction"),
     ],
 )
 def test_callback_arguments(kwargs, match):
@@ -58,11 +71,6 @@ def test_callback_needs_scores_of_the_pruned_kind():
         cb.select({"neuron/a": torch.ones(3)}, {"neuron/a": torch.ones(3)})
 
 
-def test_module_without_masks_cannot_export(tmp_path):
-    with pytest.raises(RuntimeError, match="no masks are applied: nothing to export"):
-        BiasPruneModule().export_pruned(tmp_path)
-
-
 def test_bad_dtype():
-    with pytest.raises(ValueError, match=r"dtype='int4' is not valid; valid choices: \['auto', 'float32', 'bfloat16', 'float16'\]"):
+    with pytest.raises(ValueError, match=r"dtype='int4' is not valid; valid choices: \['auto', 'float32', 'bfloat16', 'float16', 'float64'\]"):
         resolve_dtype("int4")

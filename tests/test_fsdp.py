@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biasprune.artifacts import read_safetensors
+from biasprune.artifacts import read_jsonl, read_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def fit(model_dir: str, names: Path, out: Path, *extra: str) -> Path:
     cmd = [
         sys.executable, "-m", "biasprune", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
-        "--model.model_name_or_path", model_dir, "--trainer.accelerator", "cpu",
-        "--data.names", str(names), "--data.holdout_names", "false",
+        "--model.model_name_or_path", model_dir, "--model.dtype", "float64", "--trainer.accelerator", "cpu",
+        "--data.names", str(names), "--data.split_fractions", "[0.4, 0.2, 0.4]",
         "--data.scoring", "[purchase/car, purchase/piano]", "--data.evaluation", "[purchase/car]",
-        "--data.batch_size", "2", "--data.eval_batch_size", "2",
-        "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.response_max_new_tokens", "5",
+        "--data.batch_size", "2", "--data.eval_batch_size", "2", "--pruning.random_draws", "1",
+        "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.targets.max_new_tokens", "5",
         "--model.evaluation.bootstrap_samples", "20", "--model.evaluation.permutation_samples", "20",
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false", *extra,
     ]
@@ -35,8 +35,8 @@ def fit(model_dir: str, names: Path, out: Path, *extra: str) -> Path:
 
 @pytest.mark.slow
 def test_sharded_scores_equal_single_process(tiny_model_dir, tmp_path):
-    names = tmp_path / "names.csv"  # 7 names x 2 variations = 14 examples over 2 ranks, batches of 2
-    names.write_text("name,group,gender\n" + "".join(f"N{i} X,{'white' if i % 2 else 'black'},man\n" for i in range(7)))
+    names = tmp_path / "names.csv"  # 4 scoring names per group x 2 variations = 16 examples over 2 ranks, batches of 2
+    names.write_text("name,group,gender\n" + "".join(f"N{i} X,{'white' if i % 2 else 'black'},man\n" for i in range(20)))
     one = fit(tiny_model_dir, names, tmp_path / "one")
     two = fit(tiny_model_dir, names, tmp_path / "two", "--trainer.strategy", "frozen_fsdp", "--trainer.devices", "2")
     a, meta_a = read_safetensors(one / "scores.safetensors")
@@ -44,7 +44,9 @@ def test_sharded_scores_equal_single_process(tiny_model_dir, tmp_path):
     assert meta_a["n_examples"] == meta_b["n_examples"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7, msg=k)
-    # evaluation ran in lockstep on both ranks (sharded weights) and wrote both phases
+    # evaluation ran in lockstep on both ranks (sharded weights) and answered every arm, as one process does
     rows = list(csv.DictReader(open(two / "metrics.csv")))
-    assert [r["phase"] for r in rows] == ["baseline", "pruned"]
-    assert int(rows[0]["n_answers"]) == 7 * 2
+    assert [r["arm"] for r in rows] == ["unpruned", "pruned", "random/0"]
+    assert int(rows[0]["n_answers"]) == 8 * 2  # 4 test names per group, 2 answers each
+    answers = [[(r["arm"], r["name"], r["responses"]) for r in read_jsonl(run / "answers.jsonl")] for run in (one, two)]
+    assert answers[0] == answers[1]

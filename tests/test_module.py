@@ -264,3 +264,34 @@ def test_validate_with_a_masks_file_evaluates_its_arms(fitted, tiny_model_dir, t
     rows = list(csv.DictReader(open(Path(t.log_dir) / "metrics.csv")))
     stored = json.loads((run / "inlier_bounds.json").read_text())["bounds"]["purchase/car"]
     assert all([float(r["lower"]), float(r["upper"])] == pytest.approx(stored) for r in rows)
+
+
+def test_the_contrastive_objective_scores_name_swapped_pairs(tiny_model_dir, tmp_path):
+    """objective=contrastive: per-variation sums of |attribution patching| over pairs, equal to a direct computation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from biasprune.attribution import build_pair_batch, contrastive_batch
+
+    names = names_file(tmp_path)
+    module = BiasPruneModule(tiny_model_dir, dtype="float64", objective="contrastive", targets=TARGETS, generation=FAST_GEN,
+                             evaluation=EvaluationConfig(bootstrap_samples=0, permutation_samples=0))
+    _, dm = make(tiny_model_dir, names=names)
+    t = trainer(tmp_path, name="contrast", callbacks=[PruningCallback(rule="target", budget=3, random_draws=1)])
+    run = fit_and_validate(t, module, dm)
+    scores, meta = read_safetensors(run / "scores.safetensors")
+    assert {k.split("/")[0] for k in scores} == {"contrast"} and json.loads(meta["n_examples"]) == {"contrast": 4}
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval().requires_grad_(False)
+    examples = read_jsonl(run / "scoring_examples.jsonl")
+    twins = {e["pair_id"]: e for e in examples if e["group"] == "white"}
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pairs = [(ids(e["prompt"]), ids(twins[e["pair_id"]]["prompt"]), ids(e["response"])) for e in examples if e["group"] == "black" and e["response"].strip()]
+    direct = contrastive_batch(model, resolve_units(model), **build_pair_batch(pairs, tok.pad_token_id)).scores
+    for key, s in direct.items():
+        torch.testing.assert_close(scores[f"contrast/{key}"].double(), s.sum(0), rtol=1e-5, atol=1e-9, msg=key)
+    masks, _ = read_safetensors(run / "masks.safetensors")
+    assert all(int((m == 0).sum()) == 3 for k, m in masks.items() if k.startswith("neuron/"))
+    with pytest.raises(ValueError, match="the contrastive objective scores pairs .* use pruning.rule=target"):
+        from biasprune.scoring import selection_inputs
+
+        selection_inputs({"contrast": {}}, ("white", "black"), "set_difference")

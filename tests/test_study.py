@@ -97,7 +97,7 @@ def test_the_choice_sees_dev_answers_only(finished):
     grid = list(csv.DictReader(open(out / "grid.csv")))
     table = []
     for g in grid:
-        spec = ArmSpec(g["units"], g["strategy"], g["context"], float(g["p"]), float(g["q"]), None)
+        spec = ArmSpec(g["units"], g["strategy"], g["context"], float(g["p"]), float(g["q"]), None, g["rule"])
         table.append({**{k: float(g[k]) if k in ("mean_abs_smd", "random_mean_abs_smd", "vs_random", "inlier_ratio",
                                                  "unpruned_inlier_ratio", "mean_pruned") else g[k] for k in g},
                       "min_pruned": int(float(g["min_pruned"])), "spec": spec})

@@ -65,6 +65,7 @@ def point_table(plan: StudyPlan, store: PieceStore, keys: Sequence[tuple[str, st
             n_pruned = [r["pruned_neurons"] + r["pruned_heads"] for r in rows]
             table.append({
                 "split": split, "units": spec.units, "strategy": spec.strategy, "context": spec.context, "point": spec.point,
+                "rule": spec.rule,
                 "p": spec.p, "q": spec.q, "budget": "" if spec.budget is None else spec.budget,
                 "mean_abs_smd": _mean(rows, "abs_smd"), "n_undefined": sum(math.isnan(r["smd"]) for r in rows),
                 "n_variations": len(rows), "random_mean_abs_smd": float(np.nanmean(rand_means)) if rand_means else math.nan,

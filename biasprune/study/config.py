@@ -36,6 +36,8 @@ class GridConfig:
             of the choice and the claims.
         random_draws: random-mask controls per grid point and variation, on dev and test; the chosen points get
             ``pruning.random_draws`` in all on test.
+        rules: selection rules tried (each with the points above; a rule is a knob chosen on dev like the others);
+            empty for ``pruning.rule`` alone.
     """
 
     p: tuple[float, ...] = (0.35,)
@@ -47,8 +49,12 @@ class GridConfig:
     inlier_floor: float = 0.8
     min_pruned: int = 1
     random_draws: int = 1
+    rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from ..selection import RULES
+
+        check_choices("study.grid.rules", self.rules, RULES, allow_empty=True)
         for name in ("p", "q", "head_p", "head_q"):
             values = getattr(self, name)
             if not values:
@@ -91,6 +97,8 @@ class StudyConfig:
             others of its scenario in this list); empty for all.
         contexts: other scenarios, used one by one by the cross-context strategy.
         grid: the pruning points tried on dev.
+        pieces: the piece store; empty for ``<output>/pieces``. Studies that share a store reuse each other's
+            scores and answers wherever their inputs agree (e.g. two objectives on the same model).
     """
 
     output: str = "runs/study"
@@ -99,6 +107,7 @@ class StudyConfig:
     within_variations: tuple[str, ...] = ()
     contexts: tuple[str, ...] = ("finance", "activity", "service")
     grid: GridConfig = field(default_factory=GridConfig)
+    pieces: str = ""
 
     def __post_init__(self) -> None:
         check_choices("study.strategies", self.strategies, STRATEGIES)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..arms import Arm
-from ..scoring import sum_scores
+from ..scoring import selection_inputs, sum_scores
 from ..selection import keep_masks, random_prune_like
 from .pieces import PieceStore, digest, masks_digest
 
@@ -36,6 +36,7 @@ class ArmSpec:
     p: float = 0.0
     q: float = 0.0
     budget: int | float | str | None = None
+    rule: str = "set_difference"
     draw: int = -1
 
     @property
@@ -44,8 +45,11 @@ class ArmSpec:
 
     @property
     def point(self) -> str:
+        """The pruning point: rule and p/q or budget (``set_difference`` names only p and q or the budget)."""
         if not self.units:
             return ""
+        if self.rule != "set_difference":
+            return f"{self.rule} budget={self.budget}"
         return f"p={self.p:g} budget={self.budget}" if self.budget is not None else f"p={self.p:g} q={self.q:g}"
 
     def selected(self) -> ArmSpec:
@@ -58,7 +62,7 @@ class ArmSpec:
 
     def labels(self) -> dict[str, object]:
         return {"units": self.units, "strategy": self.strategy, "context": self.context, "point": self.point,
-                "p": self.p if self.units else "", "q": self.q if self.units else "",
+                "rule": self.rule if self.units else "", "p": self.p if self.units else "", "q": self.q if self.units else "",
                 "budget": "" if self.budget is None else self.budget}
 
 
@@ -90,7 +94,7 @@ class StudyPlan:
                  within_pool: Mapping[str, Sequence[VarKey]], contexts: Mapping[str, Sequence[VarKey]],
                  answer_prefix: Mapping[tuple[str, VarKey], str]) -> None:
         self.store, self.score_keys, self.groups = store, dict(score_keys), tuple(groups)
-        self.selection = dict(selection)  # rule, scope, head_scope, random_seed
+        self.selection = dict(selection)  # scope, head_scope, random_seed, floor_quantile
         self.within_pool, self.contexts = within_pool, contexts
         self.answer_prefix = dict(answer_prefix)  # (split, variation) -> digest of model, generation, prompts
         self.jobs: dict[tuple[str, str, str], list[ArmSpec]] = {}
@@ -128,12 +132,10 @@ class StudyPlan:
                 self._masks[key] = {k: (~v).to(torch.uint8) for k, v in drawn.items()}
             else:
                 pool = strategy_variations(spec.strategy, spec.context, variation, self.within_pool, self.contexts)
-                total, n = self.scores(pool), self.n_examples(pool)
-                ref, tgt = self.groups
+                target, reference, n_t, n_r = selection_inputs(self.scores(pool), self.groups, spec.rule, self.n_examples(pool))
                 kind, scope = ("neuron", self.selection["scope"]) if spec.units == "neurons" else ("head", self.selection["head_scope"])
-                self._masks[key] = keep_masks(total[tgt], total[ref], kind, spec.p, spec.q, scope, rule=str(self.selection["rule"]),
-                                              budget=spec.budget, n_target=n[tgt] or None, n_reference=n[ref] or None,
-                                              floor_quantile=float(self.selection["floor_quantile"]))
+                self._masks[key] = keep_masks(target, reference, kind, spec.p, spec.q, scope, rule=spec.rule, budget=spec.budget,
+                                              n_target=n_t, n_reference=n_r, floor_quantile=float(self.selection["floor_quantile"]))
         return self._masks[key]
 
     def answer_key(self, spec: ArmSpec, split: str, variation: VarKey) -> str:

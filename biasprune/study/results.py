@@ -23,8 +23,8 @@ from .plan import ArmSpec
 
 __all__ = ["write_results"]
 
-LABELS = ("units", "strategy", "context", "point", "p", "q", "budget")
-GRID_COLUMNS = ("split", "units", "strategy", "context", "point", "p", "q", "budget", "mean_abs_smd", "n_undefined", "n_variations",
+LABELS = ("units", "strategy", "context", "point", "rule", "p", "q", "budget")
+GRID_COLUMNS = ("split", "units", "strategy", "context", "point", "rule", "p", "q", "budget", "mean_abs_smd", "n_undefined", "n_variations",
                 "random_mean_abs_smd", "vs_random", "inlier_ratio", "unpruned_inlier_ratio", "unpruned_mean_abs_smd", "min_pruned",
                 "mean_pruned", "chosen")
 

@@ -125,7 +125,7 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     started = time.perf_counter()
     cb = _callback(trainer)
     out = Path(cfg.output)
-    store = PieceStore(out / "pieces")
+    store = PieceStore(Path(cfg.pieces) if cfg.pieces else out / "pieces")
     module.summarize = False  # the study aggregates all pieces itself
     dm.select(eval_splits=("dev", "test"))
     eval_keys = [k for k in dm.eval_keys()]
@@ -136,12 +136,15 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
 
     score_keys = _score_keys(module, dm, needed)
     _score_missing(trainer, module, dm, store, score_keys)
+    if trainer.global_rank == 0:
+        artifacts.write_json(out / "score_keys.json", score_keys)  # which pieces this study's masks come from
     dm.select(scoring=needed, eval_splits=("dev", "test"))
     sel = {"rule": cb.rule, "scope": cb.scope, "head_scope": cb.head_scope, "random_seed": cb.random_seed,
            "floor_quantile": cb.floor_quantile}
     plan = StudyPlan(store, score_keys, dm.groups, sel, within, contexts, _answer_prefixes(module, dm))
 
-    grid = [ArmSpec(u, s, c, p, q, b) for (u, s, c) in families for (p, q, b) in cfg.grid.points(u, cb.rule)]
+    rules = cfg.grid.rules or (cb.rule,)
+    grid = [ArmSpec(u, s, c, p, q, b, rule) for (u, s, c) in families for rule in rules for (p, q, b) in cfg.grid.points(u, rule)]
     controls = [replace(a, draw=d) for a in grid for d in range(cfg.grid.random_draws)]
     jobs = {k: [ArmSpec(), *grid, *controls] for k in eval_keys}
     _answer_missing(trainer, module, dm, cb, plan, store, jobs)
