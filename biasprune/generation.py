@@ -1,21 +1,45 @@
 """Batched generation of answers: k sampled responses per prompt, or one greedy response.
 
-Each batch of prompts is left-padded and prefilled once; the KV cache is then repeated k times, so the
-prompt is not recomputed for every sample (``generate(num_return_sequences=k)`` would prefill k copies).
-Finished sequences leave the batch, so late steps run on the sequences still going. Sampling draws from
-a ``torch.Generator`` seeded per batch: results are reproducible for a given seed and batch layout.
+**Random streams.** Every sampled token is drawn from a uniform number that depends only on
+``(seed, key, answer index, token index)``, where ``key`` names the prompt (the caller's ``keys``, e.g.
+``"purchase/car/Jamal Washington"``, or the prompt text itself): see :mod:`biasprune.sampling` for the
+formula. The batch a prompt lands in, its row, the batch size, the number of processes and the order of the
+prompts never enter, so an answer changes only when the model's logits change. Two prompts with the same
+key get the same uniforms. Greedy decoding (``temperature=0``) uses none.
+
+**Decoders.** Both draw through :func:`biasprune.sampling.draw_tokens` with the same uniforms, so they pick
+the same token from the same logits.
+
+* ``eager``: the reference. A batch of prompts is left-padded and prefilled once; the KV cache
+  (``DynamicCache``) is repeated k times, so the prompt is not recomputed per sample; each step is a plain
+  Hugging Face forward; finished sequences leave the batch once a quarter of it has finished.
+* ``static``: :mod:`biasprune.decoding`: preallocated keys and values written in place, a fixed-shape step
+  per bucket of live rows, captured as a CUDA graph on a GPU (eager steps on a CPU).
+* ``auto`` (default): ``static`` on CUDA and on CPU, where it is the faster of the two (1.3x today's
+  eager decoder on the quickstart's answers, 1.17x the eager reference: docs/benchmarks.md);
+  ``eager`` under ``lockstep`` (sharded FSDP weights need every process to make the same forward calls,
+  which the eager path guarantees), and ``eager`` for a model the static path does not support
+  (:func:`biasprune.decoding.static_support`). ``static`` under ``lockstep`` also runs the eager path.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["GenerationConfig", "generate", "stop_token_ids"]
+from .checks import check_choice
+from .decoding import StaticUnsupported, decode_static, static_support
+from .sampling import draw_tokens, keyed_uniforms
+
+__all__ = ["DECODERS", "Decoder", "GenerationConfig", "generate", "resolve_decoder", "stop_token_ids"]
+
+Decoder = Literal["auto", "eager", "static"]
+DECODERS: tuple[str, ...] = ("auto", "eager", "static")
 
 
 @dataclass
@@ -27,7 +51,9 @@ class GenerationConfig:
         temperature: sampling temperature; 0 means greedy decoding.
         top_p: nucleus sampling threshold; 1.0 keeps the whole distribution.
         max_new_tokens: longest response, in tokens.
-        seed: seed of the sampling generator (combined with the batch position).
+        seed: root of the keyed random streams (with each prompt's key, answer index and token index).
+        decoder: ``auto`` (the faster path for the device), ``eager`` (the reference) or ``static``
+            (preallocated cache; CUDA graphs on a GPU). All draw the same tokens from the same logits.
     """
 
     samples: int = 10
@@ -35,6 +61,7 @@ class GenerationConfig:
     top_p: float = 1.0
     max_new_tokens: int = 24
     seed: int = 0
+    decoder: Decoder = "auto"
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -45,6 +72,7 @@ class GenerationConfig:
             raise ValueError(f"generation.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_choice("generation.decoder", self.decoder, DECODERS)
 
 
 def stop_token_ids(model: nn.Module, tokenizer) -> list[int]:
@@ -59,23 +87,6 @@ def stop_token_ids(model: nn.Module, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return sorted(ids)
-
-
-def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Drop a token when the tokens ranked above it already reach top_p; the top token always stays.
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    # Inverse-CDF draw: one uniform per row and a binary search in the cumulative distribution. Exact,
-    # and far cheaper on CPU than torch.multinomial or one random number per vocabulary entry.
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _cache_argument(model: nn.Module) -> str:
@@ -97,12 +108,16 @@ def _generate_batch(
     temperature: float,
     top_p: float,
     max_new_tokens: int,
-    stop_ids: torch.Tensor,
+    stop_ids: list[int],
     pad_id: int,
-    gen: torch.Generator | None,
+    uniforms: torch.Tensor | None,
     lockstep: bool = False,
 ) -> torch.Tensor:
-    """New tokens ``[B * num_samples, max_new_tokens]`` (pad after a sequence stops), sample-major per prompt."""
+    """The eager decoder: new tokens ``[B * num_samples, max_new_tokens]`` (pad after a stop), sample-major.
+
+    ``uniforms [B * num_samples, max_new_tokens]`` (float64, ``None`` when greedy) drive the draws.
+    """
+    stop = torch.tensor(stop_ids, device=input_ids.device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=input_ids,
@@ -125,9 +140,9 @@ def _generate_batch(
     rows = torch.arange(n, device=input_ids.device)  # output row of each sequence still in the batch
     alive = torch.ones(n, dtype=torch.bool, device=input_ids.device)
     for step in range(max_new_tokens):
-        nxt = _next_tokens(logits, temperature, top_p, gen)
+        nxt = draw_tokens(logits, temperature, top_p, None if uniforms is None else uniforms[rows, step])
         tokens[rows[alive], step] = nxt[alive]
-        alive &= ~torch.isin(nxt, stop_ids)
+        alive &= ~torch.isin(nxt, stop)
         n_alive = int(alive.sum())
         if step == max_new_tokens - 1 or (n_alive == 0 and not lockstep):
             break
@@ -151,6 +166,14 @@ def _generate_batch(
     return tokens
 
 
+def resolve_decoder(decoder: str, device: torch.device, lockstep: bool = False) -> str:
+    """The decoder that ``decoder`` runs as on ``device``: ``eager`` or ``static`` (see the module docstring)."""
+    check_choice("decoder", decoder, DECODERS)
+    if lockstep or decoder == "eager":
+        return "eager"
+    return "static"
+
+
 def generate(
     model: nn.Module,
     tokenizer,
@@ -164,16 +187,27 @@ def generate(
     progress: bool = False,
     desc: str = "generate",
     lockstep: bool = False,
+    keys: Sequence[str] | None = None,
+    decoder: Decoder = "auto",
 ) -> list[list[str]]:
     """Responses to already-templated prompts: ``out[i]`` holds ``num_samples`` strings for ``prompts[i]``.
 
     ``temperature=0`` decodes greedily. Responses are decoded without special tokens and cut at the first
-    stop token. ``lockstep`` runs every one of the ``max_new_tokens`` steps even when all sequences have
-    stopped: sharded (FSDP) models need every process to make the same number of forward calls.
+    stop token. ``keys[i]`` names prompt ``i``'s random streams (default: the prompt text); answer ``j`` of
+    prompt ``i`` is the same whatever the batch size, the order of the prompts or the other prompts of the
+    call (up to the floating-point effect of padding and batch shape on the logits). ``lockstep`` runs
+    every one of the ``max_new_tokens`` steps even when all sequences have stopped (sharded FSDP models),
+    with the eager decoder. ``decoder``: see the module docstring.
     """
+    if keys is None:
+        keys = list(prompts)
+    elif len(keys) != len(prompts):
+        raise ValueError(f"generate: keys has {len(keys)} entries for {len(prompts)} prompts; give one key per prompt")
+    if batch_size < 1:
+        raise ValueError(f"generate: batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
+    path = resolve_decoder(decoder, device, lockstep)
     stop = stop_token_ids(model, tokenizer)
-    stop_ids = torch.tensor(stop, device=device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     results: list[list[str]] = []
     starts = range(0, len(prompts), batch_size)
@@ -184,24 +218,27 @@ def generate(
     for start in starts:
         chunk = list(prompts[start : start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
-        gen = None
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        uniforms = None
         if temperature > 0:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(int(seed) * 1_000_003 + start)
-        tokens = _generate_batch(
-            model,
-            enc["input_ids"].to(device),
-            enc["attention_mask"].to(device),
-            num_samples,
-            temperature,
-            top_p,
-            max_new_tokens,
-            stop_ids,
-            pad_id,
-            gen,
-            lockstep,
-        ).cpu()
-        is_stop = torch.isin(tokens, stop_ids.cpu())
+            u = keyed_uniforms(seed, keys[start : start + batch_size], num_samples, max_new_tokens)
+            uniforms = torch.from_numpy(u).to(device)
+        args = (num_samples, temperature, top_p, max_new_tokens, stop, pad_id, uniforms)
+        if path == "static":
+            reason = static_support(model, ids.shape[1] + max_new_tokens)
+            if reason is None:
+                try:
+                    tokens = decode_static(model, ids, mask, *args)
+                except StaticUnsupported as err:
+                    reason = str(err)
+            if reason is not None:
+                if decoder == "static":
+                    raise ValueError(f"decoder='static' cannot run this model: {reason}; use decoder='eager' or 'auto'")
+                path = "eager"
+        if path == "eager":
+            tokens = _generate_batch(model, ids, mask, *args, lockstep=lockstep)
+        tokens = tokens.cpu()
+        is_stop = torch.isin(tokens, torch.tensor(stop))
         texts = []
         for row, stops in zip(tokens, is_stop):
             end = int(stops.nonzero()[0]) if bool(stops.any()) else row.shape[0]

@@ -1,57 +1,101 @@
-"""Batched generation against Hugging Face generate, seeded determinism, exact sampling."""
+"""Generation: keyed random streams, exact sampling, the eager and static decoders against each other and HF."""
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
+from conftest import tiny_model
+from scipy.stats import chisquare, kstest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from biasprune.generation import GenerationConfig, _next_tokens, generate
+from biasprune.decoding import decode_static
+from biasprune.generation import GenerationConfig, _generate_batch, generate, resolve_decoder
+from biasprune.sampling import draw_tokens, keyed_uniforms
+
+USERS = [
+    "hi",
+    "What is the price of a car for Jamal Washington?",
+    "ok then",
+    "Estimate a number for Todd Becker please",
+    "x",
+    "How many hours of piano should Tanisha Washington budget?",
+]
 
 
 @pytest.fixture(scope="module")
-def model_tok(tiny_model_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    return model, tok
+def tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def prompts(tok, n=5):
-    users = ["hi", "What is the price of a car for Jamal Washington?", "ok then", "Estimate a number for Todd Becker please", "x"]
-    return [tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True) for u in users[:n]]
+@pytest.fixture(scope="module")
+def model32(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
-def test_greedy_matches_hf_generate_with_left_padding(model_tok):
-    model, tok = model_tok
-    ps = prompts(tok)
-    ours = generate(model, tok, ps, num_samples=1, temperature=0.0, max_new_tokens=8, batch_size=5)
-    for p, (text,) in zip(ps, ours):
-        enc = tok(p, return_tensors="pt", add_special_tokens=False)
-        ref = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-        assert text == tok.decode(ref[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+@pytest.fixture(scope="module")
+def model64(tiny_model_dir):
+    # sdpa: transformers' eager attention gives NaN on left-padded rows in float64 (its mask overflows)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64, attn_implementation="sdpa").eval()
 
 
-def test_sampling_is_seeded_and_shaped(model_tok):
-    model, tok = model_tok
-    ps = prompts(tok, 3)
-    a = generate(model, tok, ps, num_samples=4, temperature=1.0, max_new_tokens=6, seed=7)
-    b = generate(model, tok, ps, num_samples=4, temperature=1.0, max_new_tokens=6, seed=7)
-    c = generate(model, tok, ps, num_samples=4, temperature=1.0, max_new_tokens=6, seed=8)
-    assert a == b and a != c
-    assert [len(x) for x in a] == [4, 4, 4]
+def chat(tok, users=USERS):
+    return [
+        tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
+        for u in users
+    ]
 
 
-def test_lockstep_gives_the_same_answers(model_tok):
-    model, tok = model_tok
-    ps = prompts(tok, 3)
-    a = generate(model, tok, ps, num_samples=3, temperature=1.0, max_new_tokens=6, seed=1)
-    b = generate(model, tok, ps, num_samples=3, temperature=1.0, max_new_tokens=6, seed=1, lockstep=True)
-    assert a == b
+def sdpa_tiny(arch="llama", dtype=torch.float64, **kw):
+    model = tiny_model(arch, dtype=dtype, **kw)
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+# ------------------------------------------------------------------------------------------- random streams
+
+
+def splitmix_reference(seed, key, j, t):
+    """The module docstring's formula in plain Python integers."""
+    mask = (1 << 64) - 1
+
+    def mix(x):
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    h = int.from_bytes(hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()[:8], "little")
+    s = mix(h ^ mix(j + 1))
+    return (mix((s + (t + 1) * 0x9E3779B97F4A7C15) & mask) >> 11) * 2.0**-53
+
+
+def test_keyed_uniforms_follow_the_documented_formula():
+    u = keyed_uniforms(7, ["a", "purchase/car/Jamal Washington"], 3, 5)
+    assert u.shape == (6, 5) and u.dtype == np.float64
+    for i, key in enumerate(["a", "purchase/car/Jamal Washington"]):
+        for j in range(3):
+            for t in range(5):
+                assert u[i * 3 + j, t] == splitmix_reference(7, key, j, t)
+
+
+def test_keyed_uniforms_depend_only_on_seed_key_answer_and_step():
+    full = keyed_uniforms(0, ["x", "y", "z"], 4, 10)
+    # fewer steps, fewer answers, other keys around, another order: the same numbers
+    assert np.array_equal(keyed_uniforms(0, ["y"], 2, 6), full[4:6, :6])
+    assert np.array_equal(keyed_uniforms(0, ["z", "x"], 4, 10), np.concatenate([full[8:], full[:4]]))
+    assert not np.array_equal(keyed_uniforms(1, ["x"], 4, 10), full[:4])
+    big = keyed_uniforms(3, [f"k{i}" for i in range(200)], 10, 50).ravel()
+    assert kstest(big, "uniform").pvalue > 1e-3
+    assert len(np.unique(big)) == big.size
+
+
+# ------------------------------------------------------------------------------------------------ the draw
 
 
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)])
-def test_next_token_draws_follow_the_distribution(temperature, top_p):
+def test_draws_follow_the_distribution(temperature, top_p):
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     probs = torch.softmax(logits / temperature, -1)
     if top_p < 1.0:  # reference nucleus: smallest prefix of the sorted probabilities reaching top_p
@@ -60,21 +104,211 @@ def test_next_token_draws_follow_the_distribution(temperature, top_p):
         mask = torch.zeros_like(probs, dtype=torch.bool)
         mask[order[keep]] = True
         probs = torch.where(mask, probs, 0.0)
-        probs = probs / probs.sum()
     n = 60_000
-    gen = torch.Generator().manual_seed(0)
-    draws = _next_tokens(logits.repeat(n, 1), temperature, top_p, gen)
-    counts = torch.bincount(draws, minlength=6).double()
+    u = torch.from_numpy(keyed_uniforms(0, ["d"], n, 1)[:, 0])
+    counts = torch.bincount(draw_tokens(logits.repeat(n, 1), temperature, top_p, u), minlength=6).double()
     nz = probs > 0
     assert counts[~nz].sum() == 0
     expected = probs[nz].double() / probs[nz].double().sum() * counts.sum()
     assert chisquare(counts[nz].numpy(), expected.numpy()).pvalue > 1e-3
 
 
-def test_generation_config_errors():
+@pytest.mark.parametrize("vocab", [6, 256, 257, 4096])
+def test_draw_is_the_inverse_cdf_of_a_numpy_reference(vocab):
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(300, vocab, generator=g, dtype=torch.float64) * 3
+    logits[:, ::3] = -float("inf")  # zero-probability tokens must never be drawn
+    u = torch.rand(300, generator=g, dtype=torch.float64)
+    u[:2] = torch.tensor([0.0, 1 - 2**-53])
+    for temperature, top_p in ((1.0, 1.0), (0.6, 0.9)):
+        p = torch.softmax((logits / temperature).float(), -1).double().numpy()
+        if top_p < 1:
+            order = np.argsort(-p, axis=1, kind="stable")
+            sp = np.take_along_axis(p, order, 1)
+            keep = np.zeros_like(p, dtype=bool)
+            np.put_along_axis(keep, order, (np.cumsum(sp, 1) - sp) < top_p, 1)
+            p = np.where(keep, p, 0.0)
+        cdf = np.cumsum(p, 1)
+        last = [int(np.flatnonzero(p[r])[-1]) for r in range(len(u))]  # u * total may round up to the total
+        ref = [min(np.searchsorted(cdf[r], u[r].item() * cdf[r, -1], side="right"), last[r]) for r in range(len(u))]
+        got = draw_tokens(logits, temperature, top_p, u).numpy()
+        assert got.tolist() == ref
+        assert (p[np.arange(len(u)), got] > 0).all()
+
+
+def test_greedy_draw_is_argmax():
+    logits = torch.randn(4, 10)
+    assert torch.equal(draw_tokens(logits, 0.0, 0.5, None), logits.argmax(-1))
+
+
+# ------------------------------------------------------------------------------ answers vs how work is cut
+
+
+@pytest.mark.parametrize("decoder", ["eager", "static"])
+def test_greedy_matches_hf_generate_with_left_padding(model32, tok, decoder):
+    ps = chat(tok)[:5]
+    ours = generate(model32, tok, ps, num_samples=1, temperature=0.0, max_new_tokens=8, batch_size=5, decoder=decoder)
+    for p, (text,) in zip(ps, ours):
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
+        ref = model32.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert text == tok.decode(ref[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("decoder", ["eager", "static"])
+def test_answers_do_not_depend_on_batching_order_or_company(model64, tok, decoder):
+    ps = chat(tok)
+    keys = [f"purchase/car/name{i}" for i in range(len(ps))]
+    kw = dict(num_samples=4, temperature=1.0, max_new_tokens=8, seed=3, keys=keys, decoder=decoder)
+    ref = generate(model64, tok, ps, batch_size=len(ps), **kw)
+    assert [len(a) for a in ref] == [4] * len(ps)
+    assert len({a for answers in ref for a in answers}) > len(ps)  # sampled, not all the same
+    for bs in (1, 3):
+        assert generate(model64, tok, ps, batch_size=bs, **kw) == ref
+    perm = [4, 2, 0, 5, 1, 3]
+    shuffled = generate(model64, tok, [ps[i] for i in perm], batch_size=4, **kw | {"keys": [keys[i] for i in perm]})
+    assert shuffled == [ref[i] for i in perm]
+    alone = generate(model64, tok, ps[3:4], batch_size=8, **kw | {"keys": keys[3:4]})
+    assert alone == ref[3:4]
+    halves = generate(model64, tok, ps[:3], **kw | {"keys": keys[:3]}) + generate(
+        model64, tok, ps[3:], **kw | {"keys": keys[3:]}
+    )
+    assert halves == ref  # e.g. two processes each answering half of the prompts
+
+
+def test_keys_name_the_streams(model64, tok):
+    ps = chat(tok)[:3]
+    kw = dict(num_samples=3, temperature=1.0, max_new_tokens=8, seed=0)
+    a = generate(model64, tok, ps, keys=["a", "b", "c"], **kw)
+    assert generate(model64, tok, ps, keys=["a", "b", "c"], **kw) == a
+    assert generate(model64, tok, ps, keys=["a", "b", "d"], **kw)[:2] == a[:2]
+    assert generate(model64, tok, ps, keys=["a", "b", "d"], **kw)[2] != a[2]
+    assert generate(model64, tok, ps, keys=["a", "b", "c"], **kw | {"seed": 1}) != a
+    assert generate(model64, tok, ps, **kw) == generate(model64, tok, ps, keys=ps, **kw)  # default key: the prompt
+    same = generate(model64, tok, [ps[0], ps[0]], keys=["k", "k"], **kw)
+    assert same[0] == same[1]
+
+
+def test_lockstep_gives_the_same_answers(model64, tok):
+    ps = chat(tok)[:3]
+    kw = dict(num_samples=3, temperature=1.0, max_new_tokens=6, seed=1)
+    a = generate(model64, tok, ps, **kw)
+    assert generate(model64, tok, ps, lockstep=True, **kw) == a
+    assert generate(model64, tok, ps, lockstep=True, decoder="static", **kw) == a
+
+
+# ------------------------------------------------------------------------------------ static against eager
+
+
+def prompts_with_padding(n, length=9, vocab=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    for i in range(n):
+        mask[i, : i % 4] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("n_prompts", [1, 3, 8])
+@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (1.0, 1.0), (1.0, 0.7)])
+@pytest.mark.parametrize("fixed", [False, True])
+def test_static_draws_the_eager_tokens(n_prompts, temperature, top_p, fixed):
+    model = sdpa_tiny()
+    ids, mask = prompts_with_padding(n_prompts)
+    k, steps, stops = 5, 16, list(range(10, 22))  # many stop ids: rows finish early, at different steps
+    u = torch.from_numpy(keyed_uniforms(3, [str(i) for i in range(n_prompts)], k, steps)) if temperature else None
+    eager = _generate_batch(model, ids, mask, k, temperature, top_p, steps, stops, 0, u)
+    stats = {}
+    static = decode_static(model, ids, mask, k, temperature, top_p, steps, stops, 0, u, fixed=fixed, stats=stats)
+    assert torch.equal(static, eager)
+    lengths = (eager != 0).sum(1)
+    if n_prompts == 8:  # the case exercises early stops and row compaction
+        assert lengths.min() < steps and len(stats["buckets_used"]) > 1
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3", "gemma", "gemma2"])
+def test_static_matches_eager_on_other_architectures(arch):
+    if arch == "gemma2":  # logit soft-capping: only eager attention implements it; no padding (float64 NaN)
+        model = tiny_model(arch)
+        ids = torch.randint(1, 96, (3, 7), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+    else:
+        model = sdpa_tiny(arch)
+        ids, mask = prompts_with_padding(3)
+    u = torch.from_numpy(keyed_uniforms(0, ["a", "b", "c"], 2, 8))
+    for temperature, uu in ((0.0, None), (1.0, u)):
+        eager = _generate_batch(model, ids, mask, 2, temperature, 1.0, 8, [5], 0, uu)
+        assert torch.equal(decode_static(model, ids, mask, 2, temperature, 1.0, 8, [5], 0, uu), eager)
+
+
+def test_static_keeps_forward_hooks(tok, model64):
+    ps = chat(tok)[:3]
+    up = model64.model.layers[0].mlp.up_proj
+    handle = up.register_forward_hook(lambda m, args, out: out * (torch.arange(out.shape[-1]) % 2))
+    try:
+        kw = dict(num_samples=2, temperature=1.0, max_new_tokens=8, seed=0)
+        pruned = generate(model64, tok, ps, decoder="static", **kw)
+        assert pruned == generate(model64, tok, ps, decoder="eager", **kw)
+    finally:
+        handle.remove()
+    assert generate(model64, tok, ps, decoder="static", **kw) != pruned
+
+
+def test_static_restores_the_attention_implementation_after_an_error():
+    model = sdpa_tiny()
+    ids, mask = prompts_with_padding(2)
+
+    def fail(module, args, out):
+        raise RuntimeError("boom in layer 1")
+
+    model.model.layers[1].register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="boom in layer 1"):
+        decode_static(model, ids, mask, 1, 0.0, 1.0, 4, [5], 0, None)
+    assert model.config._attn_implementation == "sdpa"
+
+
+# ------------------------------------------------------------------------------------- choices and errors
+
+
+def test_decoder_choice_and_fallbacks(tok, model64):
+    assert resolve_decoder("auto", torch.device("cpu")) == "static"
+    assert resolve_decoder("static", torch.device("cpu"), lockstep=True) == "eager"
+    assert resolve_decoder("eager", torch.device("cuda")) == "eager"
+    windowed = sdpa_tiny("mistral", sliding_window=4)
+    ids, mask = prompts_with_padding(2)
+
+    class Tok:  # ids as text: enough of a tokenizer for generate
+        pad_token_id, eos_token_id = 0, 5
+
+        def __call__(self, texts, **kw):
+            return {"input_ids": ids[: len(texts)], "attention_mask": mask[: len(texts)]}
+
+        def decode(self, row, skip_special_tokens=True):
+            return " ".join(map(str, row.tolist()))
+
+    kw = dict(num_samples=2, temperature=1.0, max_new_tokens=6, batch_size=2)
+    auto = generate(windowed, Tok(), ["p", "q"], **kw)
+    assert auto == generate(windowed, Tok(), ["p", "q"], decoder="eager", **kw)
+    with pytest.raises(ValueError, match=r"decoder='static' cannot run this model: its sliding window \(4 tokens\)"):
+        generate(windowed, Tok(), ["p", "q"], decoder="static", **kw)
+
+
+def test_generation_errors(tok, model64):
     with pytest.raises(ValueError, match="generation.samples must be >= 1, got 0"):
         GenerationConfig(samples=0)
     with pytest.raises(ValueError, match=r"generation.top_p must be in \(0, 1\], got 1.5"):
         GenerationConfig(top_p=1.5)
     with pytest.raises(ValueError, match="generation.temperature must be >= 0"):
         GenerationConfig(temperature=-1)
+    with pytest.raises(
+        ValueError, match=r"generation.decoder='fast' is not valid; valid choices: \['auto', 'eager', 'static'\]"
+    ):
+        GenerationConfig(decoder="fast")
+    assert GenerationConfig().decoder == "auto"
+    ps = chat(tok)[:2]
+    with pytest.raises(ValueError, match="generate: keys has 1 entries for 2 prompts"):
+        generate(model64, tok, ps, keys=["a"])
+    with pytest.raises(ValueError, match=r"decoder='cuda' is not valid; valid choices: \['auto', 'eager', 'static'\]"):
+        generate(model64, tok, ps, decoder="cuda")
+    with pytest.raises(ValueError, match="generate: batch_size must be >= 1, got 0"):
+        generate(model64, tok, ps, batch_size=0)
