@@ -68,7 +68,7 @@ SIZES = {
     "max_new_tokens": SizeFlag("tokens per answer (m)", 32, 8),
     "prompt_len": SizeFlag("longest prompt, in tokens (lengths vary down to half of it)", 80, 16),
     "loop_prompts": SizeFlag("prompts answered by the HF loop (it is slow; 0 skips it)", 1, 1),
-    "iters": SizeFlag("timed runs of each decoder", 2, 1),
+    "iters": SizeFlag("timed runs of each decoder (after one untimed run at full size)", 5, 1),
     "copy_mib": SizeFlag("MiB copied to measure the memory bandwidth", 2048, 16),
     "matmul_size": SizeFlag("n of the n x n x n matmul that measures the bf16 rate", 8192, 256),
     **STUDY_SIZES,
@@ -166,7 +166,7 @@ def measure(
 
         before = allocated_gib(setup.device)
         reset_peak(setup.device)
-        rec.update(summarize(time_fn(call, setup.device, iters, warmup=0)))  # warmed up before, on small sizes
+        rec.update(summarize(time_fn(call, setup.device, iters, warmup=1)))  # one untimed run at full size first
         lengths = [len(tokenizer.encode(a)) for row in answers for a in row]
         if any(n != new_tokens for n in lengths):
             raise RuntimeError(f"expected answers of {new_tokens} tokens, got lengths {lengths[:8]}...")

@@ -50,8 +50,17 @@ def _rows_to_run(batch: dict[str, Any], lockstep: bool) -> list[int]:
     return list(range(len(weights))) if lockstep else [i for i, w in enumerate(weights) if w > 0]
 
 
-def target_responses(model: nn.Module, tokenizer, batch: dict[str, Any], cfg: TargetConfig, lockstep: bool = False) -> list[dict]:
-    """One target response per real row of a text batch: the ``scoring_examples.jsonl`` rows."""
+def target_responses(model: nn.Module, tokenizer, loader, cfg: TargetConfig, lockstep: bool = False) -> list[dict]:
+    """The ``scoring_examples.jsonl`` rows: one target response per scoring prompt of every process's batches,
+    gathered and in row order (collective: every rank calls it)."""
+    from .distributed import gather_objects
+
+    local = [r for batch in loader for r in _batch_targets(model, tokenizer, batch, cfg, lockstep)]
+    merged = sorted((r for part in gather_objects(local) for r in part), key=lambda r: r["index"])
+    return [{k: v for k, v in r.items() if k != "index"} for r in merged]
+
+
+def _batch_targets(model: nn.Module, tokenizer, batch: dict[str, Any], cfg: TargetConfig, lockstep: bool) -> list[dict]:
     run = _rows_to_run(batch, lockstep)
     if not run:
         return []

@@ -27,22 +27,33 @@ import torch
 
 from . import artifacts
 from .answering import TargetConfig, answer_batch, sort_records, target_responses
-from .attribution import contrastive_batch
-from .checks import check_choice
 from .architectures import DEFAULT_NEURON_MODULES, UnitLayout, check_neuron_modules, resolve_units
 from .arms import UNPRUNED, ArmSource
+from .checks import check_choice
 from .distributed import gather_objects
 from .evaluation import EvaluationConfig
 from .generation import GenerationConfig
 from .masks import apply_masks, export_pruned
 from .models import DEFAULT_MODEL, DType, load_model, load_tokenizer, model_identity
-from .resume import ScoringProgress, check_fingerprint, check_scoring_limits
+from .resume import (
+    ScoringProgress,
+    accumulate_time,
+    check_fingerprint,
+    check_scoring_limits,
+    checkpoint_state,
+    model_fingerprint,
+)
 from .run_results import evaluate_and_write
-from .scoring import ScoreAccumulator, score_batch
+from .scoring import ScoreAccumulator, score_rows
 
 __all__ = ["BiasPruneModule", "OBJECTIVES"]
 
 OBJECTIVES = ("nll", "contrastive")
+OBJECTIVE_TEXT = {  # the ``objective`` metadata of scores.safetensors
+    "nll": "mean NLL of the model's own response tokens; s_e(u) = |sum_t sum_d a*g|",
+    "contrastive": "attribution patching on name-swapped pairs; s_p(u) = |sum_t sum_d (a_ref - a_tgt)*dm/da|,"
+                   " m = log p(target's response | target prompt)",
+}
 
 
 class BiasPruneModule(L.LightningModule):
@@ -111,14 +122,9 @@ class BiasPruneModule(L.LightningModule):
         self._final: dict | None = None
         self.timings: dict[str, float] = {}
 
-    @contextlib.contextmanager
     def timed(self, name: str):
         """Accumulate the wall time of a stage into ``timings`` (written to ``timings.json``)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        return accumulate_time(self.timings, name)
 
     # -------------------------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
@@ -178,17 +184,7 @@ class BiasPruneModule(L.LightningModule):
 
     def fingerprint(self) -> dict[str, str]:
         """Everything of the model and its settings that changes a score or an answer."""
-        ident = model_identity(self.hparams.model_name_or_path)
-        return {
-            "model": self.hparams.model_name_or_path,
-            "model.weights_sha256": str(ident.get("weights_sha256", "")),
-            "model.adapter_sha256": str(ident.get("adapter_sha256", "")),
-            "model.dtype": self.hparams.dtype,
-            "model.neuron_modules": ",".join(self.hparams.neuron_modules),
-            "model.score_kinds": f"{self.hparams.score_neurons},{self.hparams.score_heads}",
-            "model.objective": self.hparams.objective,
-            "model.targets": str(asdict(self.targets)),
-        }
+        return model_fingerprint(self.hparams, model_identity(self.hparams.model_name_or_path), asdict(self.targets))
 
     def configure_optimizers(self):
         return None  # weights are frozen: scoring needs no optimizer
@@ -206,10 +202,8 @@ class BiasPruneModule(L.LightningModule):
             dm.set_scoring_examples(restored["scoring_examples"], pairs=pairs)
         elif not dm.has_scoring_examples:
             with self.timed("target_responses"):
-                local = [r for batch in dm.response_dataloader() for r in target_responses(
-                    self.model, self.tokenizer, batch, self.targets, self._lockstep)]
-                merged = sorted((r for part in gather_objects(local) for r in part), key=lambda r: r["index"])
-                dm.set_scoring_examples([{k: v for k, v in r.items() if k != "index"} for r in merged], pairs=pairs)
+                examples = target_responses(self.model, self.tokenizer, dm.response_dataloader(), self.targets, self._lockstep)
+                dm.set_scoring_examples(examples, pairs=pairs)
         elif pairs and "target_ids" not in dm.scoring_set[0]:  # preset examples, tokenized before the objective was known
             dm.set_scoring_examples(dm.scoring_examples, pairs=True)
         if self.global_rank == 0:
@@ -242,14 +236,7 @@ class BiasPruneModule(L.LightningModule):
             return None
         else:
             idx = take.nonzero().flatten()
-        kinds = dict(neurons=self.hparams.score_neurons, heads=self.hparams.score_heads)
-        if self.hparams.objective == "contrastive":
-            fields = ("target_ids", "target_attn", "reference_ids", "reference_attn", "response_mask_target", "suffix_len")
-            out = contrastive_batch(self.model, self.layout, *(batch[f][idx] for f in fields), **kinds)
-        else:
-            attn = batch["attention_mask"][idx]
-            T = int(attn.sum(1).max())  # drop padding columns that only other rows needed
-            out = score_batch(self.model, self.layout, batch["input_ids"][idx, :T], attn[:, :T], batch["response_mask"][idx, :T], **kinds)
+        out = score_rows(self.model, self.layout, batch, idx, self.hparams.objective, self.hparams.score_neurons, self.hparams.score_heads)
         self.accumulator.add(out, batch["bucket"][idx], take[idx])
         self.progress.mark(batch["index"][idx[take[idx]]])
         self.progress.count_step(self.trainer)
@@ -277,9 +264,7 @@ class BiasPruneModule(L.LightningModule):
             dm = self.datamodule
             meta = {
                 "model": self.hparams.model_name_or_path,
-                "objective": {"nll": "mean NLL of the model's own response tokens; s_e(u) = |sum_t sum_d a*g|",
-                              "contrastive": "attribution patching on name-swapped pairs; s_p(u) = |sum_t sum_d (a_ref - a_tgt)*dm/da|,"
-                                             " m = log p(target's response | target prompt)"}[self.hparams.objective],
+                "objective": OBJECTIVE_TEXT[self.hparams.objective],
                 "reference_group": dm.groups[0], "target_group": dm.groups[1],
                 "n_examples": self._final["n_examples"], "n_skipped": dict(dm.n_skipped),
                 "scoring": dm.scoring_variations,
@@ -293,12 +278,8 @@ class BiasPruneModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {}  # frozen weights are reloaded from the model name, not stored
-        dm = self.datamodule
-        state: dict[str, Any] = {"fingerprint": self._full_fingerprint()}
-        if dm.has_scoring_examples and self.progress is not None:
-            state["scoring_examples"] = dm.scoring_examples
-            state.update(self.progress.state(self.accumulator))  # collective: all ranks save together
-        checkpoint["biasprune"] = state
+        examples = self.datamodule.scoring_examples if self.datamodule.has_scoring_examples else None
+        checkpoint["biasprune"] = checkpoint_state(self._full_fingerprint(), examples, self.progress, self.accumulator)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("biasprune")

@@ -9,7 +9,9 @@ ones ``config.yaml`` states.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +19,8 @@ import torch
 from .distributed import all_reduce
 from .scoring import ScoreAccumulator
 
-__all__ = ["FingerprintMismatch", "ScoringProgress", "check_fingerprint", "check_scoring_limits"]
+__all__ = ["FingerprintMismatch", "ScoringProgress", "accumulate_time", "check_fingerprint", "check_scoring_limits", "checkpoint_state",
+           "model_fingerprint"]
 
 
 class FingerprintMismatch(RuntimeError):
@@ -110,3 +113,39 @@ class ScoringProgress:
         scores = {v: {g: per_bucket[i * n_groups + j] for j, g in enumerate(groups)} for i, v in enumerate(variations)}
         n_examples = {v: {g: int(counts[i * n_groups + j]) for j, g in enumerate(groups)} for i, v in enumerate(variations)}
         return {"scores": scores, "n_examples": n_examples}
+
+
+def checkpoint_state(fingerprint: Mapping[str, str], examples: Sequence[dict] | None, progress: ScoringProgress | None,
+                     acc: ScoreAccumulator | None) -> dict[str, Any]:
+    """What a checkpoint holds: the run's fingerprint and, once scoring has started, the scoring examples, the
+    score sums and which examples they cover (collective: every rank calls it)."""
+    state: dict[str, Any] = {"fingerprint": dict(fingerprint)}
+    if examples is not None and progress is not None:
+        state["scoring_examples"] = list(examples)
+        state.update(progress.state(acc))
+    return state
+
+
+@contextlib.contextmanager
+def accumulate_time(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def model_fingerprint(hparams: Mapping[str, Any], identity: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, str]:
+    """The module's part of a run's fingerprint: model identity (id, weights and adapter digests), dtype, units,
+    objective and target-response settings."""
+    return {
+        "model": str(hparams["model_name_or_path"]),
+        "model.weights_sha256": str(identity.get("base_sha256") or ""),
+        "model.adapter_sha256": str(identity.get("adapter_sha256") or ""),
+        "model.dtype": str(hparams["dtype"]),
+        "model.neuron_modules": ",".join(hparams["neuron_modules"]),
+        "model.score_kinds": f"{hparams['score_neurons']},{hparams['score_heads']}",
+        "model.objective": str(hparams["objective"]),
+        "model.targets": str(dict(targets)),
+    }

@@ -25,7 +25,7 @@ from torch import nn
 from .architectures import UnitLayout
 from .hooks import HookSet
 
-__all__ = ["BatchScores", "ScoreAccumulator", "response_nll", "score_batch", "selection_inputs", "sum_scores"]
+__all__ = ["BatchScores", "ScoreAccumulator", "response_nll", "score_batch", "score_rows", "selection_inputs", "sum_scores"]
 
 
 @dataclass
@@ -249,3 +249,16 @@ def selection_inputs(
         return scores["contrast"], zero, None, None
     ref, tgt = groups
     return scores[tgt], scores[ref], n.get(tgt) or None, n.get(ref) or None
+
+
+def score_rows(model: nn.Module, layout: UnitLayout, batch: dict[str, torch.Tensor], idx: torch.Tensor, objective: str,
+               neurons: bool = True, heads: bool = True) -> BatchScores:
+    """Per-example scores of rows ``idx`` of a train batch under ``objective`` (``nll`` or ``contrastive``)."""
+    if objective == "contrastive":
+        from .attribution import contrastive_batch
+
+        fields = ("target_ids", "target_attn", "reference_ids", "reference_attn", "response_mask_target", "suffix_len")
+        return contrastive_batch(model, layout, *(batch[f][idx] for f in fields), neurons=neurons, heads=heads)
+    attn = batch["attention_mask"][idx]
+    T = int(attn.sum(1).max())  # drop padding columns that only other rows needed
+    return score_batch(model, layout, batch["input_ids"][idx, :T], attn[:, :T], batch["response_mask"][idx, :T], neurons=neurons, heads=heads)

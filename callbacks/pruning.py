@@ -30,6 +30,7 @@ from biasprune.selection import HEAD_FLAGS, NEURON_FLAGS, RULES, SCOPES, keep_ma
 __all__ = ["PruningCallback"]
 
 UNITS = ("neurons", "heads", "both")
+DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET = "0.5%", 3  # of a ranking rule given no budget (docs/results.md)
 
 
 class PruningCallback(Callback):
@@ -37,17 +38,19 @@ class PruningCallback(Callback):
 
     Args:
         units: which units to prune: ``neurons``, ``heads`` or ``both``.
-        rule: how units are chosen from the two groups' scores: ``set_difference`` (the paper's: top q of the
-            target group's scores minus the top p of the reference group's) or a ranking rule (see
-            ``docs/method.md``), which needs ``budget``.
+        rule: how units are chosen from the two groups' scores: ``relative_difference`` (the default, which the
+            planted controls favour: docs/results.md), another ranking rule, or ``set_difference`` (the paper's:
+            top q of the target group's scores minus the top p of the reference group's); formulas in
+            ``docs/method.md``.
         p: neurons: fraction of each pool protected as most important for the reference group.
         q: neurons: fraction of each pool considered most important for the target group.
         budget: neurons: units pruned per pool, as a fraction of the pool (``0.005`` or ``"0.5%"``) or a count
-            (``12``); with ``set_difference`` it replaces q. Empty: p/q decide.
+            (``12``); with ``set_difference`` it replaces q. Empty: p/q decide (``set_difference``) or
+            ``DEFAULT_BUDGET`` (0.5% of each module; a ranking rule).
         scope: neurons: ``module`` selects within each projection, ``global`` over all neurons.
         head_p: heads: like ``p``.
         head_q: heads: like ``q``.
-        head_budget: heads: like ``budget``.
+        head_budget: heads: like ``budget`` (empty with a ranking rule: ``DEFAULT_HEAD_BUDGET``, 3 heads).
         head_scope: heads: ``global`` (over all heads of the model, as in the paper) or ``module``.
         floor_quantile: ``relative_difference`` and ``log_ratio``: the pool quantile of S_t + S_r below which units
             are not candidates (relative_difference) or that floors both scores (log_ratio).
@@ -62,7 +65,7 @@ class PruningCallback(Callback):
     def __init__(
         self,
         units: Literal["neurons", "heads", "both"] = "neurons",
-        rule: str = "set_difference",
+        rule: str = "relative_difference",
         p: float = 0.35,
         q: float = 0.40,
         budget: int | float | str | None = None,
@@ -129,6 +132,8 @@ class PruningCallback(Callback):
                 p, q, budget, scope, flags = self.p, self.q, self.budget, self.scope, NEURON_FLAGS
             else:
                 p, q, budget, scope, flags = self.head_p, self.head_q, self.head_budget, self.head_scope, HEAD_FLAGS
+            if budget is None and self.rule != "set_difference":
+                budget = DEFAULT_BUDGET if kind == "neuron" else DEFAULT_HEAD_BUDGET
             selected = keep_masks(target, reference, kind, p, q, scope, rule=self.rule, budget=budget, n_target=n_target,
                                   n_reference=n_reference, floor_quantile=self.floor_quantile, flags=flags)
             if not selected:

@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from biasprune.checks import check_choices
 from biasprune.data import (
     SPLITS,
     AuditDataError,
-    NameEntry,
     build_prompt_rows,
     builtin_scenarios,
     check_groups,
@@ -44,64 +42,13 @@ from biasprune.data import (
 from biasprune.models import DEFAULT_MODEL, load_tokenizer, plant_training_names
 from biasprune.prompts import chat_prompt
 
+from .examples import PairCollator, TokenCollator, collate_text, example_items, pair_items
 from .files import SCORING_EXAMPLE_FIELDS, read_prompt_file, read_scoring_examples, select_rows
 from .sampling import ShardedBatches, ShardSampler, fixed_batches
 
 __all__ = ["AuditDataModule", "SCORING_EXAMPLE_FIELDS"]
 
 EvalSplit = Literal["dev", "test"]
-_TEXT_FIELDS = ("split", "scenario", "variation", "name", "group", "gender", "pair_id", "prompt", "key")
-
-
-def _collate_text(rows: list[dict]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: [r[k] for r in rows] for k in _TEXT_FIELDS}
-    out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
-    out["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
-    out["group_index"] = torch.tensor([r["group_index"] for r in rows], dtype=torch.long)
-    return out
-
-
-class _TokenCollator:
-    """Right-pads prompt+response token ids; marks response tokens for the loss."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        T = max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows)
-        B = len(rows)
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, T), dtype=torch.long)
-        resp = torch.zeros((B, T), dtype=torch.long)
-        for i, r in enumerate(rows):
-            p, s = r["prompt_ids"], r["response_ids"]
-            ids[i, : len(p) + len(s)] = torch.tensor(p + s, dtype=torch.long)
-            attn[i, : len(p) + len(s)] = 1
-            resp[i, len(p) : len(p) + len(s)] = 1
-        return {
-            "input_ids": ids,
-            "attention_mask": attn,
-            "response_mask": resp,
-            "bucket": torch.tensor([r["bucket"] for r in rows], dtype=torch.long),
-            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
-            "weight": torch.tensor([r["weight"] for r in rows], dtype=torch.float32),
-        }
-
-
-class _PairCollator:
-    """Name-swapped pairs for the contrastive objective (:func:`biasprune.attribution.build_pair_batch`)."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        from biasprune.attribution import build_pair_batch
-
-        out = build_pair_batch([(r["target_ids"], r["reference_ids"], r["response_ids"]) for r in rows], self.pad_id)
-        out["bucket"] = torch.tensor([r["bucket"] for r in rows], dtype=torch.long)
-        out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
-        out["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
-        return out
 
 
 def _digest(obj: Any) -> str:
@@ -178,7 +125,7 @@ class AuditDataModule(L.LightningDataModule):
         # Validate every file now, before a trainer runs or anything is written.
         if dataset_file:
             self.scenarios = {}
-            self._file_rows = self._rows_from_dataset_file(Path(dataset_file), split_fractions, split_seed)
+            self._file_rows = read_prompt_file(Path(dataset_file), self.groups, split_fractions, split_seed)
             self.names_by_split = {s: sorted({(r["name"], r["group"]) for r in self._file_rows if r["split"] == s}) for s in SPLITS}
             self.name_sources = {}
         else:
@@ -237,16 +184,6 @@ class AuditDataModule(L.LightningDataModule):
         self._build_rows()
         if self.tokenizer is not None:
             self.setup()
-
-    def _rows_from_dataset_file(self, path: Path, fractions, seed) -> list[dict]:
-        rows = read_prompt_file(path, self.groups)
-        people = {r["name"]: NameEntry(r["name"], r["group"], r["gender"]) for r in rows if not r["split"]}
-        if people:
-            splits = split_names(list(people.values()), fractions, seed, groups=self.groups, source=str(path))
-            split_of = {n.name: s for s in SPLITS for n in splits[s]}
-            for r in rows:
-                r["split"] = r["split"] or split_of[r["name"]]
-        return rows
 
     # ----------------------------------------------------------------------------------------- setup
     def _with_prompts(self, rows: list[dict]) -> list[dict]:
@@ -324,43 +261,9 @@ class AuditDataModule(L.LightningDataModule):
         if not kept:
             raise AuditDataError("every scoring example has an empty response: nothing to score")
         if pairs:
-            self.scoring_set = self._pair_items(kept)
-            return
-        tok = self.tokenizer
-        prompt_ids = tok([e["prompt"] for e in kept], add_special_tokens=False)["input_ids"]
-        response_ids = tok([e["response"] for e in kept], add_special_tokens=False)["input_ids"]
-        n_groups = len(self.groups)
-        # Scores are sums over examples, so their order is free: sorting by length keeps padding small.
-        order = sorted(range(len(kept)), key=lambda i: (len(prompt_ids[i]) + len(response_ids[i]), i))
-        self.scoring_set = [
-            {
-                "prompt_ids": prompt_ids[i],
-                "response_ids": response_ids[i],
-                "bucket": self.scoring_variations.index(variation_key(kept[i]["scenario"], kept[i]["variation"])) * n_groups
-                + self.groups.index(kept[i]["group"]),
-            }
-            for i in order
-        ]
-
-    def _pair_items(self, kept: list[dict]) -> list[dict]:
-        missing = [e["name"] for e in kept if not e.get("pair_id")]
-        if missing:
-            raise AuditDataError(f"the contrastive objective pairs examples by pair_id, which {len(missing)} lack (e.g. {missing[0]!r})")
-        ref, tgt = self.groups
-        twins = {e["pair_id"]: e for e in self.scoring_examples if e["group"] == ref}
-        targets = [e for e in kept if e["group"] == tgt and e["pair_id"] in twins]
-        if not targets:
-            raise AuditDataError("no target-group scoring example has a reference-group twin: nothing to contrast")
-        tok = self.tokenizer
-        t_ids = tok([e["prompt"] for e in targets], add_special_tokens=False)["input_ids"]
-        r_ids = tok([twins[e["pair_id"]]["prompt"] for e in targets], add_special_tokens=False)["input_ids"]
-        y_ids = tok([e["response"] for e in targets], add_special_tokens=False)["input_ids"]
-        order = sorted(range(len(targets)), key=lambda i: (len(t_ids[i]) + len(y_ids[i]), i))
-        return [
-            {"target_ids": t_ids[i], "reference_ids": r_ids[i], "response_ids": y_ids[i],
-             "bucket": self.scoring_variations.index(variation_key(targets[i]["scenario"], targets[i]["variation"]))}
-            for i in order
-        ]
+            self.scoring_set = pair_items(self.tokenizer, kept, self.scoring_examples, self.scoring_variations, self.groups)
+        else:
+            self.scoring_set = example_items(self.tokenizer, kept, self.scoring_variations, self.groups)
 
     # ----------------------------------------------------------------------------------- dataloaders
     def _world(self) -> tuple[int, int]:
@@ -383,13 +286,13 @@ class AuditDataModule(L.LightningDataModule):
     def response_dataloader(self) -> DataLoader:
         """Scoring prompts that need a target response, batched within each variation."""
         return self._loader(self.scoring_prompts, self._grouped(self.scoring_prompts, ("scenario", "variation")),
-                            self.eval_batch_size, _collate_text)[0]
+                            self.eval_batch_size, collate_text)[0]
 
     def train_dataloader(self) -> DataLoader:
         if self.scoring_set is None:
             raise RuntimeError("no scoring examples: the module generates them in on_fit_start (or give scoring_examples_file)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        collate = _PairCollator(pad) if "target_ids" in self.scoring_set[0] else _TokenCollator(pad)
+        collate = PairCollator(pad) if "target_ids" in self.scoring_set[0] else TokenCollator(pad)
         loader, self._train_sampler = self._loader(self.scoring_set, [list(range(len(self.scoring_set)))], self.batch_size, collate)
         return loader
 
@@ -402,7 +305,7 @@ class AuditDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Evaluation prompts, batched within each (split, scenario, variation)."""
         return self._loader(self.eval_set, self._grouped(self.eval_set, ("split", "scenario", "variation")),
-                            self.eval_batch_size, _collate_text)[0]
+                            self.eval_batch_size, collate_text)[0]
 
     def eval_keys(self) -> list[tuple[str, str, str]]:
         """Evaluated (split, scenario, variation) triples, in order."""

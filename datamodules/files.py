@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biasprune.artifacts import read_jsonl
-from biasprune.data import SPLITS, AuditDataError
+from biasprune.data import SPLITS, AuditDataError, NameEntry, split_names
 
 __all__ = [
     "DATASET_COLUMNS",
@@ -29,8 +29,9 @@ SCORING_EXAMPLE_FIELDS = ("group", "scenario", "variation", "name", "prompt", "r
 _LOADERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def read_prompt_file(path: Path, groups: Sequence[str]) -> list[dict]:
-    """The rows of a prompt file, as the datamodule's prompt rows (``user_prompt`` holds the message)."""
+def read_prompt_file(path: Path, groups: Sequence[str], fractions: Sequence[float] = (0.4, 0.2, 0.4), seed: int = 0) -> list[dict]:
+    """The rows of a prompt file, as the datamodule's prompt rows (``user_prompt`` holds the message); rows
+    without a ``split`` get the split of their name (names split like the built-in data)."""
     import datasets
 
     where = f"dataset file {str(path)!r}"
@@ -73,7 +74,14 @@ def read_prompt_file(path: Path, groups: Sequence[str]) -> list[dict]:
     for g in groups:
         if g not in present:
             raise AuditDataError(f"{where}: group {g!r} has no rows; groups present: {present}")
-    return [r for r in rows if r["group"] in groups]
+    rows = [r for r in rows if r["group"] in groups]
+    people = {r["name"]: NameEntry(r["name"], r["group"], r["gender"]) for r in rows if not r["split"]}
+    if people:
+        splits = split_names(list(people.values()), fractions, seed, groups=groups, source=str(path))
+        split_of = {n.name: s for s in SPLITS for n in splits[s]}
+        for r in rows:
+            r["split"] = r["split"] or split_of[r["name"]]
+    return rows
 
 
 def select_rows(rows: list[dict], selectors: Sequence[str], what: str, source: str) -> list[tuple[str, str]]:

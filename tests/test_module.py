@@ -63,7 +63,7 @@ def names_file(tmp_path, n=20):
 def fitted(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
     module, dm = make(tiny_model_dir, scoring=["purchase/car", "purchase/piano"])
-    t = trainer(tmp, callbacks=[PruningCallback(units="both", p=0.2, q=0.3, random_draws=2)])
+    t = trainer(tmp, callbacks=[PruningCallback(units="both", rule="set_difference", p=0.2, q=0.3, random_draws=2)])
     return fit_and_validate(t, module, dm), module, dm
 
 
@@ -225,7 +225,7 @@ def test_resume_from_a_finished_epoch_finishes_the_run(tiny_model_dir, tmp_path)
 @pytest.mark.parametrize("change, field", [
     (dict(data=dict(scoring=["purchase/piano"])), "data.scoring"),
     (dict(model=dict(neuron_modules=["up_proj"])), "model.neuron_modules"),
-    (dict(pruning=dict(p=0.1)), "p"),
+    (dict(pruning=dict(budget="1%")), "budget"),
 ])
 def test_resume_with_other_inputs_is_refused(tiny_model_dir, tmp_path, change, field):
     names = names_file(tmp_path)

@@ -50,7 +50,7 @@ def run(model_dir, tmp, name="study", gen=GEN, devices=1, strategy="auto", scena
     cfg = dict(output=str(tmp / "out"), within_variations=("car", "piano", "bicycle"), contexts=("chess",), grid=GRID)
     cfg.update(study)
     t = BiasPruneTrainer(max_epochs=1, logger=TensorBoardLogger(tmp, name=name), enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=devices, strategy=strategy, callbacks=[PruningCallback(random_draws=2)])
+                         accelerator="cpu", devices=devices, strategy=strategy, callbacks=[PruningCallback(rule="set_difference", random_draws=2)])
     t.logger.version  # noqa: B018  (pinned before processes are spawned, as the CLI does)
     return t.study(module, dm, StudyConfig(**cfg)), Path(cfg["output"])
 

@@ -70,10 +70,12 @@ class GridConfig:
         check_positive("study.grid.min_pruned", self.min_pruned, minimum=0)
         check_positive("study.grid.random_draws", self.random_draws, minimum=1)
 
-    def points(self, units: str, rule: str) -> list[tuple[float, float, int | float | str | None]]:
-        """(p, q, budget) of every grid point of one unit kind."""
+    def points(self, units: str, rule: str, default_budget: int | float | str | None = None) -> list[tuple[float, float, int | float | str | None]]:
+        """(p, q, budget) of every grid point of one unit kind (a ranking rule without grid budgets takes
+        ``default_budget``, the pruning callback's)."""
         ps, qs, bs = (self.p, self.q, self.budget) if units == "neurons" else (self.head_p, self.head_q, self.head_budget)
         if rule != "set_difference":
+            bs = bs or ((default_budget,) if default_budget is not None else ())
             if not bs:
                 raise ValueError(f"pruning.rule={rule!r} needs budgets: give study.grid.{'budget' if units == 'neurons' else 'head_budget'}")
             return [(float(ps[0]), float(qs[0]), b) for b in bs]

@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import artifacts
+from ..callbacks.pruning import DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET
 from ..data import variation_key
 from ..distributed import barrier
 from .choose import choose_points, point_table
@@ -144,7 +145,8 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     plan = StudyPlan(store, score_keys, dm.groups, sel, within, contexts, _answer_prefixes(module, dm))
 
     rules = cfg.grid.rules or (cb.rule,)
-    grid = [ArmSpec(u, s, c, p, q, b, rule) for (u, s, c) in families for rule in rules for (p, q, b) in cfg.grid.points(u, rule)]
+    budget = {"neurons": cb.budget or DEFAULT_BUDGET, "heads": cb.head_budget or DEFAULT_HEAD_BUDGET}
+    grid = [ArmSpec(u, s, c, p, q, b, rule) for (u, s, c) in families for rule in rules for (p, q, b) in cfg.grid.points(u, rule, budget[u])]
     controls = [replace(a, draw=d) for a in grid for d in range(cfg.grid.random_draws)]
     jobs = {k: [ArmSpec(), *grid, *controls] for k in eval_keys}
     _answer_missing(trainer, module, dm, cb, plan, store, jobs)
