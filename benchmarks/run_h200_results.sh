@@ -44,8 +44,9 @@ else
 fi
 export BIASPRUNE_CACHE="$work/cache"
 # Not installed there: map biasprune.datamodules and biasprune.callbacks (setuptools package-dir) by links.
-[ -e biasprune/datamodules ] || ln -s ../datamodules biasprune/datamodules
-[ -e biasprune/callbacks ] || ln -s ../callbacks biasprune/callbacks
+if ! python3 -c 'import biasprune.datamodules' 2>/dev/null; then  # not installed (the GPU machines): map by links
+  ln -sfn ../datamodules biasprune/datamodules && ln -sfn ../callbacks biasprune/callbacks
+fi
 plant() { if [ "$tiny" = 1 ]; then echo "$base"; else echo "$base+plant:$1"; fi; }
 common=(--trainer.accelerator "$acc" --trainer.devices 1 --trainer.enable_progress_bar false --model.generation.decoder eager
         --model.generation.samples "$samples" --model.generation.max_new_tokens 12 --model.targets.max_new_tokens 12

@@ -99,12 +99,14 @@ def test_model_identity_hashes_base_and_adapter_and_caches(base_and_adapter, tmp
         ident["base"] == str(base_dir) and ident["plant"] == str(adapter_dir) and ident["base_files"] == [weights.name]
     )
     # Second call: served from the cache (hashing would fail now) ...
-    real = models.sha256_files
-    monkeypatch.setattr(models, "sha256_files", lambda files: (_ for _ in ()).throw(AssertionError("re-hashed")))
+    import biasprune.identity as identity
+
+    real = identity.sha256_files
+    monkeypatch.setattr(identity, "sha256_files", lambda files: (_ for _ in ()).throw(AssertionError("re-hashed")))
     assert model_identity(str(base_dir))["base_sha256"] == ident["base_sha256"]
     assert model_identity(str(base_dir))["adapter_sha256"] is None
     # ... until the file's mtime changes.
-    monkeypatch.setattr(models, "sha256_files", real)
+    monkeypatch.setattr(identity, "sha256_files", real)
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     cache = json.loads((tmp_path / "cache" / "sha256.json").read_text())

@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    import shutil
+
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=300)
+    had_build = (ROOT / "build").exists()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        if not had_build:  # setuptools builds in the source tree; leave it as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (found,) = out.glob("biasprune-*.whl")
     return found

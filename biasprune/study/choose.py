@@ -68,7 +68,7 @@ def point_table(plan: StudyPlan, store: PieceStore, keys: Sequence[tuple[str, st
                 "rule": spec.rule,
                 "p": spec.p, "q": spec.q, "budget": "" if spec.budget is None else spec.budget,
                 "mean_abs_smd": _mean(rows, "abs_smd"), "n_undefined": sum(math.isnan(r["smd"]) for r in rows),
-                "n_variations": len(rows), "random_mean_abs_smd": float(np.nanmean(rand_means)) if rand_means else math.nan,
+                "n_variations": len(rows), "random_mean_abs_smd": _mean([{"v": m} for m in rand_means], "v"),
                 "inlier_ratio": _mean(rows, "inlier_ratio"), "unpruned_inlier_ratio": _mean(base, "inlier_ratio"),
                 "unpruned_mean_abs_smd": _mean(base, "abs_smd"),
                 "min_pruned": min(n_pruned) if n_pruned else 0, "mean_pruned": float(np.mean(n_pruned)) if n_pruned else 0.0,

@@ -97,19 +97,26 @@ def _score_missing(trainer, module, dm, store: PieceStore, keys: dict[str, str])
 
 
 def _answer_missing(trainer, module, dm, cb, plan: StudyPlan, store: PieceStore, jobs: dict) -> None:
-    """Answer the jobs whose pieces are missing, in one validate stage."""
-    plan.jobs = {}
-    for (split, scen, var), specs in jobs.items():
-        todo = [s for s in specs if not store.has_answers(plan.answer_key(s, split, f"{scen}/{var}"))]
-        if todo:
-            plan.jobs[(split, scen, var)] = todo
-    if not plan.jobs:
+    """Answer the jobs whose pieces are missing, in one validate stage.
+
+    Sharded weights (FSDP) need the same forward calls on every rank, so there every (split, variation) of the
+    stage answers its whole job list (identical across keys by construction) whenever one piece is missing.
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    lockstep = isinstance(trainer.strategy, ModelParallelStrategy)
+    missing = {k: [s for s in specs if not store.has_answers(plan.answer_key(s, k[0], f"{k[1]}/{k[2]}"))] for k, specs in jobs.items()}
+    if not any(missing.values()):
         return
+    plan.jobs = {k: (jobs[k] if lockstep else todo) for k, todo in missing.items() if todo or lockstep}
+    splits = tuple(dict.fromkeys(k[0] for k, specs in jobs.items() if specs))
+    dm.select(eval_splits=splits)  # only the splits that have work: no batch runs without arms
     cb.set_plan(plan)
     try:
         trainer.validate(module, datamodule=dm)
     finally:
         cb.set_plan(None)
+        dm.select(eval_splits=("dev", "test"))
     if trainer.global_rank == 0:
         by_arm: dict[str, list[dict]] = {}
         for r in artifacts.read_jsonl(Path(trainer.log_dir) / "answers.jsonl"):
