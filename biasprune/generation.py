@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checks import check_choice
+from .checks import check_choice, check_positive
 from .decoding import StaticUnsupported, decode_static, static_support
 from .sampling import draw_tokens, keyed_uniforms
 
@@ -64,14 +64,11 @@ class GenerationConfig:
     decoder: Decoder = "auto"
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise ValueError(f"generation.samples must be >= 1, got {self.samples}")
-        if self.temperature < 0:
-            raise ValueError(f"generation.temperature must be >= 0, got {self.temperature}")
+        check_positive("generation.samples", self.samples)
+        check_positive("generation.temperature", self.temperature, minimum=0)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"generation.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_positive("generation.max_new_tokens", self.max_new_tokens)
         check_choice("generation.decoder", self.decoder, DECODERS)
 
 

@@ -245,9 +245,10 @@ def resolve_dtype(dtype: DType, device: torch.device | str | None = None) -> tor
     if dtype == "auto":
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return torch.bfloat16 if dev.type == "cuda" else torch.float32
+    from .checks import check_choice
+
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-    if dtype not in choices:
-        raise ValueError(f"dtype={dtype!r} is not valid; valid choices: {['auto', *choices]}")
+    check_choice("dtype", dtype, ["auto", *choices])
     return choices[dtype]
 
 

@@ -155,9 +155,13 @@ def format_summary(summary: Sequence[Mapping], claims: Sequence[ClaimResult], dm
             f"bias on the {split} names: {first['names_ref']} + {first['names_target']} names (reference + target),"
             f" {first['answers_per_prompt']:.0f} answers per prompt, {first['n_variations']} variation(s)"
         )
-        lines.append(f"{'arm':<14}{'mean |SMD|':>11}  {'95% CI':<17}{'noise floor (p95)':>18}{'random ctrl':>13}{'inlier':>8}{'parse':>7}  pruned")
+        w = max([14] + [len(str(r["arm"])) + 2 for r in rows])
+        lines.append(f"{'arm':<{w}}{'mean |SMD|':>11}  {'95% CI':<17}{'noise floor (p95)':>18}{'random ctrl':>13}{'inlier':>8}{'parse':>7}  pruned")
         for r in rows:
             if r["phase"] == "random":
+                continue
+            if "n_undefined" not in r:  # a study family with no qualifying point: nothing was evaluated for it
+                lines.append(f"{r['arm']:<{w}}  [{r.get('excluded') or 'not evaluated'}]")
                 continue
             ci = f"[{_f(r.get('ci_low'))}, {_f(r.get('ci_high'))}]" if "ci_low" in r else "-"
             floor = f"{_f(r.get('null_mean_abs_smd', math.nan))} ({_f(r.get('null_p95', math.nan))})"
@@ -170,7 +174,7 @@ def format_summary(summary: Sequence[Mapping], claims: Sequence[ClaimResult], dm
             und = f"  [{r['n_undefined']} of {r['n_variations']} variations undefined]" if r["n_undefined"] else ""
             deg = f"  [{r['degenerate_bounds']} degenerate inlier bounds]" if r["degenerate_bounds"] else ""
             exc = f"  [excluded from claims: {r['excluded']}]" if r["excluded"] else ""
-            lines.append(f"{r['arm']:<14}{_f(r['mean_abs_smd']):>11}  {ci:<17}{floor:>18}{rnd:>13}{_f(r['inlier_ratio']):>8}{_f(r['parse_rate'], '.2f'):>7}  {pruned}{und}{deg}{exc}")
+            lines.append(f"{r['arm']:<{w}}{_f(r['mean_abs_smd']):>11}  {ci:<17}{floor:>18}{rnd:>13}{_f(r['inlier_ratio']):>8}{_f(r['parse_rate'], '.2f'):>7}  {pruned}{und}{deg}{exc}")
         lines.append(f"minimum detectable |SMD| per variation at 80% power: {_f(first['mde'], '.2f')} (within-name correlation {_f(first['icc'], '.2f')})")
         lines.append("")
     for c in claims:

@@ -167,6 +167,11 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     result = {}
     if trainer.global_rank == 0:
         result = write_results(out, plan, store, eval_keys, table, chosen, cfg, cb, module.evaluation, dm)
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from ..summary import format_summary
+
+        rank_zero_info(f"\n{format_summary(result['results'], result['claims'])}\n(study directory: {out}; tables in results.md)\n")
         elapsed = time.perf_counter() - started
         artifacts.write_json(out / "timings.json", {"seconds": round(elapsed, 1), "computed": store.computed})
         result.update(seconds=elapsed, computed=dict(store.computed))
