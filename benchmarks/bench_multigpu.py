@@ -77,7 +77,15 @@ class StepTimer:
         self.times: list[float] = []
         self.tokens: list[int] = []
 
+    profile: Path | None = None  # where rank 0 writes the op table of steps 5-9 (torch.profiler)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.profile and batch_idx == 5 and trainer.global_rank == 0:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self._prof = profile(activities=acts)
+            self._prof.__enter__()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self._t = time.perf_counter()
@@ -87,9 +95,17 @@ class StepTimer:
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t)
         self.tokens.append(int(batch["attention_mask"].sum()))
+        if getattr(self, "_prof", None) is not None and batch_idx == 9:
+            self._prof.__exit__(None, None, None)
+            by = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            t = sum(self.times[5:10])
+            self.profile.write_text(f"steps 5-9: {t:.3f} s wall on rank 0\n"
+                                    + self._prof.key_averages().table(sort_by=by, row_limit=30, max_name_column_width=60) + "\n"
+                                    + self._prof.key_averages().table(sort_by="cpu_time_total", row_limit=20, max_name_column_width=60))
+            self._prof = None
 
 
-def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, warmup: int) -> None:
+def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, warmup: int, examples_file: str, names_file: str, profile: bool = False, cudnn_attention: bool = False) -> None:
     from lightning import Callback, Trainer
     from lightning.pytorch.loggers import CSVLogger
 
@@ -102,16 +118,23 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
         pass
 
     timer = Timer()
-    tag = f"{strategy}_{dtype}_{devices}"
+    tag = f"{strategy}_{dtype}_{devices}" + ("_cudnn" if cudnn_attention else "")
+    timer.profile = out / f"profile_{tag}.txt" if profile else None
     model_dir = str(out / "model")
     module = BiasPruneModule(model_dir, dtype=dtype, targets=TargetConfig(max_new_tokens=8))
     module.summarize = False
-    dm = AuditDataModule(names=str(out / "names.csv"), scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=model_dir,
-                         scoring_examples_file=str(out / "scoring_examples.jsonl"), batch_size=batch_size, split_fractions=(0.8, 0.1, 0.1))
+    dm = AuditDataModule(names=str(out / names_file), scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=model_dir,
+                         scoring_examples_file=str(out / examples_file), batch_size=batch_size, split_fractions=(0.8, 0.1, 0.1))
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    trainer = Trainer(accelerator=accelerator, devices=devices, strategy=strategy if devices > 1 or strategy == "frozen_fsdp" else "auto",
+    trainer = Trainer(accelerator=accelerator, devices=devices, strategy=strategy,
                       max_epochs=1, logger=CSVLogger(out / "runs", name=tag, version=0), callbacks=[timer],
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    if cudnn_attention:  # every backend, cuDNN first when it applies: the scoring of before the exclusion
+        from torch.nn.attention import SDPBackend
+
+        import biasprune.module
+
+        biasprune.module.SCORING_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *biasprune.module.SCORING_ATTENTION]
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - start
@@ -120,13 +143,19 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
 
     peaks = gather_objects(peak)
     steady = slice(min(warmup, max(0, len(timer.times) - 1)), None)
-    tok = sum(gather_objects(sum(timer.tokens[steady])))  # every rank's tokens in the timed steps
+    # Ranks step independently (frozen weights: no gradient all-reduce), so the slowest rank sets the pace.
+    times = gather_objects(timer.times[steady])
+    tokens = gather_objects(timer.tokens[steady])
     log_dir = trainer.log_dir  # a collective: every rank asks
     if trainer.global_rank == 0:
-        t = sum(timer.times[steady])
-        report = {"strategy": strategy, "dtype": dtype, "devices": devices, "batch_size": batch_size, "steps": len(timer.times),
-                  "warmup_steps": steady.start, "steady_s": t, "tokens_per_s": tok / t if t else math.nan, "wall_s": wall,
-                  "peak_gib_per_gpu": peaks, "run_dir": str(log_dir), "world_size": trainer.world_size}
+        t = max(sum(x) for x in times)
+        medians = [float(torch.tensor(x).median()) for x in times]
+        per_step = sum(map(sum, tokens)) / max(len(x) for x in tokens)  # tokens of one step over all ranks
+        report = {"strategy": strategy + ("+cudnn" if cudnn_attention else ""), "dtype": dtype, "devices": devices, "batch_size": batch_size, "steps": len(timer.times),
+                  "warmup_steps": steady.start, "steady_s": t, "tokens_per_s": sum(map(sum, tokens)) / t if t else math.nan,
+                  "step_s_median_per_rank": medians, "step_s_max_per_rank": [max(x) for x in times],
+                  "tokens_per_s_median_step": per_step / max(medians),  # robust to a few slow steps
+                  "wall_s": wall, "peak_gib_per_gpu": peaks, "run_dir": str(log_dir), "world_size": trainer.world_size}
         (out / f"score_{tag}.json").write_text(json.dumps(report, indent=2))
         print(json.dumps(report))
 
@@ -143,11 +172,12 @@ def compare(out: Path) -> None:
             n_params += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
     rate = float(os.environ.get("BF16_TFLOPS", "nan")) * 1e12  # measured by the run script (bench_generation's rate)
     ceiling = rate / (4 * n_params) if n_params == n_params else math.nan
-    base = {(r["strategy"] if r["devices"] > 1 else "one", r["dtype"]): r for r in runs if r["devices"] == 1}
-    print(f"{'strategy':<12}{'dtype':<10}{'GPUs':>5}{'tokens/s':>11}{'per GPU':>10}{'efficiency':>11}{'of 4N ceiling':>14}{'peak GiB/GPU':>14}{'max rel diff':>13}{'mask flips':>11}")
+    base = {r["dtype"]: r for r in sorted(runs, key=lambda r: r["strategy"] == "frozen_ddp") if r["devices"] == 1}  # frozen_ddp wins
+    print(f"{'strategy':<18}{'dtype':<10}{'GPUs':>5}{'tokens/s':>11}{'per GPU':>10}{'efficiency':>11}{'of 4N ceiling':>14}{'peak GiB/GPU':>14}{'max rel diff':>13}{'mask flips':>11}{'median step':>12}{'tok/s (median)':>15}{'efficiency':>11}")
     for r in sorted(runs, key=lambda r: (r["dtype"], r["strategy"], r["devices"])):
-        one = next((b for (s, d), b in base.items() if d == r["dtype"]), None)
+        one = base.get(r["dtype"])
         eff = r["tokens_per_s"] / (r["devices"] * one["tokens_per_s"]) if one else math.nan
+        eff_med = r.get("tokens_per_s_median_step", math.nan) / (r["devices"] * one.get("tokens_per_s_median_step", math.nan)) if one else math.nan
         diff, flips = "", ""
         if one and r["devices"] > 1 and r["dtype"] == "float32":
             a = read_safetensors(Path(one["run_dir"]) / "scores.safetensors")[0]
@@ -159,8 +189,8 @@ def compare(out: Path) -> None:
             mb = keep_masks({k.split('/', 1)[1]: v for k, v in b.items() if k.startswith("black/")}, {k.split('/', 1)[1]: v for k, v in b.items() if k.startswith("white/")}, "neuron", 0.35, 0.4, "module")
             flips = str(sum(int((ma[k] != mb[k]).sum()) for k in ma))
         frac = r["tokens_per_s"] / ceiling if ceiling == ceiling else math.nan
-        print(f"{r['strategy']:<12}{r['dtype']:<10}{r['devices']:>5}{r['tokens_per_s']:>11,.0f}{r['tokens_per_s'] / r['devices']:>10,.0f}{eff:>11.2f}"
-              f"{frac:>14.3f}{max(r['peak_gib_per_gpu']):>14.1f}{diff:>13}{flips:>11}")
+        print(f"{r['strategy']:<18}{r['dtype']:<10}{r['devices']:>5}{r['tokens_per_s']:>11,.0f}{r['tokens_per_s'] / r['devices']:>10,.0f}{eff:>11.2f}"
+              f"{frac:>14.3f}{max(r['peak_gib_per_gpu']):>14.1f}{diff:>13}{flips:>11}{max(r.get('step_s_median_per_rank', [math.nan])):>12.3f}{r.get('tokens_per_s_median_step', math.nan):>15,.0f}{eff_med:>11.2f}")
 
 
 def main() -> None:
@@ -170,15 +200,19 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--examples", type=int, default=512)
     p.add_argument("--devices", type=int, default=1)
-    p.add_argument("--strategy", default="frozen_ddp", choices=["frozen_ddp", "frozen_ddp_spawn", "frozen_fsdp"])
+    p.add_argument("--strategy", default="frozen_ddp", choices=["auto", "frozen_ddp", "frozen_ddp_spawn", "frozen_fsdp"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--examples-file", default="scoring_examples.jsonl", help="in --out; every run of a comparison scores the same file")
+    p.add_argument("--cudnn-attention", action="store_true", help="let scoring use the cuDNN attention backend (excluded by default)")
+    p.add_argument("--profile", action="store_true", help="op table of steps 5-9 on rank 0 into --out/profile_<run>.txt")
+    p.add_argument("--names-file", default="names.csv", help="in --out; the names whose examples --examples-file holds")
     a = p.parse_args()
     if a.action == "prepare":
         prepare(a.out, a.tiny, a.examples)
     elif a.action == "score":
-        score(a.out, a.devices, a.strategy, a.dtype, a.batch_size, a.warmup)
+        score(a.out, a.devices, a.strategy, a.dtype, a.batch_size, a.warmup, a.examples_file, a.names_file, a.profile, a.cudnn_attention)
     else:
         compare(a.out)
 

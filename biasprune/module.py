@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import artifacts
 from .answering import TargetConfig, answer_batch, sort_records, target_responses
@@ -45,6 +46,11 @@ from .resume import (
 )
 from .run_results import evaluate_and_write
 from .scoring import ScoreAccumulator, score_rows
+
+# Scoring runs a backward through attention at every batch's own sequence length. The cuDNN backend plans
+# each new shape on the host (40% of the host time of a step on an 8B model, steps of up to 3 s): without it
+# one H200 scores 2.6x faster (docs/benchmarks.md, multi-GPU scoring). Flash, memory-efficient and math remain.
+SCORING_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 __all__ = ["BiasPruneModule", "OBJECTIVES"]
 
@@ -236,7 +242,8 @@ class BiasPruneModule(L.LightningModule):
             return None
         else:
             idx = take.nonzero().flatten()
-        out = score_rows(self.model, self.layout, batch, idx, self.hparams.objective, self.hparams.score_neurons, self.hparams.score_heads)
+        with sdpa_kernel(SCORING_ATTENTION):
+            out = score_rows(self.model, self.layout, batch, idx, self.hparams.objective, self.hparams.score_neurons, self.hparams.score_heads)
         self.accumulator.add(out, batch["bucket"][idx], take[idx])
         self.progress.mark(batch["index"][idx[take[idx]]])
         self.progress.count_step(self.trainer)

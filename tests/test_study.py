@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from biasprune.study.choose import choose_points
 from biasprune.study.plan import ArmSpec
 from biasprune.trainer import BiasPruneTrainer
 
+ROOT = Path(__file__).resolve().parents[1]
 GEN = GenerationConfig(samples=3, max_new_tokens=5)
 EVAL = EvaluationConfig(bootstrap_samples=100, permutation_samples=100)
 GRID = GridConfig(p=(0.2,), q=(0.3, 0.5), head_p=(0.1,), head_q=(0.3,), inlier_floor=0.0)
@@ -159,28 +163,59 @@ def test_an_interrupted_study_continues_from_its_pieces(tiny_model_dir, tmp_path
     assert resumed["computed"]["scores"] == 0 and resumed["computed"]["answers"] > 0
 
 
-def test_two_processes_give_the_same_pieces(tiny_model_dir, tmp_path):
-    kw = dict(units=("neurons",), strategies=("prompt_specific", "cross_context"), grid=replace(GRID, q=(0.5,)))
-    one, out1 = run(tiny_model_dir, tmp_path / "one", **kw)
-    two, out2 = run(tiny_model_dir, tmp_path / "two", devices=2, strategy="frozen_ddp_spawn", **kw)
+def assert_same_pieces(out1: Path, out2: Path) -> None:
+    """The same piece keys, score sums to rtol 1e-5, identical sampled answers, equal metric rows."""
     from biasprune.study.pieces import PieceStore
 
     s1, s2 = PieceStore(out1 / "pieces"), PieceStore(out2 / "pieces")
     keys1 = sorted(p.stem for p in (out1 / "pieces" / "scores").iterdir())
-    assert keys1 == sorted(p.stem for p in (out2 / "pieces" / "scores").iterdir())
+    assert keys1 and keys1 == sorted(p.stem for p in (out2 / "pieces" / "scores").iterdir())
     for k in keys1:
         a, b = s1.read_scores(k), s2.read_scores(k)
         for g in a:
             for u in a[g]:
                 torch.testing.assert_close(b[g][u], a[g][u], rtol=1e-5, atol=1e-9)
     answers = sorted(p.stem for p in (out1 / "pieces" / "answers").iterdir())
-    assert answers == sorted(p.stem for p in (out2 / "pieces" / "answers").iterdir())
+    assert answers and answers == sorted(p.stem for p in (out2 / "pieces" / "answers").iterdir())
     for k in answers:
         assert [r["responses"] for r in s1.read_answers(k)] == [r["responses"] for r in s2.read_answers(k)]
     rows = [list(csv.DictReader(open(o / "metrics.csv"))) for o in (out1, out2)]
     assert [(r["arm"], r["variation"], r["split"]) for r in rows[0]] == [(r["arm"], r["variation"], r["split"]) for r in rows[1]]
     for a, b in zip(*rows):
         assert float(a["smd"]) == pytest.approx(float(b["smd"]), rel=1e-9, nan_ok=True)
+
+
+def test_two_processes_give_the_same_pieces(tiny_model_dir, tmp_path):
+    kw = dict(units=("neurons",), strategies=("prompt_specific", "cross_context"), grid=replace(GRID, q=(0.5,)))
+    one, out1 = run(tiny_model_dir, tmp_path / "one", **kw)
+    two, out2 = run(tiny_model_dir, tmp_path / "two", devices=2, strategy="frozen_ddp_spawn", **kw)
+    assert_same_pieces(out1, out2)
+
+
+def study_cli(model_dir: str, tmp: Path, name: str, *extra: str) -> Path:
+    """``biasprune study`` in a fresh process (the CLI's launcher re-runs it once per rank)."""
+    out = tmp / name
+    cmd = [sys.executable, "-m", "biasprune", "study", "--config", str(ROOT / "configs/study.yaml"),
+           "--trainer.accelerator", "cpu", "--model.model_name_or_path", model_dir, "--model.dtype", "float64",
+           "--data.names", names_file(tmp), "--data.split_fractions", "[0.4, 0.2, 0.4]",
+           "--data.evaluation", "[purchase/car, purchase/piano]", "--data.batch_size", "4", "--data.eval_batch_size", "8",
+           "--study.within_variations", "[car, piano, bicycle]", "--study.contexts", "[chess]",
+           "--study.strategies", "[prompt_specific, cross_context]", "--study.units", "[neurons]",
+           "--study.grid.budget", "[0.5%]", "--study.grid.rules", "[relative_difference]", "--pruning.random_draws", "1",
+           "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.targets.max_new_tokens", "5",
+           "--model.evaluation.bootstrap_samples", "20", "--model.evaluation.permutation_samples", "20",
+           "--study.output", str(out), "--trainer.logger.init_args.save_dir", str(tmp / "runs"), *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_the_cli_study_on_two_processes_gives_the_same_pieces(tiny_model_dir, tmp_path):
+    """frozen_ddp (a process per rank, re-launched) and frozen_fsdp (sharded weights, lockstep answers) vs 1."""
+    one = study_cli(tiny_model_dir, tmp_path, "one")
+    for strategy in ("frozen_ddp", "frozen_fsdp"):
+        assert_same_pieces(one, study_cli(tiny_model_dir, tmp_path, strategy, "--trainer.devices", "2", "--trainer.strategy", strategy))
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -88,8 +88,9 @@ def _score_missing(trainer, module, dm, store: PieceStore, keys: dict[str, str])
         return
     dm.select(scoring=missing)
     trainer.fit(module, datamodule=dm)
+    run_dir = Path(trainer.log_dir)  # a collective: every rank asks
     if trainer.global_rank == 0:
-        per_variation, meta = artifacts.read_scores(Path(trainer.log_dir) / "scores_by_variation.safetensors")
+        per_variation, meta = artifacts.read_scores(run_dir / "scores_by_variation.safetensors")
         n = json.loads(meta.get("n_examples_by_variation", "{}"))
         for v in missing:
             store.write_scores(keys[v], per_variation[v], {"variation": v, "model": meta.get("model", ""), "n_examples": n.get(v, {})})
@@ -117,9 +118,10 @@ def _answer_missing(trainer, module, dm, cb, plan: StudyPlan, store: PieceStore,
     finally:
         cb.set_plan(None)
         dm.select(eval_splits=("dev", "test"))
+    run_dir = Path(trainer.log_dir)  # a collective: every rank asks
     if trainer.global_rank == 0:
         by_arm: dict[str, list[dict]] = {}
-        for r in artifacts.read_jsonl(Path(trainer.log_dir) / "answers.jsonl"):
+        for r in artifacts.read_jsonl(run_dir / "answers.jsonl"):
             by_arm.setdefault(r["arm"], []).append(r)
         for key, recs in by_arm.items():
             store.write_answers(key, recs)

