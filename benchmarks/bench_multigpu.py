@@ -105,7 +105,7 @@ class StepTimer:
             self._prof = None
 
 
-def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, warmup: int, examples_file: str, names_file: str, profile: bool = False, cudnn_attention: bool = False) -> None:
+def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, warmup: int, examples_file: str, names_file: str, profile: bool = False, cudnn_attention: bool = False, label: str = "") -> None:
     from lightning import Callback, Trainer
     from lightning.pytorch.loggers import CSVLogger
 
@@ -118,7 +118,7 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
         pass
 
     timer = Timer()
-    tag = f"{strategy}_{dtype}_{devices}" + ("_cudnn" if cudnn_attention else "")
+    tag = f"{strategy}_{dtype}_{devices}" + ("_cudnn" if cudnn_attention else "") + (f"_{label}" if label else "")
     timer.profile = out / f"profile_{tag}.txt" if profile else None
     model_dir = str(out / "model")
     module = BiasPruneModule(model_dir, dtype=dtype, targets=TargetConfig(max_new_tokens=8))
@@ -151,7 +151,7 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
         t = max(sum(x) for x in times)
         medians = [float(torch.tensor(x).median()) for x in times]
         per_step = sum(map(sum, tokens)) / max(len(x) for x in tokens)  # tokens of one step over all ranks
-        report = {"strategy": strategy + ("+cudnn" if cudnn_attention else ""), "dtype": dtype, "devices": devices, "batch_size": batch_size, "steps": len(timer.times),
+        report = {"strategy": strategy + ("+cudnn" if cudnn_attention else "") + (f"+{label}" if label else ""), "dtype": dtype, "devices": devices, "batch_size": batch_size, "steps": len(timer.times),
                   "warmup_steps": steady.start, "steady_s": t, "tokens_per_s": sum(map(sum, tokens)) / t if t else math.nan,
                   "step_s_median_per_rank": medians, "step_s_max_per_rank": [max(x) for x in times],
                   "tokens_per_s_median_step": per_step / max(medians),  # robust to a few slow steps
@@ -179,7 +179,7 @@ def compare(out: Path) -> None:
         eff = r["tokens_per_s"] / (r["devices"] * one["tokens_per_s"]) if one else math.nan
         eff_med = r.get("tokens_per_s_median_step", math.nan) / (r["devices"] * one.get("tokens_per_s_median_step", math.nan)) if one else math.nan
         diff, flips = "", ""
-        if one and r["devices"] > 1 and r["dtype"] == "float32":
+        if one and r is not one and r["dtype"] == "float32":  # N GPUs, or a repeat of 1, against the 1-GPU run
             a = read_safetensors(Path(one["run_dir"]) / "scores.safetensors")[0]
             b = read_safetensors(Path(r["run_dir"]) / "scores.safetensors")[0]
             diff = f"{max(float(((b[k] - a[k]).abs() / a[k].abs().clamp(min=1e-30)).max()) for k in a):.1e}"
@@ -206,13 +206,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--examples-file", default="scoring_examples.jsonl", help="in --out; every run of a comparison scores the same file")
     p.add_argument("--cudnn-attention", action="store_true", help="let scoring use the cuDNN attention backend (excluded by default)")
+    p.add_argument("--label", default="", help="a name for a second run of one setting (e.g. repeat)")
     p.add_argument("--profile", action="store_true", help="op table of steps 5-9 on rank 0 into --out/profile_<run>.txt")
     p.add_argument("--names-file", default="names.csv", help="in --out; the names whose examples --examples-file holds")
     a = p.parse_args()
     if a.action == "prepare":
         prepare(a.out, a.tiny, a.examples)
     elif a.action == "score":
-        score(a.out, a.devices, a.strategy, a.dtype, a.batch_size, a.warmup, a.examples_file, a.names_file, a.profile, a.cudnn_attention)
+        score(a.out, a.devices, a.strategy, a.dtype, a.batch_size, a.warmup, a.examples_file, a.names_file, a.profile, a.cudnn_attention, a.label)
     else:
         compare(a.out)
 

@@ -10,10 +10,11 @@
 # Scoring: the 8B-shaped model is random (bf16, saved once under /tmp and kept while the machine is warm), with
 # a word-level tokenizer built on the spot: no hub, no GGUF. Every run scores the same scoring_examples.jsonl.
 # bf16 runs give throughput (steady state after 3 warm-up steps; one GPU also with cuDNN attention, which
-# scoring excludes); float32 runs (the first quarter of the
-# examples) check that N GPUs give the 1-GPU scores (largest elementwise relative difference, mask entries that differ). The study stage needs the embedded
-# model (carry .device and .whl: benchmarks/device_env.sh; with --tiny, TINY_MODEL names a tiny model directory);
-# it runs in float32 without a scoring-examples file, so 1 and 2 GPUs also make their own target responses.
+# scoring excludes); float32 runs (the first quarter of the examples) check that N GPUs, and a second 1-GPU
+# run, give the 1-GPU scores (largest elementwise relative difference, mask entries that differ). The study
+# stage needs the embedded model (carry .device and .whl: benchmarks/device_env.sh; with --tiny, TINY_MODEL
+# names a tiny model directory); it runs in float32 without a scoring-examples file, so 1 and 2 GPUs also make
+# their own target responses.
 # Tables and JSON come back in $OUT; every stage prints the scoring table of all runs so far.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,11 @@ scoring() {  # one dtype: frozen_ddp on 1, 2, 4 GPUs (those the machine has), fr
     timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --devices "$n" --strategy frozen_ddp --dtype "$dtype" --examples-file "$file" --names-file "$names" \
       > "$work/score_ddp_${dtype}_$n.log" 2>&1 || { echo "failed:"; tail -n 5 "$work/score_ddp_${dtype}_$n.log"; }
   done
+  if [ "$dtype" = float32 ]; then  # the 1-GPU run again: what differs between two runs of one setting
+    echo "=== frozen_ddp $dtype on 1, repeated ($((SECONDS))s)"
+    timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --devices 1 --strategy frozen_ddp --dtype "$dtype" --label repeat \
+      --examples-file "$file" --names-file "$names" > "$work/score_ddp_${dtype}_1_repeat.log" 2>&1 || { echo "failed:"; tail -n 5 "$work/score_ddp_${dtype}_1_repeat.log"; }
+  fi
   if [ "$dtype" = bfloat16 ]; then  # one GPU without the DDP strategy, then with cuDNN attention allowed (before/after)
     for extra in "" --cudnn-attention; do
       echo "=== auto $dtype on 1 $extra ($((SECONDS))s)"
