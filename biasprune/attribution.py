@@ -40,7 +40,7 @@ from torch import nn
 
 from .architectures import UnitLayout
 from .hooks import HookSet
-from .scoring import BatchScores, response_nll
+from .scoring import BatchScores, check_capture, response_nll
 
 __all__ = ["aligned_suffix_len", "build_pair_batch", "contrastive_batch"]
 
@@ -181,10 +181,7 @@ def contrastive_batch(
         return hook
 
     def capture(key: str, a: torch.Tensor, n_heads: int) -> None:
-        if key in pending or key in results:
-            raise RuntimeError(f"{key}: the module ran twice in one forward pass; its units are ambiguous")
-        if not a.requires_grad:
-            raise RuntimeError(f"{key}: the activation does not require grad; it is not downstream of the inputs")
+        check_capture(key, a, key in pending or key in results)
         pending[key] = a
         a.register_hook(on_grad(key, n_heads))
 

@@ -96,6 +96,15 @@ def response_nll(
     return total / count.clamp(min=1.0)
 
 
+def check_capture(key: str, tensor: torch.Tensor, seen: bool) -> None:
+    """Refuse a unit's activation whose scores would be ambiguous (``seen``: the module already ran in this
+    forward pass) or that no gradient reaches."""
+    if seen:
+        raise RuntimeError(f"{key}: the module ran twice in one forward pass; its units are ambiguous")
+    if not tensor.requires_grad:
+        raise RuntimeError(f"{key}: the activation does not require grad; it is not downstream of the inputs")
+
+
 def score_batch(
     model: nn.Module,
     layout: UnitLayout,
@@ -127,10 +136,7 @@ def score_batch(
         return on_grad
 
     def capture(key: str, tensor: torch.Tensor, n_heads: int = 0) -> None:
-        if key in pending or key in results:
-            raise RuntimeError(f"{key}: the module ran twice in one forward pass; its units are ambiguous")
-        if not tensor.requires_grad:
-            raise RuntimeError(f"{key}: the activation does not require grad; it is not downstream of the inputs")
+        check_capture(key, tensor, key in pending or key in results)
         pending[key] = tensor
         tensor.register_hook(grad_hook(key, n_heads))
 

@@ -133,6 +133,30 @@ def test_no_hook_remains_after_an_exception(setup):
     assert score_batch(model, layout, ids, attn, resp).scores
 
 
+def test_ambiguous_or_gradless_units_are_refused(setup):
+    """A unit module run twice in one pass, or one whose output no gradient reaches, stops scoring by name."""
+    model, layout, ids, attn, resp = setup
+    unit = layout.neurons[3]
+    inner = []
+
+    def run_twice(module, args, output):
+        if not inner:
+            inner.append(True)
+            try:
+                module(*args)
+            finally:
+                inner.clear()
+
+    for hook, match in ((run_twice, f"neuron/{unit.path}: the module ran twice in one forward pass"),
+                        (lambda module, args, output: output.detach(), f"neuron/{unit.path}: the activation does not require grad")):
+        handle = unit.module.register_forward_hook(hook)
+        try:
+            with pytest.raises(RuntimeError, match=match):
+                score_batch(model, layout, ids, attn, resp)
+        finally:
+            handle.remove()
+
+
 def test_first_order_estimate_tracks_ablation():
     """s_e(u) = |sum a*g| is the first-order estimate of |L(u zeroed) - L|.
 
