@@ -8,9 +8,9 @@
 vocab 128256; ``--tiny``: a 2-layer model for a CPU smoke test) with a self-contained word-level tokenizer and a
 chat template (no hub, no GGUF), and a fixed ``scoring_examples.jsonl``: every run scores the same examples.
 ``score`` runs ``Trainer.fit`` of the BiasPruneModule only (no evaluation) with ``--devices`` processes (each
-rank re-runs this script: Lightning's launcher), records the wall time of every scoring step on rank 0, and
-writes ``score_<strategy>_<dtype>_<N>.json`` (steady-state tokens/s after ``--warmup`` steps, peak memory per
-GPU) beside the run's ``scores.safetensors``. ``compare`` prints tokens/s per GPU, scaling efficiency (N-GPU
+rank re-runs this script: Lightning's launcher), records the wall time of every scoring step on every rank,
+and writes ``score_<strategy>_<dtype>_<N>.json`` (steady-state tokens/s after ``--warmup`` steps, by the mean
+and by the median step, peak memory per GPU) beside the run's ``scores.safetensors``. ``compare`` prints tokens/s per GPU, scaling efficiency (N-GPU
 throughput / (N x 1-GPU)), the fraction of the 4N ceiling (a forward and a backward of an N-parameter model
 cost about 4N FLOP per token at the bf16 rate measured here), peak memory, and for float32 runs the largest
 elementwise relative difference of the scores against 1 GPU and the mask entries that differ.
@@ -118,7 +118,8 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
         pass
 
     timer = Timer()
-    tag = f"{strategy}_{dtype}_{devices}" + ("_cudnn" if cudnn_attention else "") + (f"_{label}" if label else "")
+    variant = ["cudnn"] * cudnn_attention + [label] * bool(label)  # what sets this run apart from its strategy
+    tag = "_".join([strategy, dtype, str(devices), *variant])
     timer.profile = out / f"profile_{tag}.txt" if profile else None
     model_dir = str(out / "model")
     module = BiasPruneModule(model_dir, dtype=dtype, targets=TargetConfig(max_new_tokens=8))
@@ -143,7 +144,7 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
 
     peaks = gather_objects(peak)
     steady = slice(min(warmup, max(0, len(timer.times) - 1)), None)
-    # Ranks step independently (frozen weights: no gradient all-reduce), so the slowest rank sets the pace.
+    # Over all ranks' steps; the slowest rank sets the pace (Lightning also syncs the ranks at every step).
     times = gather_objects(timer.times[steady])
     tokens = gather_objects(timer.tokens[steady])
     log_dir = trainer.log_dir  # a collective: every rank asks
@@ -151,13 +152,21 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
         t = max(sum(x) for x in times)
         medians = [float(torch.tensor(x).median()) for x in times]
         per_step = sum(map(sum, tokens)) / max(len(x) for x in tokens)  # tokens of one step over all ranks
-        report = {"strategy": strategy + ("+cudnn" if cudnn_attention else "") + (f"+{label}" if label else ""), "dtype": dtype, "devices": devices, "batch_size": batch_size, "steps": len(timer.times),
+        report = {"strategy": "+".join([strategy, *variant]), "dtype": dtype, "devices": devices, "batch_size": batch_size, "steps": len(timer.times),
                   "warmup_steps": steady.start, "steady_s": t, "tokens_per_s": sum(map(sum, tokens)) / t if t else math.nan,
                   "step_s_median_per_rank": medians, "step_s_max_per_rank": [max(x) for x in times],
                   "tokens_per_s_median_step": per_step / max(medians),  # robust to a few slow steps
                   "wall_s": wall, "peak_gib_per_gpu": peaks, "run_dir": str(log_dir), "world_size": trainer.world_size}
         (out / f"score_{tag}.json").write_text(json.dumps(report, indent=2))
         print(json.dumps(report))
+
+
+def set_difference_masks(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The paper's neuron masks (set difference, p = 0.35, q = 0.4) from a ``scores.safetensors`` dict."""
+    from biasprune.selection import keep_masks
+
+    by_group = {g: {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith(f"{g}/")} for g in ("black", "white")}
+    return keep_masks(by_group["black"], by_group["white"], "neuron", 0.35, 0.4, "module")
 
 
 def compare(out: Path) -> None:
@@ -180,13 +189,9 @@ def compare(out: Path) -> None:
         eff_med = r.get("tokens_per_s_median_step", math.nan) / (r["devices"] * one.get("tokens_per_s_median_step", math.nan)) if one else math.nan
         diff, flips = "", ""
         if one and r is not one and r["dtype"] == "float32":  # N GPUs, or a repeat of 1, against the 1-GPU run
-            a = read_safetensors(Path(one["run_dir"]) / "scores.safetensors")[0]
-            b = read_safetensors(Path(r["run_dir"]) / "scores.safetensors")[0]
+            a, b = (read_safetensors(Path(x["run_dir"]) / "scores.safetensors")[0] for x in (one, r))
             diff = f"{max(float(((b[k] - a[k]).abs() / a[k].abs().clamp(min=1e-30)).max()) for k in a):.1e}"
-            from biasprune.selection import keep_masks
-
-            ma = keep_masks({k.split('/', 1)[1]: v for k, v in a.items() if k.startswith("black/")}, {k.split('/', 1)[1]: v for k, v in a.items() if k.startswith("white/")}, "neuron", 0.35, 0.4, "module")
-            mb = keep_masks({k.split('/', 1)[1]: v for k, v in b.items() if k.startswith("black/")}, {k.split('/', 1)[1]: v for k, v in b.items() if k.startswith("white/")}, "neuron", 0.35, 0.4, "module")
+            ma, mb = set_difference_masks(a), set_difference_masks(b)
             flips = str(sum(int((ma[k] != mb[k]).sum()) for k in ma))
         frac = r["tokens_per_s"] / ceiling if ceiling == ceiling else math.nan
         print(f"{r['strategy']:<18}{r['dtype']:<10}{r['devices']:>5}{r['tokens_per_s']:>11,.0f}{r['tokens_per_s'] / r['devices']:>10,.0f}{eff:>11.2f}"

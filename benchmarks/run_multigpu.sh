@@ -41,38 +41,33 @@ scoring() {  # one dtype: frozen_ddp on 1, 2, 4 GPUs (those the machine has), fr
     head -n "$k" "$work/scoring_examples.jsonl" > "$work/$file"; head -n "$((k + 1))" "$work/names.csv" > "$work/$names"
   fi
   for n in 1 2 4; do
-    [ "$n" -le "$gpus" ] || continue
-    echo "=== frozen_ddp $dtype on $n ($((SECONDS))s)"
-    timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --devices "$n" --strategy frozen_ddp --dtype "$dtype" --examples-file "$file" --names-file "$names" \
-      > "$work/score_ddp_${dtype}_$n.log" 2>&1 || { echo "failed:"; tail -n 5 "$work/score_ddp_${dtype}_$n.log"; }
+    if [ "$n" -le "$gpus" ]; then score_run "ddp_${dtype}_$n" --devices "$n" --strategy frozen_ddp --dtype "$dtype"; fi
   done
   if [ "$dtype" = float32 ]; then  # the 1-GPU run again: what differs between two runs of one setting
-    echo "=== frozen_ddp $dtype on 1, repeated ($((SECONDS))s)"
-    timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --devices 1 --strategy frozen_ddp --dtype "$dtype" --label repeat \
-      --examples-file "$file" --names-file "$names" > "$work/score_ddp_${dtype}_1_repeat.log" 2>&1 || { echo "failed:"; tail -n 5 "$work/score_ddp_${dtype}_1_repeat.log"; }
+    score_run "ddp_${dtype}_1_repeat" --devices 1 --strategy frozen_ddp --dtype "$dtype" --label repeat
+  else  # one GPU without the DDP strategy, then with cuDNN attention allowed (before/after)
+    score_run "auto_${dtype}_1" --devices 1 --strategy auto --dtype "$dtype"
+    score_run "auto_${dtype}_1_cudnn" --devices 1 --strategy auto --dtype "$dtype" --cudnn-attention
   fi
-  if [ "$dtype" = bfloat16 ]; then  # one GPU without the DDP strategy, then with cuDNN attention allowed (before/after)
-    for extra in "" --cudnn-attention; do
-      echo "=== auto $dtype on 1 $extra ($((SECONDS))s)"
-      timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --devices 1 --strategy auto --dtype "$dtype" $extra \
-        > "$work/score_auto_${dtype}_1$extra.log" 2>&1 || { echo "failed:"; tail -n 5 "$work/score_auto_${dtype}_1$extra.log"; }
-    done
-  fi
-  if [ "$gpus" -ge 2 ]; then
-    echo "=== frozen_fsdp $dtype on 2 ($((SECONDS))s)"
-    timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --devices 2 --strategy frozen_fsdp --dtype "$dtype" --examples-file "$file" --names-file "$names" \
-      > "$work/score_fsdp_${dtype}_2.log" 2>&1 || { echo "failed:"; tail -n 5 "$work/score_fsdp_${dtype}_2.log"; }
-  fi
+  if [ "$gpus" -ge 2 ]; then score_run "fsdp_${dtype}_2" --devices 2 --strategy frozen_fsdp --dtype "$dtype"; fi
+}
+
+score_run() {  # one scoring run of the examples and names chosen by scoring(): log name, then its flags
+  local log="$work/score_$1.log"; shift
+  echo "=== $* ($((SECONDS))s)"
+  timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --examples-file "$file" --names-file "$names" "$@" > "$log" 2>&1 \
+    || { echo "failed:"; tail -n 5 "$log"; }
 }
 
 study() {  # the study on 1 GPU, then on 2 (frozen_ddp), float32; pieces compared, wall times printed
-  local model n; local -a args
+  local model n walls=""; local -a args
   if [ "$tiny" = 1 ]; then
     model="${TINY_MODEL:?set TINY_MODEL to a tiny model directory}"
     args=(--data.evaluation "[purchase/car, purchase/piano]" --study.within_variations "[car, piano, bicycle]"
           --study.contexts "[chess]" --study.strategies "[prompt_specific, cross_context]" --study.units "[neurons]"
-          --model.generation.samples 2 --data.names "$work/names.csv" --data.split_fractions "[0.4, 0.2, 0.4]")
-    [ -f "$work/names.csv" ] || python3 -c 'import sys; sys.stdout.write("name,group,gender\n" + "".join(f"P{i} {\"Becker\" if i % 2 else \"Washington\"},{\"white\" if i % 2 else \"black\"},man\n" for i in range(20)))' > "$work/names.csv"
+          --model.generation.samples 2 --data.names "$work/study_names.csv" --data.split_fractions "[0.4, 0.2, 0.4]")
+    { echo "name,group,gender"; for i in $(seq 0 19); do  # 20 names: 4 scoring, 2 dev, 4 test per group
+        if [ $((i % 2)) = 1 ]; then echo "P$i Becker,white,man"; else echo "P$i Washington,black,man"; fi; done; } > "$work/study_names.csv"
   else
     embedded_model || return 1
     model=embedded:SmolLM2-135M-Instruct+plant:purchase
@@ -90,10 +85,9 @@ study() {  # the study on 1 GPU, then on 2 (frozen_ddp), float32; pieces compare
       --model.generation.decoder eager --data.batch_size 16 --data.eval_batch_size 64 "${args[@]}" \
       --study.output "$work/study_$n" --trainer.logger.init_args.save_dir "$work/runs" --trainer.logger.init_args.name "study_$n" \
       > "$work/study_$n.log" 2>&1 || { echo "failed:"; tail -n 8 "$work/study_$n.log"; }
-    echo "study on $n: wall $((SECONDS - start)) s" | tee -a "$work/study_walls.txt"
+    walls+="study on $n: wall $((SECONDS - start)) s"$'\n'; echo "study on $n: wall $((SECONDS - start)) s"
   done
-  python3 -m benchmarks.compare_studies "$work/study_1" "$work/study_2" | tee "$work/study_compare.txt"
-  cat "$work/study_walls.txt" >> "$work/study_compare.txt"
+  { python3 -m benchmarks.compare_studies "$work/study_1" "$work/study_2"; printf "%s" "$walls"; } | tee "$work/study_compare.txt"
   tail -n 25 "$work/study_1.log" | cut -c1-200
 }
 
