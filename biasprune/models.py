@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from .checks import check_choice
+
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
@@ -245,8 +247,6 @@ def resolve_dtype(dtype: DType, device: torch.device | str | None = None) -> tor
     if dtype == "auto":
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return torch.bfloat16 if dev.type == "cuda" else torch.float32
-    from .checks import check_choice
-
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
     check_choice("dtype", dtype, ["auto", *choices])
     return choices[dtype]

@@ -161,7 +161,7 @@ def format_summary(summary: Sequence[Mapping], claims: Sequence[ClaimResult], dm
             if r["phase"] == "random":
                 continue
             if "n_undefined" not in r:  # a study family with no qualifying point: nothing was evaluated for it
-                lines.append(f"{r['arm']:<{w}}  [{r.get('excluded') or 'not evaluated'}]")
+                lines.append(f"{r['arm']:<{w}}  [{r['excluded']}]")
                 continue
             ci = f"[{_f(r.get('ci_low'))}, {_f(r.get('ci_high'))}]" if "ci_low" in r else "-"
             floor = f"{_f(r.get('null_mean_abs_smd', math.nan))} ({_f(r.get('null_p95', math.nan))})"

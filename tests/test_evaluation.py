@@ -106,6 +106,22 @@ def test_summary_counts_undefined_and_averages_over_what_it_says():
     assert pruned["share_neurons"] == pytest.approx(0.12) and pruned["pruned_neurons"] == 12
 
 
+def test_summary_lists_a_family_that_was_never_evaluated():
+    """A study family with no qualifying point prints its reason, not numbers; long arm names keep columns aligned."""
+    recs = _design(shift=2.0)
+    bounds = compute_bounds(recs, CFG, lambda s: None)
+    summary, _ = summarize(recs, bounds, variation_rows(recs, bounds, CFG), CFG, {"neuron": 100, "head": 8})
+    arm = "neurons/cross_context:finance"
+    text = format_summary([*summary, {"split": summary[0]["split"], "arm": arm, "phase": "pruned", "mean_abs_smd": math.nan,
+                                      "excluded": "no grid point qualified on dev names"}], [])
+    lines = text.splitlines()
+    assert f"{arm}    [no grid point qualified on dev names]" in lines  # the arm column, then the reason
+    header = next(line for line in lines if line.startswith("arm "))
+    unpruned = next(line for line in lines if line.startswith("unpruned "))
+    assert header.index("mean |SMD|") + len("mean |SMD|") == len(arm) + 2 + 11  # the column after the longest arm
+    assert unpruned[: len(arm) + 2].rstrip() == "unpruned"
+
+
 def test_claims_and_controls_on_constructed_answers():
     """A pruned arm that removes a large bias that its random controls keep: the claim holds."""
     recs = _design(shift=3.0)

@@ -21,10 +21,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from .. import artifacts
 from ..callbacks.pruning import DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET
 from ..data import variation_key
 from ..distributed import barrier
+from ..summary import format_summary
 from .choose import choose_points, point_table
 from .config import StudyConfig
 from .pieces import PieceStore, digest
@@ -169,10 +172,6 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     result = {}
     if trainer.global_rank == 0:
         result = write_results(out, plan, store, eval_keys, table, chosen, cfg, cb, module.evaluation, dm)
-        from lightning.pytorch.utilities import rank_zero_info
-
-        from ..summary import format_summary
-
         rank_zero_info(f"\n{format_summary(result['results'], result['claims'])}\n(study directory: {out}; tables in results.md)\n")
         elapsed = time.perf_counter() - started
         artifacts.write_json(out / "timings.json", {"seconds": round(elapsed, 1), "computed": store.computed})
