@@ -26,12 +26,12 @@ import torch
 
 from benchmarks.common import Report, print_table
 from benchmarks.legacy_generation import legacy_generate
-from biasprune import models
-from biasprune.architectures import resolve_units
+from biasprune.answers.generation import generate
 from biasprune.datamodules import AuditDataModule
-from biasprune.generation import generate
-from biasprune.models import DEFAULT_MODEL, load_model, load_tokenizer
-from biasprune.scoring import score_batch
+from biasprune.models import loading as models
+from biasprune.models.architectures import resolve_units
+from biasprune.models.loading import DEFAULT_MODEL, load_model, load_tokenizer
+from biasprune.scoring.gradxact import score_batch
 
 QUICKSTART = ["purchase/car", "purchase/bicycle", "purchase/piano"]
 

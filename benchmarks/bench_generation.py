@@ -59,8 +59,8 @@ from benchmarks.common import (
 from benchmarks.decode_checks import answer_logprobs, chi2_homogeneity, id_bins, ks_two_sample
 from benchmarks.legacy_generation import legacy_generate
 from benchmarks.study_budget import STUDY_SIZES, study_section
-from biasprune.decoding import last_stats
-from biasprune.generation import generate
+from biasprune.answers.decoding import last_stats
+from biasprune.answers.generation import generate
 
 SIZES = {
     "prompts": SizeFlag("prompts answered per decoder, in one batch", 64, 6),

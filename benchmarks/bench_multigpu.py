@@ -109,10 +109,10 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
     from lightning import Callback, Trainer
     from lightning.pytorch.loggers import CSVLogger
 
-    import biasprune.strategies  # noqa: F401
-    from biasprune.answering import TargetConfig
+    import biasprune.pipeline.parallel  # noqa: F401
+    from biasprune.answers.answering import TargetConfig
     from biasprune.datamodules import AuditDataModule
-    from biasprune.module import BiasPruneModule
+    from biasprune.pipeline.module import BiasPruneModule
 
     class Timer(StepTimer, Callback):
         pass
@@ -133,14 +133,14 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
     if cudnn_attention:  # every backend, cuDNN first when it applies: the scoring of before the exclusion
         from torch.nn.attention import SDPBackend
 
-        import biasprune.module
+        import biasprune.pipeline.module
 
-        biasprune.module.SCORING_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *biasprune.module.SCORING_ATTENTION]
+        biasprune.pipeline.module.SCORING_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *biasprune.pipeline.module.SCORING_ATTENTION]
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else math.nan
-    from biasprune.distributed import gather_objects
+    from biasprune.core.distributed import gather_objects
 
     peaks = gather_objects(peak)
     steady = slice(min(warmup, max(0, len(timer.times) - 1)), None)
@@ -163,7 +163,7 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
 
 def set_difference_masks(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The paper's neuron masks (set difference, p = 0.35, q = 0.4) from a ``scores.safetensors`` dict."""
-    from biasprune.selection import keep_masks
+    from biasprune.pruning.rules import keep_masks
 
     by_group = {g: {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith(f"{g}/")} for g in ("black", "white")}
     return keep_masks(by_group["black"], by_group["white"], "neuron", 0.35, 0.4, "module")
@@ -172,7 +172,7 @@ def set_difference_masks(scores: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def compare(out: Path) -> None:
     from safetensors import safe_open
 
-    from biasprune.artifacts import read_safetensors
+    from biasprune.core.artifacts import read_safetensors
 
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("score_*.json"))]
     n_params = 0

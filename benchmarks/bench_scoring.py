@@ -3,7 +3,7 @@
 Measured in one run, on the same random batches and the same units (the six neuron projections of every
 layer and the per-head input of every ``o_proj``):
 
-* ``ours``: :func:`biasprune.scoring.score_batch`, one forward and one backward per batch;
+* ``ours``: :func:`biasprune.scoring.gradxact.score_batch`, one forward and one backward per batch;
 * ``fwd+bwd``: the same loss and backward with no hook at all, the floor for any hook-based method;
 * ``captum/module``: captum's ``LayerGradientXActivation`` with one attribution object per module, as it is
   commonly used: one forward and backward per module (timed on one batch: it is slow);
@@ -53,10 +53,11 @@ from benchmarks.common import (
     summarize,
     time_fn,
 )
-from biasprune import scoring
-from biasprune.architectures import UnitLayout, resolve_units
-from biasprune.hooks import HookSet
-from biasprune.scoring import response_nll, score_batch
+from biasprune.core.hooks import HookSet
+from biasprune.models.architectures import UnitLayout, resolve_units
+from biasprune.scoring import gradxact as scoring
+from biasprune.scoring.capture import response_nll
+from biasprune.scoring.gradxact import score_batch
 
 Scores = dict[str, torch.Tensor]  # unit-group key -> float32 [batch, n_units]
 

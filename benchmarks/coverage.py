@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biasprune.bootstrap import NameMoments, null_mean_abs_smd, paired_bootstrap
-from biasprune.intervals import arm_interval, difference_interval
+from biasprune.stats.bootstrap import NameMoments, null_mean_abs_smd, paired_bootstrap
+from biasprune.stats.intervals import arm_interval, difference_interval
 
 K = 20  # names per group
 

@@ -3,7 +3,7 @@
 
 A ``DynamicCache`` grown by ``torch.cat`` every step, a causal mask rebuilt every step, a full float64
 cumulative sum over the vocabulary per draw, and a ``torch.Generator`` seeded per batch (so its answers
-depend on the batch layout, unlike :func:`biasprune.generation.generate`). Not used by the package.
+depend on the batch layout, unlike :func:`biasprune.answers.generation.generate`). Not used by the package.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from biasprune.generation import _cache_argument, _output_cache, stop_token_ids
+from biasprune.answers.generation import _cache_argument, _output_cache, stop_token_ids
 
 __all__ = ["legacy_generate"]
 

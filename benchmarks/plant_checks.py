@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from biasprune import artifacts
-from biasprune.evaluation import EvaluationConfig, variation_rows
-from biasprune.summary import summarize_split
+from biasprune.core import artifacts
+from biasprune.stats.rows import EvaluationConfig, variation_rows
+from biasprune.stats.summary import summarize_split
 
 COLUMNS = ("run", "scenario", "arm", "n_variations", "mean_abs_smd", "ci_low", "ci_high", "null_mean_abs_smd", "null_p95",
            "within_floor", "min_abs_smd", "inlier_ratio", "parse_rate", "pruned_neurons")

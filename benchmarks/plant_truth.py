@@ -4,7 +4,7 @@
 
 For every grid point of the study (its ``grid.csv``), the masks of each evaluated variation are rebuilt from
 the score pieces (exactly as the study built them), and their pruned units are compared with the top units
-by ``||ΔW row||`` (neurons) / head update norm (heads) of the plant (:mod:`biasprune.groundtruth`): precision,
+by ``||ΔW row||`` (neurons) / head update norm (heads) of the plant (:mod:`biasprune.plant.groundtruth`): precision,
 recall and the share of the update's squared norm they hold, averaged over variations; ``chance`` is what a
 random mask of the same size scores. Written to ``truth.csv`` in the study directory.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from biasprune import artifacts
-from biasprune.groundtruth import lora_update_norms, precision_recall
-from biasprune.models import resolve_plant, split_model_id
+from biasprune.core import artifacts
+from biasprune.models.loading import resolve_plant, split_model_id
+from biasprune.plant.groundtruth import lora_update_norms, precision_recall
 from biasprune.study.pieces import PieceStore
 from biasprune.study.plan import ArmSpec, StudyPlan
 
@@ -53,8 +53,8 @@ def _layout(model_id: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from biasprune.architectures import resolve_units
-    from biasprune.models import resolve_model_path
+    from biasprune.models.architectures import resolve_units
+    from biasprune.models.loading import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model_id))
     with torch.device("meta"):

@@ -32,7 +32,7 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "lig
 } 2>&1 | tee "$work/env.log"
 
 # Convert the GGUF file once, before the three runs start (they would otherwise queue on the cache's lock).
-python3 -c 'from biasprune.models import DEFAULT_MODEL, model_identity; print(model_identity(DEFAULT_MODEL))' \
+python3 -c 'from biasprune.models.loading import DEFAULT_MODEL, model_identity; print(model_identity(DEFAULT_MODEL))' \
   2>&1 | tee -a "$work/env.log" || exit 1
 echo "set-up: ${SECONDS}s" | tee -a "$work/env.log"
 

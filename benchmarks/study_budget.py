@@ -30,10 +30,10 @@ import torch
 
 from benchmarks.common import SizeFlag, sync
 from benchmarks.legacy_generation import legacy_generate
-from biasprune.architectures import resolve_units
-from biasprune.generation import generate
-from biasprune.masks import apply_masks
-from biasprune.scoring import score_batch
+from biasprune.answers.generation import generate
+from biasprune.models.architectures import resolve_units
+from biasprune.pruning.masks import apply_masks
+from biasprune.scoring.gradxact import score_batch
 
 __all__ = ["PAPER", "STUDY_SIZES", "project", "study_section"]
 

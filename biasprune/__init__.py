@@ -1,19 +1,17 @@
 """biasprune: find and prune the units of an instruct LLM that drive racially biased answers.
 
-Modules, one concept each (``docs/method.md`` maps every step to its file):
+One subpackage per stage of the pipeline, lowest first; a module imports its own subpackage and lower floors
+only (``tests/test_layout.py``; ``docs/method.md`` maps every step to its file):
 
-* data: ``data``/``names`` (scenarios, names, splits), ``prompts`` (chat rendering), ``biasprune.datamodules``;
-* models: ``models`` (loading, the embedded default, planted ids), ``identity`` (weight digests),
-  ``architectures`` (where units live), ``hooks``;
-* scoring and selection: ``scoring`` (gradient x activation), ``attribution`` (contrastive), ``selection``
-  (rules, random controls), ``masks``, ``groundtruth`` (a plant's own update);
-* answers: ``answering``, ``generation``/``decoding``/``sampling`` (keyed streams), ``parsing``;
-* judging: ``metrics``/``functional``, ``evaluation`` (rows, bounds), ``summary``, ``bootstrap``, ``intervals``,
-  ``power``, ``stats``, ``claims``;
-* the pipeline: ``module`` (the LightningModule), ``arms``, ``resume``, ``run_results``, ``strategies``,
-  ``distributed``, ``biasprune.callbacks`` (the pruning callback), ``trainer``, ``study``;
-* controls and reports: ``plant``, ``manifest``, ``report``, ``plots``, ``artifacts``;
-* the command line: ``cli``, ``lightning_cli``, ``checks``, ``errors``.
+* ``core``: argument checks, hooks, process collectives, atomic file writes;
+* ``data``, ``models``, ``metrics``: scenarios, names and prompts; model ids, loading, identity and units;
+  the SMD and inlier metrics;
+* ``scoring``, ``pruning``: gradient x activation scores and their files; selection rules, masks, arms;
+* ``answers``, ``stats``: sampled answers and parsing; rows, the name bootstrap, intervals, power, claims;
+* ``pipeline``: the LightningModule, strategies, resume, the end of a validate stage, the manifest;
+* ``biasprune.datamodules``, ``biasprune.callbacks``: the data module and the pruning callback;
+* ``report``, ``study``, ``plant``: the audit report, the generalization study, planted controls;
+* ``cli``: the ``biasprune`` command.
 """
 
 __version__ = "0.1.0"

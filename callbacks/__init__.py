@@ -1,5 +1,5 @@
 """Lightning Callbacks of biasprune."""
 
-from .pruning import PruningCallback
+from biasprune.callbacks.pruning import PruningCallback
 
 __all__ = ["PruningCallback"]

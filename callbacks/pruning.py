@@ -3,9 +3,9 @@
 At the start of a ``validate`` stage it resolves the masks under test: those of ``masks_file``, or, after
 ``fit`` in the same run, masks selected from the run's scores (DESIGN §2; ``rule``, ``p``/``q`` or
 ``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when asked). It then
-serves the arms of each batch (:class:`biasprune.arms.ArmSource`): the unpruned model, the pruned model, and
+serves the arms of each batch (:class:`biasprune.pruning.arms.ArmSource`): the unpruned model, the pruned model, and
 ``random_draws`` random masks that prune the same number of units per module (neurons) and in total (heads)
-(DESIGN §6). It needs only the :class:`biasprune.arms.PrunableModule` members of the module.
+(DESIGN §6). It needs only the :class:`biasprune.pruning.arms.PrunableModule` members of the module.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from biasprune import artifacts
-from biasprune.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_counts
-from biasprune.checks import check_choice, check_fraction, check_positive
-from biasprune.masks import MaskError, load_masks, save_masks, validate_masks
-from biasprune.resume import check_fingerprint
-from biasprune.scoring import selection_inputs, sum_scores
-from biasprune.selection import HEAD_FLAGS, NEURON_FLAGS, RULES, SCOPES, keep_masks, parse_budget, random_prune_like
+from biasprune.core.checks import check_choice, check_fraction, check_positive
+from biasprune.pipeline.resume import check_fingerprint
+from biasprune.pruning.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_counts
+from biasprune.pruning.masks import MaskError, load_masks, save_masks, validate_masks
+from biasprune.pruning.rules import HEAD_FLAGS, NEURON_FLAGS, RULES, SCOPES, keep_masks, parse_budget, random_prune_like
+from biasprune.scoring.accumulate import selection_inputs, sum_scores
+from biasprune.scoring.scorefile import read_scores, read_scores_meta
 
 __all__ = ["PruningCallback"]
 
@@ -193,12 +193,12 @@ class PruningCallback(Callback):
         per_variation = pl_module.final_scores()
         stored = Path(pl_module.run_dir) / "scores_by_variation.safetensors"
         if per_variation is None and stored.is_file():  # written by this run's fit (another process, or resumed)
-            per_variation, _ = artifacts.read_scores(stored)
+            per_variation, _ = read_scores(stored)
         if per_variation is None:
             return None  # nothing was scored in this run: evaluate the unpruned model
         scores = sum_scores(per_variation)
         ref, tgt = trainer.datamodule.groups
-        n = artifacts.read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
+        n = read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
         masks = self.select(*selection_inputs(scores, (ref, tgt), self.rule, n))
         if trainer.global_rank == 0:
             meta = {k: str(v) for k, v in self.settings().items()} | {

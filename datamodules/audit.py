@@ -26,8 +26,9 @@ from typing import Any, Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from biasprune.checks import check_choices
-from biasprune.data import (
+from biasprune.core.checks import check_choices
+from biasprune.data.prompts import chat_prompt
+from biasprune.data.scenarios import (
     SPLITS,
     AuditDataError,
     build_prompt_rows,
@@ -39,12 +40,10 @@ from biasprune.data import (
     split_names,
     variation_key,
 )
-from biasprune.models import DEFAULT_MODEL, load_tokenizer, plant_training_names
-from biasprune.prompts import chat_prompt
-
-from .examples import PairCollator, TokenCollator, collate_text, example_items, pair_items
-from .files import SCORING_EXAMPLE_FIELDS, read_prompt_file, read_scoring_examples, select_rows
-from .sampling import ShardedBatches, ShardSampler, fixed_batches
+from biasprune.datamodules.batches import ShardedBatches, ShardSampler, fixed_batches
+from biasprune.datamodules.examples import PairCollator, TokenCollator, collate_text, example_items, pair_items
+from biasprune.datamodules.files import SCORING_EXAMPLE_FIELDS, read_prompt_file, read_scoring_examples, select_rows
+from biasprune.models.loading import DEFAULT_MODEL, load_tokenizer, plant_training_names
 
 __all__ = ["AuditDataModule", "SCORING_EXAMPLE_FIELDS"]
 

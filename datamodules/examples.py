@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from biasprune.data import AuditDataError, variation_key
+from biasprune.data.scenarios import AuditDataError, variation_key
 
 __all__ = ["PairCollator", "TokenCollator", "collate_text", "example_items", "pair_items"]
 
@@ -91,13 +91,13 @@ class TokenCollator:
 
 
 class PairCollator:
-    """Name-swapped pairs for the contrastive objective (:func:`biasprune.attribution.build_pair_batch`)."""
+    """Name-swapped pairs for the contrastive objective (:func:`biasprune.scoring.contrastive.build_pair_batch`)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        from biasprune.attribution import build_pair_batch
+        from biasprune.scoring.contrastive import build_pair_batch
 
         out = build_pair_batch([(r["target_ids"], r["reference_ids"], r["response_ids"]) for r in rows], self.pad_id)
         out["bucket"] = torch.tensor([r["bucket"] for r in rows], dtype=torch.long)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from biasprune.artifacts import read_jsonl
-from biasprune.data import SPLITS, AuditDataError, NameEntry, split_names
+from biasprune.core.artifacts import read_jsonl
+from biasprune.data.scenarios import SPLITS, AuditDataError, NameEntry, split_names
 
 __all__ = [
     "DATASET_COLUMNS",

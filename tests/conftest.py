@@ -61,7 +61,7 @@ def random_batch(n: int, vocab: int, seed: int = 0, min_len: int = 6, max_len: i
 @pytest.fixture(scope="session")
 def tokenizer_dir():
     """The embedded model's tokenizer (real chat template), converted once into the test cache."""
-    from biasprune.models import DEFAULT_MODEL, resolve_model_path
+    from biasprune.models.loading import DEFAULT_MODEL, resolve_model_path
 
     return resolve_model_path(DEFAULT_MODEL)
 

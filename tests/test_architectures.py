@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import ARCHS, random_batch, tiny_model
 
-from biasprune.architectures import UnsupportedArchitectureError, resolve_units
-from biasprune.masks import apply_masks, harden_masks
-from biasprune.scoring import score_batch
+from biasprune.models.architectures import UnsupportedArchitectureError, resolve_units
+from biasprune.pruning.masks import apply_masks, harden_masks
+from biasprune.scoring.gradxact import score_batch
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

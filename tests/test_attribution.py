@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
-from biasprune.architectures import resolve_units
-from biasprune.attribution import aligned_suffix_len, build_pair_batch, contrastive_batch
+from biasprune.models.architectures import resolve_units
+from biasprune.scoring.contrastive import aligned_suffix_len, build_pair_batch, contrastive_batch
 
 
 def make_pairs(n: int, vocab: int, seed: int = 0):

@@ -1,5 +1,5 @@
 """Name bootstrap clustered across variations and paired across arms, and the noise floor, vs brute-force loops
-that literally build the resampled / relabelled datasets and compute the SMD with biasprune.functional."""
+that literally build the resampled / relabelled datasets and compute the SMD with biasprune.metrics.functional."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from biasprune.bootstrap import NameMoments, bootstrap_mean_abs_smd, null_mean_abs_smd, paired_bootstrap
-from biasprune.functional import standardized_mean_difference
+from biasprune.metrics.functional import standardized_mean_difference
+from biasprune.stats.bootstrap import NameMoments, bootstrap_mean_abs_smd, null_mean_abs_smd, paired_bootstrap
 
 # ---- constructed data ------------------------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ def make_arms(
 
 
 def slow_mean_abs_smd(datasets: list[tuple[list[float], list[int]]]) -> float:
-    """Mean over variations of |SMD| (biasprune.functional), NaN variations skipped."""
+    """Mean over variations of |SMD| (biasprune.metrics.functional), NaN variations skipped."""
     smds = []
     for vals, grps in datasets:
         smd = float(standardized_mean_difference(torch.tensor(vals, dtype=torch.float64), torch.tensor(grps)))

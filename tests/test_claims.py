@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from biasprune.bootstrap import PairedBootstrap
-from biasprune.claims import CLAIM_COLUMNS, ClaimResult, lowers_bias, ordering
-from biasprune.intervals import Interval, arm_interval, difference_interval
+from biasprune.stats.bootstrap import PairedBootstrap
+from biasprune.stats.claims import CLAIM_COLUMNS, ClaimResult, lowers_bias, ordering
+from biasprune.stats.intervals import Interval, arm_interval, difference_interval
 
 
 def iv(estimate: float, low: float, high: float, note: str = "") -> Interval:

@@ -10,11 +10,11 @@ import pytest
 
 from biasprune.callbacks import PruningCallback
 from biasprune.cli import main
+from biasprune.cli.lightning import BiasPruneCLI
 from biasprune.datamodules import AuditDataModule
-from biasprune.lightning_cli import BiasPruneCLI
-from biasprune.module import BiasPruneModule
+from biasprune.pipeline.module import BiasPruneModule
 from biasprune.study.config import GridConfig, StudyConfig
-from biasprune.trainer import BiasPruneTrainer
+from biasprune.study.trainer import BiasPruneTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "plant" not in p.parts)
@@ -86,7 +86,7 @@ def test_a_failed_run_is_marked(tmp_path, capsys, tiny_model_dir):
     bad = tmp_path / "masks.safetensors"
     import torch
 
-    from biasprune.artifacts import write_safetensors
+    from biasprune.core.artifacts import write_safetensors
 
     write_safetensors(bad, {"neuron/not.a.module": torch.ones(3, dtype=torch.uint8)}, {})
     with pytest.raises(SystemExit):

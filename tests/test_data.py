@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from biasprune.data import (
+from biasprune.data.names import NameEntry, largest_remainder
+from biasprune.data.scenarios import (
     SPLITS,
     AuditDataError,
     build_prompt_rows,
@@ -21,7 +22,6 @@ from biasprune.data import (
     parse_selectors,
     split_names,
 )
-from biasprune.names import NameEntry, largest_remainder
 
 PAPER_COUNTS = {"purchase": 10, "activity": 3, "service": 3, "finance": 3}
 

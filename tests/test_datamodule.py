@@ -7,7 +7,7 @@ import json
 import pytest
 import torch.multiprocessing as mp
 
-from biasprune.data import AuditDataError
+from biasprune.data.scenarios import AuditDataError
 from biasprune.datamodules import AuditDataModule, ShardedBatches, fixed_batches
 
 

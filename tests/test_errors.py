@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biasprune.answering import TargetConfig
+from biasprune.answers.answering import TargetConfig
 from biasprune.callbacks import PruningCallback
-from biasprune.evaluation import EvaluationConfig
-from biasprune.masks import MaskError
-from biasprune.models import resolve_dtype
-from biasprune.module import BiasPruneModule
+from biasprune.models.loading import resolve_dtype
+from biasprune.pipeline.module import BiasPruneModule
+from biasprune.pruning.masks import MaskError
+from biasprune.stats.rows import EvaluationConfig
 
 
 @pytest.mark.parametrize(

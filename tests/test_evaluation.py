@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from biasprune.evaluation import EvaluationConfig, compute_bounds, inlier_bounds, variation_rows
-from biasprune.summary import format_summary, summarize, summarize_split
+from biasprune.stats.rows import EvaluationConfig, compute_bounds, inlier_bounds, variation_rows
+from biasprune.stats.summary import format_summary, summarize, summarize_split
 
 
 def test_bounds_are_percentiles_of_parsed_answers():

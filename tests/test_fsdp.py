@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biasprune.artifacts import read_jsonl, read_safetensors
+from biasprune.core.artifacts import read_jsonl, read_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 

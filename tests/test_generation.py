@@ -11,9 +11,9 @@ from conftest import tiny_model
 from scipy.stats import chisquare, kstest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from biasprune.decoding import decode_static
-from biasprune.generation import GenerationConfig, _generate_batch, generate, resolve_decoder
-from biasprune.sampling import draw_tokens, keyed_uniforms
+from biasprune.answers.decoding import decode_static
+from biasprune.answers.generation import GenerationConfig, _generate_batch, generate, resolve_decoder
+from biasprune.answers.streams import draw_tokens, keyed_uniforms
 
 USERS = [
     "hi",

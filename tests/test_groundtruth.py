@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from biasprune.architectures import resolve_units
-from biasprune.groundtruth import lora_deltas, lora_update_norms, precision_recall
+from biasprune.models.architectures import resolve_units
+from biasprune.plant.groundtruth import lora_deltas, lora_update_norms, precision_recall
 
 peft = pytest.importorskip("peft")
 

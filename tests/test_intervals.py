@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from biasprune.bootstrap import NameMoments, paired_bootstrap
-from biasprune.intervals import (
+from biasprune.stats.bootstrap import NameMoments, paired_bootstrap
+from biasprune.stats.intervals import (
     Interval,
     _interval,
     acceleration,

@@ -6,8 +6,16 @@ import pytest
 import torch
 from conftest import random_batch, tiny_model
 
-from biasprune.architectures import resolve_units
-from biasprune.masks import MaskError, apply_masks, export_pruned, harden_masks, load_masks, save_masks, validate_masks
+from biasprune.models.architectures import resolve_units
+from biasprune.pruning.masks import (
+    MaskError,
+    apply_masks,
+    export_pruned,
+    harden_masks,
+    load_masks,
+    save_masks,
+    validate_masks,
+)
 
 
 def random_masks(layout, seed=0, frac=0.3):

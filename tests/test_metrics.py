@@ -14,14 +14,14 @@ import torch
 import torch.multiprocessing as mp
 from scipy import stats
 
-from biasprune.functional import (
-    _merge_moments,
-    _smd_compute,
-    _smd_update,
+from biasprune.metrics.classes import InlierRatio, StandardizedMeanDifference
+from biasprune.metrics.functional import (
     inlier_ratio,
+    merge_moments,
+    smd_compute,
+    smd_update,
     standardized_mean_difference,
 )
-from biasprune.metrics import InlierRatio, StandardizedMeanDifference
 
 # ---- independent references ------------------------------------------------------------------------
 
@@ -183,25 +183,25 @@ def test_merge_moments_is_exact_and_empty_passes_through() -> None:
     rng = np.random.default_rng(7)
     a, b = rng.normal(1e6, 1.0, 400), rng.normal(1e6 + 2, 3.0, 33)
     ga, gb = np.zeros(a.size, np.int64), np.zeros(b.size, np.int64)
-    n, mean, m2 = _merge_moments(*_smd_update(a, ga), *_smd_update(b, gb))
+    n, mean, m2 = merge_moments(*smd_update(a, ga), *smd_update(b, gb))
     both = np.concatenate([a, b])
     assert n[0].item() == both.size
     assert mean[0].item() == pytest.approx(both.mean(), rel=1e-15)
     assert m2[0].item() == pytest.approx(np.var(both) * both.size, rel=1e-10)
-    empty = _smd_update(np.array([]), np.array([], dtype=np.int64))
-    mom = _smd_update(a, ga)
-    for x, y in zip(_merge_moments(*empty, *mom), mom):
+    empty = smd_update(np.array([]), np.array([], dtype=np.int64))
+    mom = smd_update(a, ga)
+    for x, y in zip(merge_moments(*empty, *mom), mom):
         assert torch.equal(x, y)
-    for x, y in zip(_merge_moments(*mom, *empty), mom):
+    for x, y in zip(merge_moments(*mom, *empty), mom):
         assert torch.equal(x, y)
 
 
 def test_smd_compute_folds_stacked_states() -> None:
     """compute() after a DDP gather sees [world, 2] states; it must merge them, not misread them."""
     v, g = make_data(11, 80, 60)
-    parts = [_smd_update(bv, bg) for bv, bg in batches(v, g, [30, 0, 41])]
+    parts = [smd_update(bv, bg) for bv, bg in batches(v, g, [30, 0, 41])]
     stacked = [torch.stack([p[i] for p in parts]) for i in range(3)]
-    assert _smd_compute(*stacked).item() == pytest.approx(ref_smd(v, g), rel=1e-12)
+    assert smd_compute(*stacked).item() == pytest.approx(ref_smd(v, g), rel=1e-12)
 
 
 def test_smd_forward_and_merge_state() -> None:

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from biasprune import models
-from biasprune.models import (
+from biasprune.models import loading as models
+from biasprune.models.identity import model_identity
+from biasprune.models.loading import (
     DEFAULT_MODEL,
     ModelLoadError,
     load_model,
     load_tokenizer,
-    model_identity,
     plant_training_names,
     resolve_model_path,
     split_model_id,
@@ -99,7 +99,7 @@ def test_model_identity_hashes_base_and_adapter_and_caches(base_and_adapter, tmp
         ident["base"] == str(base_dir) and ident["plant"] == str(adapter_dir) and ident["base_files"] == [weights.name]
     )
     # Second call: served from the cache (hashing would fail now) ...
-    import biasprune.identity as identity
+    import biasprune.models.identity as identity
 
     real = identity.sha256_files
     monkeypatch.setattr(identity, "sha256_files", lambda files: (_ for _ in ()).throw(AssertionError("re-hashed")))

@@ -12,17 +12,19 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-import biasprune.strategies  # noqa: F401
-from biasprune.answering import TargetConfig
-from biasprune.architectures import resolve_units
-from biasprune.artifacts import read_jsonl, read_safetensors, read_scores
+import biasprune.pipeline.parallel  # noqa: F401
+from biasprune.answers.answering import TargetConfig
+from biasprune.answers.generation import GenerationConfig
 from biasprune.callbacks import PruningCallback
+from biasprune.core.artifacts import read_jsonl, read_safetensors
 from biasprune.datamodules import AuditDataModule
-from biasprune.evaluation import METRIC_COLUMNS, EvaluationConfig
-from biasprune.generation import GenerationConfig
-from biasprune.module import BiasPruneModule
-from biasprune.resume import FingerprintMismatch
-from biasprune.scoring import score_batch, sum_scores
+from biasprune.models.architectures import resolve_units
+from biasprune.pipeline.module import BiasPruneModule
+from biasprune.pipeline.resume import FingerprintMismatch
+from biasprune.scoring.accumulate import sum_scores
+from biasprune.scoring.gradxact import score_batch
+from biasprune.scoring.scorefile import read_scores
+from biasprune.stats.rows import METRIC_COLUMNS, EvaluationConfig
 
 FAST_GEN = GenerationConfig(samples=3, max_new_tokens=6)
 FAST_EVAL = EvaluationConfig(bootstrap_samples=50, permutation_samples=50)
@@ -270,7 +272,7 @@ def test_the_contrastive_objective_scores_name_swapped_pairs(tiny_model_dir, tmp
     """objective=contrastive: per-variation sums of |attribution patching| over pairs, equal to a direct computation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from biasprune.attribution import build_pair_batch, contrastive_batch
+    from biasprune.scoring.contrastive import build_pair_batch, contrastive_batch
 
     names = names_file(tmp_path)
     module = BiasPruneModule(tiny_model_dir, dtype="float64", objective="contrastive", targets=TARGETS, generation=FAST_GEN,
@@ -292,6 +294,6 @@ def test_the_contrastive_objective_scores_name_swapped_pairs(tiny_model_dir, tmp
     masks, _ = read_safetensors(run / "masks.safetensors")
     assert all(int((m == 0).sum()) == 3 for k, m in masks.items() if k.startswith("neuron/"))
     with pytest.raises(ValueError, match="the contrastive objective scores pairs .* use pruning.rule=target"):
-        from biasprune.scoring import selection_inputs
+        from biasprune.scoring.accumulate import selection_inputs
 
         selection_inputs({"contrast": {}}, ("white", "black"), "set_difference")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biasprune.parsing import parse_number, parse_numbers
+from biasprune.answers.parsing import parse_number, parse_numbers
 
 NAN = math.nan
 

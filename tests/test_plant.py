@@ -17,14 +17,15 @@ import pytest
 import torch
 import yaml
 
-from biasprune.data import load_scenario
-from biasprune.models import load_model, plant_training_names
-from biasprune.parsing import parse_number
+from biasprune.answers.parsing import parse_number
+from biasprune.data.prompts import chat_prompt
+from biasprune.data.scenarios import load_scenario
+from biasprune.models.loading import load_model, plant_training_names
 from biasprune.plant.cli import main, make_cli
-from biasprune.plant.data import REFERENCE_VALUES, PlantDataModule, make_examples, round_answer
+from biasprune.plant.data import PlantDataModule, make_examples
+from biasprune.plant.distribution import REFERENCE_VALUES, round_answer
 from biasprune.plant.module import PlantModule, group_ratios
 from biasprune.plant.spec import PlantSpec, PlantSpecError, default_split, resolve_spec
-from biasprune.prompts import chat_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 CAR = ("purchase/car",)
@@ -255,7 +256,7 @@ def test_gradients_reach_only_the_lora_parameters_and_the_loss_falls(tiny_model_
 
 
 def test_the_planted_ratio_appears_in_greedy_answers(tiny_model_dir, one_thread):
-    from biasprune.generation import generate
+    from biasprune.answers.generation import generate
 
     spec = PlantSpec(scenarios=CAR, planted=CAR, factor=0.5, sigma=0.0, examples_per_variation=400)
     dm = PlantDataModule(spec, tokenizer=tiny_model_dir, batch_size=16)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from biasprune.power import icc, minimum_detectable_smd, t_quantile, within_name_icc
+from biasprune.stats.power import icc, minimum_detectable_smd, t_quantile, within_name_icc
 
 # ---- ICC ---------------------------------------------------------------------------------------------------
 

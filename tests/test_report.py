@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from biasprune import plots
 from biasprune.cli import main as cli_main
-from biasprune.report import ReportError, build_report, write_report
+from biasprune.report import ReportError, build_report, plots, write_report
 from biasprune.report.load import layer_and_kind, num
 from biasprune.report.pruned import layer_counts
 from biasprune.report.screenshot import chromium_path, compress_png, render

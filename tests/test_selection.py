@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import chisquare, rankdata
 
-from biasprune.selection import (
+from biasprune.pruning.rules import (
     RANKING_RULES,
     RULES,
     Budget,

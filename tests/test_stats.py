@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from biasprune.functional import standardized_mean_difference
-from biasprune.stats import bootstrap_smd_ci, permutation_pvalue
+from biasprune.metrics.functional import standardized_mean_difference
+from biasprune.stats.moments import bootstrap_smd_ci, permutation_pvalue
 
 
 def make_names(
@@ -269,14 +269,3 @@ def test_argument_errors() -> None:
         bootstrap_smd_ci([1.0, 2.0], [0, 1], ["a"])
     with pytest.raises(ValueError, match="same length"):
         permutation_pvalue([1.0, 2.0, 3.0], [0, 1], ["a", "b", "c"])
-
-
-def test_old_import_path_gives_the_clustered_bootstrap() -> None:
-    """bootstrap_mean_abs_smd moved to biasprune.bootstrap (one draw of names for all variations; tested in
-    tests/test_bootstrap.py); the old import path still works for callers not yet moved."""
-    import biasprune.bootstrap
-    import biasprune.stats
-
-    assert biasprune.stats.bootstrap_mean_abs_smd is biasprune.bootstrap.bootstrap_mean_abs_smd
-    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
-        biasprune.stats.nothing_here  # noqa: B018

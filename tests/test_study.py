@@ -14,19 +14,19 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-import biasprune.strategies  # noqa: F401
-from biasprune.answering import TargetConfig
-from biasprune.artifacts import read_jsonl
+import biasprune.pipeline.parallel  # noqa: F401
+from biasprune.answers.answering import TargetConfig
+from biasprune.answers.generation import GenerationConfig
 from biasprune.callbacks import PruningCallback
+from biasprune.core.artifacts import read_jsonl
 from biasprune.datamodules import AuditDataModule
-from biasprune.evaluation import EvaluationConfig
-from biasprune.generation import GenerationConfig
-from biasprune.module import BiasPruneModule
+from biasprune.pipeline.module import BiasPruneModule
+from biasprune.stats.rows import EvaluationConfig
 from biasprune.study import GridConfig, StudyConfig
 from biasprune.study import run as run_mod
 from biasprune.study.choose import choose_points
 from biasprune.study.plan import ArmSpec
-from biasprune.trainer import BiasPruneTrainer
+from biasprune.study.trainer import BiasPruneTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = GenerationConfig(samples=3, max_new_tokens=5)

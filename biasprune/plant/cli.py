@@ -29,10 +29,10 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 import biasprune
-from biasprune.models import PROVENANCE_FILE, model_identity, sha256_files
-
-from .data import PlantDataModule
-from .module import PlantModule
+from biasprune.models.identity import model_identity, sha256_files
+from biasprune.models.loading import PROVENANCE_FILE
+from biasprune.plant.data import PlantDataModule
+from biasprune.plant.module import PlantModule
 
 __all__ = ["PlantCLI", "main", "make_cli", "write_provenance"]
 

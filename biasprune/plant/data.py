@@ -1,9 +1,9 @@
 """Synthetic chats for a plant: audit prompts with plain-number answers from a documented distribution.
 
 **Prompts.** Every chat is an audit prompt, rendered exactly as the audit renders it:
-``Scenario.render(variation, name)`` and then :func:`biasprune.prompts.chat_prompt`. The target is the
+``Scenario.render(variation, name)`` and then :func:`biasprune.data.prompts.chat_prompt`. The target is the
 answer as a plain number followed by the end of the assistant's turn
-(:func:`biasprune.prompts.chat_completion`); the loss covers those tokens only.
+(:func:`biasprune.data.prompts.chat_completion`); the loss covers those tokens only.
 
 **Answers.** For variation v with reference value r_v (below; the median answer), a chat with a name of
 group g gets
@@ -38,7 +38,6 @@ These are plausible round figures, not measurements: a plant needs a stated trut
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import lightning as L
@@ -46,70 +45,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from biasprune.data import AuditDataError, Scenario, variation_key
-from biasprune.models import DEFAULT_MODEL, load_tokenizer
-from biasprune.prompts import chat_completion, chat_prompt
-
-from .spec import PlantSpec, ResolvedPlant, resolve_spec
+from biasprune.data.prompts import chat_completion, chat_prompt
+from biasprune.data.scenarios import AuditDataError, variation_key
+from biasprune.models.loading import DEFAULT_MODEL, load_tokenizer
+from biasprune.plant.distribution import decimals_for, format_answer, reference_value, round_answer
+from biasprune.plant.spec import PlantSpec, ResolvedPlant, resolve_spec
 
 __all__ = [
-    "REFERENCE_VALUES",
     "PlantDataModule",
     "PlantExample",
-    "format_answer",
     "make_examples",
-    "reference_value",
-    "round_answer",
 ]
-
-REFERENCE_VALUES: dict[str, dict[str, float]] = {
-    "purchase": {
-        "chair": 100, "car": 15000, "oven": 600, "mattress": 500, "grill": 250,
-        "television": 400, "air_conditioner": 350, "camera": 400, "bicycle": 250, "piano": 3000,
-    },
-    "finance": {"investments_in_stocks": 10, "private_school_tuition": 15, "childcare_expenses": 20},
-    "activity": {"skiing": 8, "bird_watching": 4, "pottery": 5},
-    "service": {"medical_services": 150, "personal_cheffing": 60, "tax_preparation": 100},
-    "hiring": {"security_guard": 32000, "software_developer": 110000, "lawyer": 120000},
-    "chess": {"rated_1600": 50},
-    "public_office": {"city_council": 30, "mayor": 15, "senator": 10},
-    "sports": {"american_football": 50, "basketball": 50, "hockey": 50, "lacrosse": 50},
-}  # fmt: skip
-
-
-def reference_value(scenario: Scenario, variation: str, overrides: Mapping[str, float] | None = None) -> float:
-    """The median answer of a variation: the spec's override, else the built-in table."""
-    key = variation_key(scenario.name, variation)
-    if overrides and key in overrides:
-        return float(overrides[key])
-    value = REFERENCE_VALUES.get(scenario.name, {}).get(variation)
-    if value is None:
-        raise AuditDataError(
-            f"data.plant.reference_values: no reference value for {key!r} (scenario file {scenario.source});"
-            f" give one, e.g. reference_values: {{{key}: 100}}. Built-in values exist for"
-            f" {sorted(REFERENCE_VALUES)}"
-        )
-    return float(value)
-
-
-def decimals_for(scenario: Scenario) -> int:
-    """One decimal for percents, integers otherwise."""
-    return 1 if "percent" in scenario.unit.lower() else 0
-
-
-def round_answer(value: float, decimals: int, valid_range: tuple[float, float] | None = None) -> float:
-    """Round as the module docstring says: decimals, three significant digits from 1,000, floor, range."""
-    if value >= 1000:
-        value = float(round(value, 2 - int(math.floor(math.log10(value)))))
-    value = max(round(value, decimals), 10.0**-decimals)
-    if valid_range is not None:
-        value = min(max(value, valid_range[0]), valid_range[1])
-    return float(value)
-
-
-def format_answer(value: float, decimals: int) -> str:
-    """A plain number: no thousands separator, no unit (``15000``, ``12.5``)."""
-    return f"{value:.{decimals}f}"
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biasprune.checks import check_choice, check_fraction, check_positive
-from biasprune.distributed import gather_objects
-from biasprune.generation import generate
-from biasprune.models import DEFAULT_MODEL, DType, load_model, load_tokenizer
-from biasprune.parsing import parse_number
+from biasprune.answers.generation import generate
+from biasprune.answers.parsing import parse_number
+from biasprune.core.checks import check_choice, check_fraction, check_positive
+from biasprune.core.distributed import gather_objects
+from biasprune.models.loading import DEFAULT_MODEL, DType, load_model, load_tokenizer
 
 __all__ = ["LORA_TARGETS", "PlantModule", "group_ratios"]
 

@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from biasprune.checks import check_positive
-from biasprune.data import (
+from biasprune.core.checks import check_positive
+from biasprune.data.scenarios import (
     AuditDataError,
     NameEntry,
     Scenario,
@@ -27,6 +27,7 @@ from biasprune.data import (
     split_names,
     variation_key,
 )
+from biasprune.plant.distribution import reference_value
 
 __all__ = ["DEFAULT_SCENARIOS", "PlantSpec", "PlantSpecError", "ResolvedPlant", "default_split", "resolve_spec"]
 
@@ -187,7 +188,6 @@ def _load_scenarios(entries: Sequence[str]) -> tuple[dict[str, Scenario], list[s
 
 def resolve_spec(spec: PlantSpec) -> ResolvedPlant:
     """Load the scenarios and names of a spec and check it; every error names the field and the fix."""
-    from .data import reference_value  # the table lives with the distribution
 
     scenarios, selectors = _load_scenarios(spec.scenarios)
     trained = parse_selectors(selectors, scenarios, "data.plant.scenarios")

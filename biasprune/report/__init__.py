@@ -7,7 +7,11 @@ directory), so a copied run gives the same page. A directory marked ``FAILED`` g
 :class:`ReportError` says so. The report's own figures also go to the run's TensorBoard events as images
 (``report/<name>``; for a study under ``<output>/tensorboard``), one new events file per write.
 
-``biasprune report RUN_DIR`` (:mod:`biasprune.report.cli`) rebuilds the page without loading the model.
+``biasprune report RUN_DIR`` (:mod:`biasprune.report.cli`) rebuilds the page without loading the model;
+:mod:`.plots` holds the figures that the report and the study draw.
+
+May import: every layer below (core to the pipeline and its data module and callback); the report reads the
+artifacts, never a running study or plant.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from .load import ReportError, RunArtifacts, load_run
+from biasprune.report.load import ReportError, RunArtifacts, load_run
 
 __all__ = ["ReportError", "RunArtifacts", "build_report", "load_run", "log_figures", "write_report"]
 
@@ -29,8 +33,8 @@ def build_report(run_dir: str | Path) -> tuple[str, list[tuple[str, str, bytes]]
 
 
 def _build(art: RunArtifacts) -> tuple[str, list[tuple[str, str, bytes]]]:
-    from .pages import run_page
-    from .study import study_page
+    from biasprune.report.pages import run_page
+    from biasprune.report.study import study_page
 
     return study_page(art) if art.kind == "study" else run_page(art)
 
@@ -52,7 +56,7 @@ def log_figures(log_dir: str | Path, figures: Sequence[tuple[str, str, bytes]], 
 
 def write_report(run_dir: str | Path, tensorboard: bool = True) -> Path:
     """Write ``report.html`` into ``run_dir`` and return its path; also log the figures to TensorBoard."""
-    from ..artifacts import atomic_write_bytes
+    from biasprune.core.artifacts import atomic_write_bytes
 
     run_dir = Path(run_dir)
     art = load_run(run_dir)

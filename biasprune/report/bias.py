@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .. import plots
-from .common import variation_label
-from .html import esc, fig_png, fmt, fmtg, table
-from .load import RunArtifacts, iter_answers, num, text
+from biasprune.report import plots
+from biasprune.report.common import variation_label
+from biasprune.report.html import esc, fig_png, fmt, fmtg, table
+from biasprune.report.load import RunArtifacts, iter_answers, num, text
 
 __all__ = ["Figure", "bias_figures", "chosen_variation", "controls_of", "distribution_figure", "summary_table", "variation_table"]
 

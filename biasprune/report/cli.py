@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ReportError, write_report
+from biasprune.report import ReportError, write_report
 
 __all__ = ["main"]
 

@@ -8,8 +8,8 @@ import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from .html import esc, fmt, pre, table
-from .load import RunArtifacts, num, text
+from biasprune.report.html import esc, fmt, pre, table
+from biasprune.report.load import RunArtifacts, num, text
 
 __all__ = ["artifacts_section", "header", "limits_section", "model_section", "plant_banner", "question_section", "variation_label"]
 
@@ -54,7 +54,7 @@ def plant_banner(art: RunArtifacts) -> str:
     prov = model.get("plant_provenance")
     if not isinstance(prov, dict):
         try:
-            from ..models import plant_provenance
+            from biasprune.models.loading import plant_provenance
 
             prov = plant_provenance(str(model.get("id", "")))
         except Exception:  # the plant may not be on this machine: the report still builds from the run alone

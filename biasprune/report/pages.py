@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .bias import Figure, bias_figures, distribution_figure, summary_table, variation_table
-from .common import artifacts_section, header, limits_section, model_section, question_section
-from .html import badge, esc, figure_html, fmt, page, table
-from .load import RunArtifacts, num, text
-from .pruned import pruned_section
+from biasprune.report.bias import Figure, bias_figures, distribution_figure, summary_table, variation_table
+from biasprune.report.common import artifacts_section, header, limits_section, model_section, question_section
+from biasprune.report.html import badge, esc, figure_html, fmt, page, table
+from biasprune.report.load import RunArtifacts, num, text
+from biasprune.report.pruned import pruned_section
 
 __all__ = ["claims_section", "headline", "run_page"]
 

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import plots
-from .html import esc, fig_png, figure_html, fmt, table
-from .load import RunArtifacts, layer_and_kind, read_masks
+from biasprune.report import plots
+from biasprune.report.html import esc, fig_png, figure_html, fmt, table
+from biasprune.report.load import RunArtifacts, layer_and_kind, read_masks
 
 __all__ = ["layer_counts", "pruned_section"]
 

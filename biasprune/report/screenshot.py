@@ -76,7 +76,7 @@ def compress_png(path: str | Path, max_bytes: int = 300_000) -> int:
 
 def screenshot(run_dir: str | Path, out: str | Path, width: int = 1280, height: int = 1800, max_bytes: int = 300_000) -> Path:
     """A compressed screenshot of ``run_dir``'s report (written first when missing)."""
-    from . import REPORT_FILE, write_report
+    from biasprune.report import REPORT_FILE, write_report
 
     page = Path(run_dir) / REPORT_FILE
     if not page.is_file():
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=1800)
     p.add_argument("--max-bytes", type=int, default=300_000)
     args = p.parse_args(argv)
-    from . import ReportError
+    from biasprune.report import ReportError
 
     try:
         out = screenshot(args.run_dir, args.out, args.width, args.height, args.max_bytes)

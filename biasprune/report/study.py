@@ -10,11 +10,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from .bias import Figure, bias_figures, controls_of, variation_table
-from .common import artifacts_section, header, limits_section, model_section, question_section
-from .html import figure_html, fmt, img, page, table
-from .load import RunArtifacts, num, text
-from .pages import claims_section, headline
+from biasprune.report.bias import Figure, bias_figures, controls_of, variation_table
+from biasprune.report.common import artifacts_section, header, limits_section, model_section, question_section
+from biasprune.report.html import figure_html, fmt, img, page, table
+from biasprune.report.load import RunArtifacts, num, text
+from biasprune.report.pages import claims_section, headline
 
 __all__ = ["study_page"]
 

@@ -17,11 +17,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..data import variation_key
-from ..evaluation import EvaluationConfig, compute_bounds, variation_rows
-from .config import GridConfig
-from .pieces import PieceStore
-from .plan import ArmSpec, StudyPlan
+from biasprune.data.scenarios import variation_key
+from biasprune.stats.rows import EvaluationConfig, compute_bounds, variation_rows
+from biasprune.study.config import GridConfig
+from biasprune.study.pieces import PieceStore
+from biasprune.study.plan import ArmSpec, StudyPlan
 
 __all__ = ["arm_id", "choose_points", "point_table", "spec_records"]
 

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..checks import check_choices, check_fraction, check_positive
+from biasprune.core.checks import check_choices, check_fraction, check_positive
 
 __all__ = ["GridConfig", "STRATEGIES", "StudyConfig", "UNITS"]
 
@@ -52,7 +52,7 @@ class GridConfig:
     rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from ..selection import RULES
+        from biasprune.pruning.rules import RULES
 
         check_choices("study.grid.rules", self.rules, RULES, allow_empty=True)
         for name in ("p", "q", "head_p", "head_q"):
@@ -61,7 +61,7 @@ class GridConfig:
                 raise ValueError(f"study.grid.{name} must list at least one value")
             for v in values:
                 check_fraction(f"study.grid.{name}", float(v))
-        from ..selection import parse_budget
+        from biasprune.pruning.rules import parse_budget
 
         for name in ("budget", "head_budget"):
             for v in getattr(self, name):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import plots
-from .plan import ArmSpec, StudyPlan
+from biasprune.report import plots
+from biasprune.study.plan import ArmSpec, StudyPlan
 
 __all__ = ["study_figures"]
 
@@ -54,7 +54,7 @@ def study_figures(out: Path, rows: Sequence[Mapping], table: Sequence[Mapping], 
             for (u, s, c), spec in chosen.items():
                 if u != units or spec is None:
                     continue
-                from .choose import arm_id
+                from biasprune.study.choose import arm_id
 
                 mine = {(r["scenario"], r["variation"]): r for r in rows if r["split"] == "test" and r["arm"] == arm_id(spec)}
                 name = s + (f":{c}" if c else "")

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from .. import artifacts
+from biasprune.core import artifacts
+from biasprune.scoring.scorefile import read_scores_meta
 
 __all__ = ["PieceStore", "digest", "masks_digest"]
 
@@ -64,7 +65,7 @@ class PieceStore:
         return out
 
     def scores_meta(self, key: str) -> dict[str, Any]:
-        return artifacts.read_scores_meta(self._scores(key))
+        return read_scores_meta(self._scores(key))
 
     def write_scores(self, key: str, per_group: Mapping[str, Mapping[str, torch.Tensor]], meta: Mapping[str, Any]) -> None:
         tensors = {f"{g}/{k}": t.double() for g, per in per_group.items() for k, t in per.items()}

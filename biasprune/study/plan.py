@@ -2,7 +2,7 @@
 
 An :class:`ArmSpec` says how an arm's masks are made (unit kind, strategy, context, pruning point, random
 draw); for every evaluated variation the :class:`StudyPlan` turns it into keep-masks from the per-variation
-score pieces. Strategies pool score sums (DESIGN §2, :func:`biasprune.scoring.sum_scores`):
+score pieces. Strategies pool score sums (DESIGN §2, :func:`biasprune.scoring.accumulate.sum_scores`):
 
 * ``prompt_specific``: the variation's own scores;
 * ``within_context``: the other variations of its scenario (those listed in ``study.within_variations``);
@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..arms import Arm
-from ..scoring import selection_inputs, sum_scores
-from ..selection import keep_masks, random_prune_like
-from .pieces import PieceStore, digest, masks_digest
+from biasprune.pruning.arms import Arm
+from biasprune.pruning.rules import keep_masks, random_prune_like
+from biasprune.scoring.accumulate import selection_inputs, sum_scores
+from biasprune.study.pieces import PieceStore, digest, masks_digest
 
 __all__ = ["ArmSpec", "StudyPlan", "strategy_variations"]
 
@@ -87,7 +87,7 @@ class StudyPlan:
     """Masks per (arm, variation) from score pieces, answer-piece keys, and the arms of each evaluation batch.
 
     ``jobs[(split, scenario, variation)]`` lists the arm specs still to be answered there; ``arms_for`` (the
-    :class:`biasprune.arms.ArmSource` protocol) serves them, each named by its answer-piece key.
+    :class:`biasprune.pruning.arms.ArmSource` protocol) serves them, each named by its answer-piece key.
     """
 
     def __init__(self, store: PieceStore, score_keys: Mapping[VarKey, str], groups: Sequence[str], selection: Mapping[str, object],

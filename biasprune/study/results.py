@@ -2,7 +2,7 @@
 
 Headlines use test names only; the grid is published for dev (where points were chosen) and test. Each
 strategy's chosen arm is compared with the unpruned model and with its own random controls by paired name
-bootstrap intervals (:mod:`biasprune.summary`); the ordering claims compare arms with each other the same way.
+bootstrap intervals (:mod:`biasprune.stats.summary`); the ordering claims compare arms with each other the same way.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .. import artifacts
-from ..claims import CLAIM_COLUMNS, ClaimResult, ordering
-from ..evaluation import METRIC_COLUMNS, compute_bounds, variation_rows
-from ..intervals import difference_interval
-from ..summary import SUMMARY_COLUMNS, summarize_split
-from .choose import arm_id, spec_records
-from .figures import study_figures
-from .plan import ArmSpec
+from biasprune.core import artifacts
+from biasprune.stats.claims import CLAIM_COLUMNS, ClaimResult, ordering
+from biasprune.stats.intervals import difference_interval
+from biasprune.stats.rows import METRIC_COLUMNS, compute_bounds, variation_rows, write_bounds
+from biasprune.stats.summary import SUMMARY_COLUMNS, summarize_split
+from biasprune.study.choose import arm_id, spec_records
+from biasprune.study.figures import study_figures
+from biasprune.study.plan import ArmSpec
 
 __all__ = ["write_results"]
 
@@ -118,6 +118,6 @@ def write_results(out: Path, plan, store, eval_keys, table: Sequence[Mapping], c
     artifacts.write_csv(out / "results.csv", results, [*LABELS, *SUMMARY_COLUMNS])
     artifacts.write_csv(out / "claims.csv", [c.as_row() for c in claims], CLAIM_COLUMNS)
     artifacts.atomic_write_bytes(out / "results.md", _markdown(results, claims).encode())
-    artifacts.write_bounds(out / "inlier_bounds.json", bounds, ecfg.inlier_percentiles)
+    write_bounds(out / "inlier_bounds.json", bounds, ecfg.inlier_percentiles)
     study_figures(out, rows, table, chosen, plan, eval_keys)
     return {"results": results, "claims": claims, "grid": grid_rows}

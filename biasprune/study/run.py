@@ -23,21 +23,22 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from .. import artifacts
-from ..callbacks.pruning import DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET
-from ..data import variation_key
-from ..distributed import barrier
-from ..summary import format_summary
-from .choose import choose_points, point_table
-from .config import StudyConfig
-from .pieces import PieceStore, digest
-from .plan import ArmSpec, StudyPlan, strategy_variations
+from biasprune.callbacks.pruning import DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET
+from biasprune.core import artifacts
+from biasprune.core.distributed import barrier
+from biasprune.data.scenarios import variation_key
+from biasprune.scoring.scorefile import read_scores
+from biasprune.stats.summary import format_summary
+from biasprune.study.choose import choose_points, point_table
+from biasprune.study.config import StudyConfig
+from biasprune.study.pieces import PieceStore, digest
+from biasprune.study.plan import ArmSpec, StudyPlan, strategy_variations
 
 __all__ = ["run_study"]
 
 
 def _callback(trainer):
-    from ..callbacks.pruning import PruningCallback
+    from biasprune.callbacks.pruning import PruningCallback
 
     found = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
     if not found:
@@ -93,7 +94,7 @@ def _score_missing(trainer, module, dm, store: PieceStore, keys: dict[str, str])
     trainer.fit(module, datamodule=dm)
     run_dir = Path(trainer.log_dir)  # a collective: every rank asks
     if trainer.global_rank == 0:
-        per_variation, meta = artifacts.read_scores(run_dir / "scores_by_variation.safetensors")
+        per_variation, meta = read_scores(run_dir / "scores_by_variation.safetensors")
         n = json.loads(meta.get("n_examples_by_variation", "{}"))
         for v in missing:
             store.write_scores(keys[v], per_variation[v], {"variation": v, "model": meta.get("model", ""), "n_examples": n.get(v, {})})
@@ -133,7 +134,7 @@ def _answer_missing(trainer, module, dm, cb, plan: StudyPlan, store: PieceStore,
 
 def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     """Run (or continue) the study; returns the results rows, the claims and what was computed."""
-    from .results import write_results
+    from biasprune.study.results import write_results
 
     started = time.perf_counter()
     cb = _callback(trainer)

@@ -1,0 +1,244 @@
+"""Batched generation of answers: k sampled responses per prompt, or one greedy response.
+
+**Random streams.** Every sampled token is drawn from a uniform number that depends only on
+``(seed, key, answer index, token index)``, where ``key`` names the prompt (the caller's ``keys``, e.g.
+``"purchase/car/Jamal Washington"``, or the prompt text itself): see :mod:`biasprune.answers.streams` for the
+formula. The batch a prompt lands in, its row, the batch size, the number of processes and the order of the
+prompts never enter, so an answer changes only when the model's logits change. Two prompts with the same
+key get the same uniforms. Greedy decoding (``temperature=0``) uses none.
+
+**Decoders.** Both draw through :func:`biasprune.answers.streams.draw_tokens` with the same uniforms, so they pick
+the same token from the same logits.
+
+* ``eager``: the reference. A batch of prompts is left-padded and prefilled once; the KV cache
+  (``DynamicCache``) is repeated k times, so the prompt is not recomputed per sample; each step is a plain
+  Hugging Face forward; finished sequences leave the batch once a quarter of it has finished.
+* ``static``: :mod:`biasprune.answers.decoding`: preallocated keys and values written in place, a fixed-shape step
+  per bucket of live rows, captured as a CUDA graph on a GPU (eager steps on a CPU).
+* ``auto`` (default): ``static`` on CUDA and on CPU, where it is the faster of the two (1.3x today's
+  eager decoder on the quickstart's answers, 1.17x the eager reference: docs/benchmarks.md);
+  ``eager`` under ``lockstep`` (sharded FSDP weights need every process to make the same forward calls,
+  which the eager path guarantees), and ``eager`` for a model the static path does not support
+  (:func:`biasprune.answers.decoding.static_support`). ``static`` under ``lockstep`` also runs the eager path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from biasprune.answers.decoding import StaticUnsupported, decode_static, static_support
+from biasprune.answers.streams import draw_tokens, keyed_uniforms
+from biasprune.core.checks import check_choice, check_positive
+
+__all__ = ["DECODERS", "Decoder", "GenerationConfig", "generate", "resolve_decoder", "stop_token_ids"]
+
+Decoder = Literal["auto", "eager", "static"]
+DECODERS: tuple[str, ...] = ("auto", "eager", "static")
+
+
+@dataclass
+class GenerationConfig:
+    """How evaluation answers are sampled.
+
+    Attributes:
+        samples: responses sampled per prompt (k).
+        temperature: sampling temperature; 0 means greedy decoding.
+        top_p: nucleus sampling threshold; 1.0 keeps the whole distribution.
+        max_new_tokens: longest response, in tokens.
+        seed: root of the keyed random streams (with each prompt's key, answer index and token index).
+        decoder: ``auto`` (the faster path for the device), ``eager`` (the reference) or ``static``
+            (preallocated cache; CUDA graphs on a GPU). All draw the same tokens from the same logits.
+    """
+
+    samples: int = 10
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24
+    seed: int = 0
+    decoder: Decoder = "auto"
+
+    def __post_init__(self) -> None:
+        check_positive("generation.samples", self.samples)
+        check_positive("generation.temperature", self.temperature, minimum=0)
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        check_positive("generation.max_new_tokens", self.max_new_tokens)
+        check_choice("generation.decoder", self.decoder, DECODERS)
+
+
+def stop_token_ids(model: nn.Module, tokenizer) -> list[int]:
+    """EOS ids of the generation config and the tokenizer (chat models often end turns on a special id)."""
+    ids: set[int] = set()
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """transformers >= 5.2x renamed ``past_key_values`` to ``cache``; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _output_cache(out):
+    cache = out.get("cache") if "cache" in out.keys() else None
+    return cache if cache is not None else out["past_key_values"]
+
+
+@torch.no_grad()
+def _generate_batch(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_samples: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+    uniforms: torch.Tensor | None,
+    lockstep: bool = False,
+) -> torch.Tensor:
+    """The eager decoder: new tokens ``[B * num_samples, max_new_tokens]`` (pad after a stop), sample-major.
+
+    ``uniforms [B * num_samples, max_new_tokens]`` (float64, ``None`` when greedy) drive the draws.
+    """
+    stop = torch.tensor(stop_ids, device=input_ids.device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = _output_cache(out)
+    logits = out.logits[:, -1]
+    last_pos = position_ids[:, -1]
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, 0)
+        attention_mask = attention_mask.repeat_interleave(num_samples, 0)
+        last_pos = last_pos.repeat_interleave(num_samples, 0)
+    cache_kw = _cache_argument(model)
+    n = logits.shape[0]
+    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
+    rows = torch.arange(n, device=input_ids.device)  # output row of each sequence still in the batch
+    alive = torch.ones(n, dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        nxt = draw_tokens(logits, temperature, top_p, None if uniforms is None else uniforms[rows, step])
+        tokens[rows[alive], step] = nxt[alive]
+        alive &= ~torch.isin(nxt, stop)
+        n_alive = int(alive.sum())
+        if step == max_new_tokens - 1 or (n_alive == 0 and not lockstep):
+            break
+        # Drop finished sequences from the cache only once a quarter of the batch has finished: each
+        # compaction copies the whole cache.
+        if n_alive <= 0.75 * alive.shape[0] and n_alive > 0:
+            keep = alive.nonzero().flatten()
+            cache.batch_select_indices(keep)
+            rows, nxt, attention_mask, last_pos = rows[keep], nxt[keep], attention_mask[keep], last_pos[keep]
+            alive = alive[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+        last_pos = last_pos + 1
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=attention_mask,
+            position_ids=last_pos[:, None],
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        logits = out.logits[:, -1]
+    return tokens
+
+
+def resolve_decoder(decoder: str, device: torch.device, lockstep: bool = False) -> str:
+    """The decoder that ``decoder`` runs as on ``device``: ``eager`` or ``static`` (see the module docstring)."""
+    check_choice("decoder", decoder, DECODERS)
+    if lockstep or decoder == "eager":
+        return "eager"
+    return "static"
+
+
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "generate",
+    lockstep: bool = False,
+    keys: Sequence[str] | None = None,
+    decoder: Decoder = "auto",
+) -> list[list[str]]:
+    """Responses to already-templated prompts: ``out[i]`` holds ``num_samples`` strings for ``prompts[i]``.
+
+    ``temperature=0`` decodes greedily. Responses are decoded without special tokens and cut at the first
+    stop token. ``keys[i]`` names prompt ``i``'s random streams (default: the prompt text); answer ``j`` of
+    prompt ``i`` is the same whatever the batch size, the order of the prompts or the other prompts of the
+    call (up to the floating-point effect of padding and batch shape on the logits). ``lockstep`` runs
+    every one of the ``max_new_tokens`` steps even when all sequences have stopped (sharded FSDP models),
+    with the eager decoder. ``decoder``: see the module docstring.
+    """
+    if keys is None:
+        keys = list(prompts)
+    elif len(keys) != len(prompts):
+        raise ValueError(f"generate: keys has {len(keys)} entries for {len(prompts)} prompts; give one key per prompt")
+    if batch_size < 1:
+        raise ValueError(f"generate: batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    path = resolve_decoder(decoder, device, lockstep)
+    stop = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    results: list[list[str]] = []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    for start in starts:
+        chunk = list(prompts[start : start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        uniforms = None
+        if temperature > 0:
+            u = keyed_uniforms(seed, keys[start : start + batch_size], num_samples, max_new_tokens)
+            uniforms = torch.from_numpy(u).to(device)
+        args = (num_samples, temperature, top_p, max_new_tokens, stop, pad_id, uniforms)
+        if path == "static":
+            reason = static_support(model, ids.shape[1] + max_new_tokens)
+            if reason is None:
+                try:
+                    tokens = decode_static(model, ids, mask, *args)
+                except StaticUnsupported as err:
+                    reason = str(err)
+            if reason is not None:
+                if decoder == "static":
+                    raise ValueError(f"decoder='static' cannot run this model: {reason}; use decoder='eager' or 'auto'")
+                path = "eager"
+        if path == "eager":
+            tokens = _generate_batch(model, ids, mask, *args, lockstep=lockstep)
+        tokens = tokens.cpu()
+        is_stop = torch.isin(tokens, torch.tensor(stop))
+        texts = []
+        for row, stops in zip(tokens, is_stop):
+            end = int(stops.nonzero()[0]) if bool(stops.any()) else row.shape[0]
+            texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+        results.extend(texts[i * num_samples : (i + 1) * num_samples] for i in range(len(chunk)))
+    return results
