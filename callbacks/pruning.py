@@ -22,15 +22,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from biasprune.core.checks import check_choice, check_fraction, check_positive
 from biasprune.pipeline.resume import check_fingerprint
 from biasprune.pruning.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_counts
+from biasprune.pruning.factory import MaskFactory
 from biasprune.pruning.masks import MaskError, load_masks, save_masks, validate_masks
-from biasprune.pruning.rules import HEAD_FLAGS, NEURON_FLAGS, RULES, SCOPES, keep_masks, parse_budget, random_prune_like
+from biasprune.pruning.rules import RULES, SCOPES, parse_budget
 from biasprune.scoring.accumulate import selection_inputs, sum_scores
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 
 __all__ = ["PruningCallback"]
 
 UNITS = ("neurons", "heads", "both")
-DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET = "0.5%", 3  # of a ranking rule given no budget (docs/results.md)
 
 
 class PruningCallback(Callback):
@@ -46,11 +46,11 @@ class PruningCallback(Callback):
         q: neurons: fraction of each pool considered most important for the target group.
         budget: neurons: units pruned per pool, as a fraction of the pool (``0.005`` or ``"0.5%"``) or a count
             (``12``); with ``set_difference`` it replaces q. Empty: p/q decide (``set_difference``) or
-            ``DEFAULT_BUDGET`` (0.5% of each module; a ranking rule).
+            ``DEFAULT_BUDGETS`` of :mod:`biasprune.pruning.factory` (0.5% of each module; a ranking rule).
         scope: neurons: ``module`` selects within each projection, ``global`` over all neurons.
         head_p: heads: like ``p``.
         head_q: heads: like ``q``.
-        head_budget: heads: like ``budget`` (empty with a ranking rule: ``DEFAULT_HEAD_BUDGET``, 3 heads).
+        head_budget: heads: like ``budget`` (empty with a ranking rule: ``DEFAULT_BUDGETS``, 3 heads).
         head_scope: heads: ``global`` (over all heads of the model, as in the paper) or ``module``.
         floor_quantile: ``relative_difference`` and ``log_ratio``: the pool quantile of S_t + S_r below which units
             are not candidates (relative_difference) or that floors both scores (log_ratio).
@@ -96,6 +96,7 @@ class PruningCallback(Callback):
         self.head_p, self.head_q, self.head_budget, self.head_scope = head_p, head_q, head_budget, head_scope
         self.floor_quantile = floor_quantile
         self.random_draws, self.random_seed = random_draws, random_seed
+        self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)
         self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
         if masks_file:
@@ -128,14 +129,8 @@ class PruningCallback(Callback):
         """Keep-masks (uint8, 1 = keep) for the configured unit kinds (``n_*``: examples behind each group's sums)."""
         masks: dict[str, torch.Tensor] = {}
         for kind in self.kinds():
-            if kind == "neuron":
-                p, q, budget, scope, flags = self.p, self.q, self.budget, self.scope, NEURON_FLAGS
-            else:
-                p, q, budget, scope, flags = self.head_p, self.head_q, self.head_budget, self.head_scope, HEAD_FLAGS
-            if budget is None and self.rule != "set_difference":
-                budget = DEFAULT_BUDGET if kind == "neuron" else DEFAULT_HEAD_BUDGET
-            selected = keep_masks(target, reference, kind, p, q, scope, rule=self.rule, budget=budget, n_target=n_target,
-                                  n_reference=n_reference, floor_quantile=self.floor_quantile, flags=flags)
+            p, q, budget = (self.p, self.q, self.budget) if kind == "neuron" else (self.head_p, self.head_q, self.head_budget)
+            selected = self.factory.select(target, reference, kind, p, q, budget, n_target, n_reference)
             if not selected:
                 raise RuntimeError(f"pruning.units={self.units!r} needs {kind} scores, but none were computed (set model.score_{kind}s true)")
             masks.update(selected)
@@ -143,16 +138,7 @@ class PruningCallback(Callback):
 
     def random_controls(self, masks: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """``random_draws`` keep-mask sets pruning as many units per module (neurons) / in total (heads)."""
-        draws = []
-        for d in range(self.random_draws):
-            out: dict[str, torch.Tensor] = {}
-            for kind, scope in (("neuron", self.scope), ("head", self.head_scope)):
-                part = {k: m == 0 for k, m in masks.items() if k.startswith(kind + "/")}
-                if part:
-                    drawn = random_prune_like(part, scope, seed=self.random_seed * 1000 + d)
-                    out.update({k: (~v).to(torch.uint8) for k, v in drawn.items()})
-            draws.append(out)
-        return draws
+        return self.factory.random_controls(masks, range(self.random_draws))
 
     def arms_from(self, masks: Mapping[str, torch.Tensor] | None, baseline: bool = True) -> list[Arm]:
         arms = [UNPRUNED] if baseline else []

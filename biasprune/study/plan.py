@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from biasprune.pruning.arms import Arm
-from biasprune.pruning.rules import keep_masks, random_prune_like
+from biasprune.pruning.factory import MaskFactory
 from biasprune.scoring.accumulate import selection_inputs, sum_scores
 from biasprune.study.pieces import PieceStore, digest, masks_digest
 
@@ -90,11 +90,11 @@ class StudyPlan:
     :class:`biasprune.pruning.arms.ArmSource` protocol) serves them, each named by its answer-piece key.
     """
 
-    def __init__(self, store: PieceStore, score_keys: Mapping[VarKey, str], groups: Sequence[str], selection: Mapping[str, object],
+    def __init__(self, store: PieceStore, score_keys: Mapping[VarKey, str], groups: Sequence[str], factory: MaskFactory,
                  within_pool: Mapping[str, Sequence[VarKey]], contexts: Mapping[str, Sequence[VarKey]],
                  answer_prefix: Mapping[tuple[str, VarKey], str]) -> None:
         self.store, self.score_keys, self.groups = store, dict(score_keys), tuple(groups)
-        self.selection = dict(selection)  # scope, head_scope, random_seed, floor_quantile
+        self.factory = factory  # scopes, floor, random seed; each arm's own rule
         self.within_pool, self.contexts = within_pool, contexts
         self.answer_prefix = dict(answer_prefix)  # (split, variation) -> digest of model, generation, prompts
         self.jobs: dict[tuple[str, str, str], list[ArmSpec]] = {}
@@ -125,17 +125,14 @@ class StudyPlan:
             return None
         key = (spec, variation)
         if key not in self._masks:
+            factory = replace(self.factory, rule=spec.rule)
+            kind = "neuron" if spec.units == "neurons" else "head"
             if spec.draw >= 0:
-                chosen = self.masks(spec.selected(), variation)
-                kind, scope = ("neuron", self.selection["scope"]) if spec.units == "neurons" else ("head", self.selection["head_scope"])
-                drawn = random_prune_like({k: m == 0 for k, m in chosen.items()}, scope, seed=int(self.selection["random_seed"]) * 1000 + spec.draw)
-                self._masks[key] = {k: (~v).to(torch.uint8) for k, v in drawn.items()}
+                self._masks[key] = factory.random_controls(self.masks(spec.selected(), variation), [spec.draw])[0]
             else:
                 pool = strategy_variations(spec.strategy, spec.context, variation, self.within_pool, self.contexts)
                 target, reference, n_t, n_r = selection_inputs(self.scores(pool), self.groups, spec.rule, self.n_examples(pool))
-                kind, scope = ("neuron", self.selection["scope"]) if spec.units == "neurons" else ("head", self.selection["head_scope"])
-                self._masks[key] = keep_masks(target, reference, kind, spec.p, spec.q, scope, rule=spec.rule, budget=spec.budget,
-                                              n_target=n_t, n_reference=n_r, floor_quantile=float(self.selection["floor_quantile"]))
+                self._masks[key] = factory.select(target, reference, kind, spec.p, spec.q, spec.budget, n_t, n_r)
         return self._masks[key]
 
     def answer_key(self, spec: ArmSpec, split: str, variation: VarKey) -> str:

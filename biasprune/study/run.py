@@ -23,10 +23,10 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from biasprune.callbacks.pruning import DEFAULT_BUDGET, DEFAULT_HEAD_BUDGET
 from biasprune.core import artifacts
 from biasprune.core.distributed import barrier
 from biasprune.data.scenarios import variation_key
+from biasprune.pruning.factory import DEFAULT_BUDGETS
 from biasprune.scoring.scorefile import read_scores
 from biasprune.stats.summary import format_summary
 from biasprune.study.choose import choose_points, point_table
@@ -153,12 +153,10 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     if trainer.global_rank == 0:
         artifacts.write_json(out / "score_keys.json", score_keys)  # which pieces this study's masks come from
     dm.select(scoring=needed, eval_splits=("dev", "test"))
-    sel = {"rule": cb.rule, "scope": cb.scope, "head_scope": cb.head_scope, "random_seed": cb.random_seed,
-           "floor_quantile": cb.floor_quantile}
-    plan = StudyPlan(store, score_keys, dm.groups, sel, within, contexts, _answer_prefixes(module, dm))
+    plan = StudyPlan(store, score_keys, dm.groups, cb.factory, within, contexts, _answer_prefixes(module, dm))
 
     rules = cfg.grid.rules or (cb.rule,)
-    budget = {"neurons": cb.budget or DEFAULT_BUDGET, "heads": cb.head_budget or DEFAULT_HEAD_BUDGET}
+    budget = {"neurons": cb.budget or DEFAULT_BUDGETS["neuron"], "heads": cb.head_budget or DEFAULT_BUDGETS["head"]}
     grid = [ArmSpec(u, s, c, p, q, b, rule) for (u, s, c) in families for rule in rules for (p, q, b) in cfg.grid.points(u, rule, budget[u])]
     controls = [replace(a, draw=d) for a in grid for d in range(cfg.grid.random_draws)]
     jobs = {k: [ArmSpec(), *grid, *controls] for k in eval_keys}

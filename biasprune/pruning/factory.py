@@ -1,0 +1,98 @@
+"""One place where masks are made: a kind's masks from two groups' scores, and random controls with their seed rule.
+
+The pruning callback (``biasprune fit``/``validate``) and the study's plan both make masks through a
+:class:`MaskFactory`, so the mapping from unit kind to pool scope, the default budgets of the ranking rules and
+the seed of every random control are decided here and nowhere else.
+
+* :meth:`MaskFactory.select`: uint8 keep-masks of one unit kind (``neuron`` or ``head``) by the factory's rule
+  at one pruning point (p, q, budget), within the kind's scope (:mod:`biasprune.pruning.rules`);
+* :meth:`MaskFactory.random_controls`: for each draw d, masks that prune as many units per module (scope
+  ``module``) or in total (scope ``global``) as the given masks, each kind in its own scope, uniformly, from the
+  stream seeded :meth:`MaskFactory.control_seed` (d) (:func:`biasprune.pruning.rules.random_prune_like`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from biasprune.core.checks import check_choice, check_fraction
+from biasprune.pruning.rules import (
+    HEAD_FLAGS,
+    NEURON_FLAGS,
+    RULES,
+    SCOPES,
+    Budget,
+    Scope,
+    keep_masks,
+    random_prune_like,
+)
+
+__all__ = ["DEFAULT_BUDGETS", "KINDS", "MaskFactory"]
+
+KINDS = ("neuron", "head")
+#: The budget of a ranking rule given none, per kind: 0.5% of each module's channels, 3 heads (docs/results.md).
+DEFAULT_BUDGETS: dict[str, int | str] = {"neuron": "0.5%", "head": 3}
+
+
+@dataclass(frozen=True)
+class MaskFactory:
+    """How masks are selected and how their random controls are drawn.
+
+    Attributes:
+        rule: the selection rule (:data:`biasprune.pruning.rules.RULES`).
+        scope: the pool of neurons (``module``: each projection; ``global``: all neurons).
+        head_scope: the pool of heads (``global``: all heads of the model; ``module``: each attention module).
+        floor_quantile: ``relative_difference``/``log_ratio``: the pool quantile of the floor.
+        random_seed: the seed from which every random control's stream is derived.
+    """
+
+    rule: str = "relative_difference"
+    scope: Scope = "module"
+    head_scope: Scope = "global"
+    floor_quantile: float = 0.5
+    random_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("pruning.rule", self.rule, RULES)
+        check_choice("pruning.scope", self.scope, SCOPES)
+        check_choice("pruning.head_scope", self.head_scope, SCOPES)
+        check_fraction("pruning.floor_quantile", self.floor_quantile)
+
+    def scope_of(self, kind: str) -> Scope:
+        check_choice("unit kind", kind, KINDS)
+        return self.scope if kind == "neuron" else self.head_scope
+
+    def budget_of(self, kind: str, budget: Budget | float | int | str | None) -> Budget | float | int | str | None:
+        """The budget a point uses: its own, else (ranking rules) the kind's default; None for ``set_difference``
+        without a budget (p and q decide)."""
+        if budget is None and self.rule != "set_difference":
+            return DEFAULT_BUDGETS[kind]
+        return budget
+
+    def select(self, target: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], kind: str, p: float, q: float,
+               budget: Budget | float | int | str | None = None, n_target: int | None = None,
+               n_reference: int | None = None) -> dict[str, torch.Tensor]:
+        """uint8 keep-masks (1 = keep) of the ``kind/`` unit groups of ``target`` (empty when there is none)."""
+        return keep_masks(target, reference, kind, p, q, self.scope_of(kind), rule=self.rule, budget=self.budget_of(kind, budget),
+                          n_target=n_target, n_reference=n_reference, floor_quantile=self.floor_quantile,
+                          flags=HEAD_FLAGS if kind == "head" else NEURON_FLAGS)
+
+    def control_seed(self, draw: int) -> int:
+        """The seed of random control ``draw``."""
+        return int(self.random_seed) * 1000 + int(draw)
+
+    def random_controls(self, masks: Mapping[str, torch.Tensor], draws: Iterable[int]) -> list[dict[str, torch.Tensor]]:
+        """One keep-mask set per draw, pruning as many units as ``masks`` per module / in total, kind by kind."""
+        out = []
+        for d in draws:
+            drawn: dict[str, torch.Tensor] = {}
+            for kind in KINDS:
+                part = {k: m == 0 for k, m in masks.items() if k.startswith(kind + "/")}
+                if part:
+                    chosen = random_prune_like(part, self.scope_of(kind), seed=self.control_seed(d))
+                    drawn.update({k: (~v).to(torch.uint8) for k, v in chosen.items()})
+            out.append(drawn)
+        return out
