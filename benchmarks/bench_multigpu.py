@@ -123,7 +123,6 @@ def score(out: Path, devices: int, strategy: str, dtype: str, batch_size: int, w
     timer.profile = out / f"profile_{tag}.txt" if profile else None
     model_dir = str(out / "model")
     module = BiasPruneModule(model_dir, dtype=dtype, targets=TargetConfig(max_new_tokens=8))
-    module.summarize = False
     dm = AuditDataModule(names=str(out / names_file), scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=model_dir,
                          scoring_examples_file=str(out / examples_file), batch_size=batch_size, split_fractions=(0.8, 0.1, 0.1))
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"

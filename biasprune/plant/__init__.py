@@ -1,4 +1,4 @@
-"""Planted controls: LoRA adapters that plant a known bias (or none) in a base model (DESIGN §7).
+"""Planted controls: LoRA adapters that plant a known bias (or none) in a base model (docs/method.md, "Planted controls").
 
 ``spec`` (what a plant is trained on, and its checks), ``distribution`` (the answers' distribution),
 ``data`` (the synthetic chats and the DataModule), ``groundtruth`` (a plant's own update, unit by unit),
