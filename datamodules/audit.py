@@ -77,6 +77,36 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _check_arguments(reference_group: str, target_group: str, batch_size: int, eval_batch_size: int, num_workers: int,
+                     eval_splits: Sequence[str]) -> None:
+    if reference_group == target_group:
+        raise AuditDataError(f"reference_group and target_group are both {reference_group!r}; they must differ")
+    for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if v < 1:
+            raise ValueError(f"data.{name} must be >= 1, got {v}")
+    if num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+    check_choices("data.eval_splits", eval_splits, ("dev", "test"))
+
+
+def _kept_examples(examples: Sequence[dict], variations: Sequence[str], groups: Sequence[str]) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(the examples' stored fields, those with a non-empty response, skipped examples per group)."""
+    stored = [{k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e} for e in examples]
+    unknown = sorted({variation_key(e["scenario"], e["variation"]) for e in stored} - set(variations))
+    if unknown:
+        raise AuditDataError(f"scoring examples of {unknown[:3]} are not among the scoring variations {list(variations)}")
+    skipped = {g: 0 for g in groups}
+    kept = []
+    for e in stored:
+        if not e["response"].strip():
+            skipped[e["group"]] += 1
+            continue
+        kept.append(e)
+    if not kept:
+        raise AuditDataError("every scoring example has an empty response: nothing to score")
+    return stored, kept, skipped
+
+
 class AuditDataModule(L.LightningDataModule):
     """Paired audit prompts for scoring and evaluation, over scoring / dev / test name splits.
 
@@ -126,14 +156,7 @@ class AuditDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if reference_group == target_group:
-            raise AuditDataError(f"reference_group and target_group are both {reference_group!r}; they must differ")
-        for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if v < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {v}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        check_choices("data.eval_splits", eval_splits, ("dev", "test"))
+        _check_arguments(reference_group, target_group, batch_size, eval_batch_size, num_workers, eval_splits)
         self.save_hyperparameters()
         self.groups = (reference_group.lower(), target_group.lower())
         self.eval_splits = tuple(dict.fromkeys(eval_splits))
@@ -269,23 +292,7 @@ class AuditDataModule(L.LightningDataModule):
         accumulator bucket (variation index x number of score groups + group index).
         """
         self.scoring_objective = get_objective(objective)
-        self.scoring_examples = [
-            {k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e} for e in examples
-        ]
-        unknown = sorted({variation_key(e["scenario"], e["variation"]) for e in self.scoring_examples} - set(self.scoring_variations))
-        if unknown:
-            raise AuditDataError(
-                f"scoring examples of {unknown[:3]} are not among the scoring variations {self.scoring_variations}"
-            )
-        self.n_skipped = {g: 0 for g in self.groups}
-        kept = []
-        for e in self.scoring_examples:
-            if not e["response"].strip():
-                self.n_skipped[e["group"]] += 1
-                continue
-            kept.append(e)
-        if not kept:
-            raise AuditDataError("every scoring example has an empty response: nothing to score")
+        self.scoring_examples, kept, self.n_skipped = _kept_examples(examples, self.scoring_variations, self.groups)
         self.scoring_set = self.scoring_objective.items(self.tokenizer, kept, self.scoring_examples, self.scoring_variations, self.groups)
 
     # ----------------------------------------------------------------------------------- dataloaders

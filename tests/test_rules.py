@@ -12,7 +12,16 @@ from biasprune.callbacks import PruningCallback
 from biasprune.cli import main
 from biasprune.core.artifacts import read_safetensors
 from biasprune.pruning.factory import MaskFactory
-from biasprune.pruning.rules import RULES, Rule, RuleSettings, SelectionRule, keep_masks, resolve_rule, rule_name, select_prune
+from biasprune.pruning.rules import (
+    RULES,
+    Rule,
+    RuleSettings,
+    SelectionRule,
+    keep_masks,
+    resolve_rule,
+    rule_name,
+    select_prune,
+)
 from biasprune.scoring.accumulate import sum_scores
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 

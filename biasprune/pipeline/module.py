@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,12 @@ from biasprune.pipeline.resume import (
     check_scoring_limits,
     checkpoint_state,
     model_fingerprint,
+    restored_state,
 )
 from biasprune.pruning.arms import UNPRUNED, EvaluationPlan
 from biasprune.pruning.masks import apply_masks, export_pruned
 from biasprune.scoring.accumulate import ScoreAccumulator
-from biasprune.scoring.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, get_objective
+from biasprune.scoring.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, get_objective
 from biasprune.scoring.scorefile import write_scores
 from biasprune.stats.rows import EvaluationConfig
 
@@ -58,6 +59,33 @@ from biasprune.stats.rows import EvaluationConfig
 SCORING_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 __all__ = ["BiasPruneModule"]
+
+
+def _check_arguments(neuron_modules: Sequence[str], score_neurons: bool, score_heads: bool, objective: str,
+                     evaluation: EvaluationConfig) -> None:
+    """Refuse a module configuration before any model is loaded (errors name the flag)."""
+    check_neuron_modules(neuron_modules)
+    if not (score_neurons or score_heads):
+        raise ValueError("model.score_neurons and model.score_heads are both false: there is nothing to score")
+    check_choice("model.objective", objective, list(OBJECTIVES))
+    if evaluation.inlier_bounds and not Path(evaluation.inlier_bounds).is_file():
+        raise ValueError(f"model.evaluation.inlier_bounds: file {evaluation.inlier_bounds!r} does not exist")
+    if not evaluation.baseline and not evaluation.inlier_bounds:
+        raise ValueError(
+            "model.evaluation.baseline=false needs model.evaluation.inlier_bounds: the inlier bounds come from"
+            " the unpruned model's answers (give an inlier_bounds.json of an earlier run, or keep baseline true)"
+        )
+
+
+def _attach_examples(dm, objective: Objective, restored: Sequence[dict] | None, generate: Callable[[], list[dict]]) -> None:
+    """Give the data module its scoring examples, tokenized for ``objective``: a checkpoint's, freshly generated
+    target responses, or preset ones (``--data.scoring_examples_file``) re-tokenized if made for another objective."""
+    if restored is not None:
+        dm.set_scoring_examples(restored, objective)
+    elif not dm.has_scoring_examples:
+        dm.set_scoring_examples(generate(), objective)
+    elif dm.scoring_objective.name != objective.name:
+        dm.set_scoring_examples(dm.scoring_examples, objective)
 
 
 class BiasPruneModule(L.LightningModule):
@@ -97,17 +125,7 @@ class BiasPruneModule(L.LightningModule):
         evaluation: EvaluationConfig = EvaluationConfig(),
     ) -> None:
         super().__init__()
-        check_neuron_modules(neuron_modules)
-        if not (score_neurons or score_heads):
-            raise ValueError("model.score_neurons and model.score_heads are both false: there is nothing to score")
-        check_choice("model.objective", objective, list(OBJECTIVES))
-        if evaluation.inlier_bounds and not Path(evaluation.inlier_bounds).is_file():
-            raise ValueError(f"model.evaluation.inlier_bounds: file {evaluation.inlier_bounds!r} does not exist")
-        if not evaluation.baseline and not evaluation.inlier_bounds:
-            raise ValueError(
-                "model.evaluation.baseline=false needs model.evaluation.inlier_bounds: the inlier bounds come from"
-                " the unpruned model's answers (give an inlier_bounds.json of an earlier run, or keep baseline true)"
-            )
+        _check_arguments(neuron_modules, score_neurons, score_heads, objective, evaluation)
         self.save_hyperparameters(ignore=["targets", "generation", "evaluation"])
         self.hparams.update(targets=asdict(targets), generation=asdict(generation), evaluation=asdict(evaluation))
         self.targets, self.generation, self.evaluation = targets, generation, evaluation
@@ -201,13 +219,12 @@ class BiasPruneModule(L.LightningModule):
         restored = self._restored or {}
         if restored:
             check_fingerprint(restored.get("fingerprint", {}), self._full_fingerprint(), "the checkpoint")
-            dm.set_scoring_examples(restored["scoring_examples"], self.objective)
-        elif not dm.has_scoring_examples:
+
+        def generate() -> list[dict]:
             with self.timed("target_responses"):
-                examples = target_responses(self.model, self.tokenizer, dm.response_dataloader(), self.targets, self._lockstep)
-                dm.set_scoring_examples(examples, self.objective)
-        elif dm.scoring_objective.name != self.objective.name:  # preset examples, tokenized for another objective
-            dm.set_scoring_examples(dm.scoring_examples, self.objective)
+                return target_responses(self.model, self.tokenizer, dm.response_dataloader(), self.targets, self._lockstep)
+
+        _attach_examples(dm, self.objective, restored.get("scoring_examples"), generate)
         if self.global_rank == 0:
             artifacts.write_jsonl(self.run_dir / "scoring_examples.jsonl", dm.scoring_examples)
         self.progress = ScoringProgress(len(dm.scoring_set), self.device)
@@ -265,13 +282,9 @@ class BiasPruneModule(L.LightningModule):
         per_variation = self.final_scores()
         if self.global_rank == 0:
             dm = self.datamodule
-            meta = {
-                "model": self.hparams.model_name_or_path,
-                "objective": self.objective.description,
-                "reference_group": dm.groups[0], "target_group": dm.groups[1],
-                "n_examples": self._final["n_examples"], "n_skipped": dict(dm.n_skipped),
-                "scoring": dm.scoring_variations,
-            }
+            meta = {"model": self.hparams.model_name_or_path, "objective": self.objective.description,
+                    "reference_group": dm.groups[0], "target_group": dm.groups[1], "n_examples": self._final["n_examples"],
+                    "n_skipped": dict(dm.n_skipped), "scoring": dm.scoring_variations}
             write_scores(self.run_dir, per_variation, meta)
             artifacts.write_json(self.run_dir / "timings.json", {k: round(v, 3) for k, v in self.timings.items()})
 
@@ -285,13 +298,7 @@ class BiasPruneModule(L.LightningModule):
         checkpoint["biasprune"] = checkpoint_state(self._full_fingerprint(), examples, self.progress, self.accumulator)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("biasprune")
-        if not state or "scoring_examples" not in state:
-            raise RuntimeError(
-                "this checkpoint holds no biasprune scoring state (it was not written during scoring by this"
-                " version); start the run again without --ckpt_path"
-            )
-        self._restored = state
+        self._restored = restored_state(checkpoint)
 
     # ---------------------------------------------------------------------------------- evaluation
     def configure_evaluation(self, plan: EvaluationPlan | None) -> None:
