@@ -171,7 +171,7 @@ def resolve_plant(plant: str, model_id: str = "") -> Path:
         if not path.is_dir():
             raise ModelLoadError(
                 f"{where}unknown plant {plant!r}; valid built-in plants: {builtin_plants()} (they are trained by"
-                " benchmarks/run_h200_plants.sh), or give the path of a peft adapter directory"
+                " benchmarks/gpu/run_h200_plants.sh), or give the path of a peft adapter directory"
                 f" ({' + '.join(PLANT_FILES)})"
             )
     missing = [f for f in PLANT_FILES if not (path / f).is_file()]

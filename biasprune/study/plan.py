@@ -24,7 +24,7 @@ from biasprune.scoring.accumulate import sum_scores
 from biasprune.scoring.objectives import selection_inputs
 from biasprune.study.pieces import PieceStore, digest, masks_digest
 
-__all__ = ["ArmSpec", "EvalKey", "StageArms", "StudyOutcome", "StudyPlan", "strategy_variations"]
+__all__ = ["ArmSpec", "EvalKey", "StageArms", "StudyOutcome", "StudyPlan", "strategy_pools", "strategy_variations"]
 
 VarKey = str  # "scenario/variation"
 EvalKey = tuple[str, str, str]  # (split, scenario, variation)
@@ -68,6 +68,34 @@ class ArmSpec:
         return {"units": self.units, "strategy": self.strategy, "context": self.context, "point": self.point,
                 "rule": self.rule if self.units else "", "p": self.p if self.units else "", "q": self.q if self.units else "",
                 "budget": "" if self.budget is None else self.budget}
+
+
+def strategy_pools(
+    variations: Mapping[str, Sequence[VarKey]], evaluated: Sequence[VarKey], strategies: Sequence[str],
+    within_variations: Sequence[str], contexts: Sequence[str],
+) -> tuple[dict[str, list[VarKey]], dict[str, list[VarKey]]]:
+    """The within-context pool of every evaluated scenario and the variations of every cross-context scenario.
+
+    ``variations``: every loaded scenario's variation keys, in file order. A scenario's within-context pool is
+    its variations listed in ``within_variations`` (``variation`` or ``scenario/variation``), or all of them.
+    """
+    evaluated_scenarios = {v.split("/")[0] for v in evaluated}
+    within: dict[str, list[VarKey]] = {}
+    for scen in evaluated_scenarios:
+        all_vars = list(variations.get(scen, ()))
+        chosen = [w if "/" in w else f"{scen}/{w}" for w in within_variations]
+        bad = [w for w in chosen if w.split("/")[0] == scen and w not in all_vars]
+        if bad:
+            raise ValueError(f"study.within_variations: {bad} are not variations of {scen!r}; valid: {all_vars}")
+        within[scen] = [w for w in chosen if w.split("/")[0] == scen] or all_vars
+    pools: dict[str, list[VarKey]] = {}
+    if "cross_context" in strategies:
+        for c in contexts:
+            if c not in variations or c in evaluated_scenarios:
+                raise ValueError(f"study.contexts: {c!r} must be a loaded scenario other than the evaluated ones"
+                                 f" {sorted(evaluated_scenarios)}; loaded: {sorted(variations)}")
+            pools[c] = list(variations[c])
+    return within, pools
 
 
 def strategy_variations(

@@ -43,7 +43,7 @@ from biasprune.stats.summary import format_summary
 from biasprune.study.choose import choose_points, point_table
 from biasprune.study.config import StudyConfig
 from biasprune.study.pieces import PieceStore, digest
-from biasprune.study.plan import ArmSpec, EvalKey, StudyOutcome, StudyPlan, strategy_variations
+from biasprune.study.plan import ArmSpec, EvalKey, StudyOutcome, StudyPlan, strategy_pools, strategy_variations
 from biasprune.study.results import write_results
 
 __all__ = ["run_study"]
@@ -61,23 +61,8 @@ def _callback(trainer) -> PruningCallback:
 
 def _pools(dm: AuditDataModule, cfg: StudyConfig, eval_vars: Sequence[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Within-context pools per scenario and the variations of each cross-context scenario."""
-    scen_of = {v.split("/")[0] for v in eval_vars}
-    within: dict[str, list[str]] = {}
-    for scen in scen_of:
-        all_vars = [variation_key(scen, v.id) for v in dm.scenarios[scen].variations] if dm.scenarios else []
-        chosen = [w if "/" in w else variation_key(scen, w) for w in cfg.within_variations]
-        bad = [w for w in chosen if w.split("/")[0] == scen and w not in all_vars]
-        if bad:
-            raise ValueError(f"study.within_variations: {bad} are not variations of {scen!r}; valid: {all_vars}")
-        within[scen] = [w for w in chosen if w.split("/")[0] == scen] or all_vars
-    contexts: dict[str, list[str]] = {}
-    if "cross_context" in cfg.strategies:
-        for c in cfg.contexts:
-            if c not in dm.scenarios or c in scen_of:
-                raise ValueError(f"study.contexts: {c!r} must be a loaded scenario other than the evaluated ones {sorted(scen_of)};"
-                                 f" loaded: {sorted(dm.scenarios)}")
-            contexts[c] = [variation_key(c, v.id) for v in dm.scenarios[c].variations]
-    return within, contexts
+    variations = {name: [variation_key(name, v.id) for v in scen.variations] for name, scen in dm.scenarios.items()}
+    return strategy_pools(variations, eval_vars, cfg.strategies, cfg.within_variations, cfg.contexts)
 
 
 def _score_keys(module, dm: AuditDataModule, selection: PromptSelection) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Two runs of one study against each other (say 1 GPU and 2): the same pieces and the same metric rows.
 
-    python -m benchmarks.compare_studies DIR_A DIR_B [--rtol 1e-5]
+    python -m benchmarks.analysis.compare_studies DIR_A DIR_B [--rtol 1e-5]
 
 Each DIR is a study's ``--study.output`` (pieces in DIR/pieces). Prints, and exits 1 unless all hold:
 the same piece keys; every score sum equal within ``rtol`` on its tensor's scale (|b - a| / max|a|: what decides

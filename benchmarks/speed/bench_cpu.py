@@ -1,6 +1,6 @@
 """The embedded model on a CPU: load times, scoring speed and batched generation, each side by side.
 
-    python -m benchmarks.bench_cpu [--out cpu.json]
+    python -m benchmarks.speed.bench_cpu [--out cpu.json]
 
 * load: the first load of ``embedded:SmolLM2-135M-Instruct`` (GGUF dequantization and conversion, in a
   fresh cache directory) against a load of the converted, cached checkpoint;
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Report, print_table
-from benchmarks.legacy_generation import legacy_generate
+from benchmarks.helpers.common import Report, print_table
+from benchmarks.helpers.legacy_generation import legacy_generate
 from biasprune.answers.generation import generate
 from biasprune.datamodules import AuditDataModule
 from biasprune.models import loading as models
@@ -193,7 +193,7 @@ def bench_generation(
     Each batch of 30 prompts is answered by every decoder in turn (the order rotates every round), ``rounds``
     times; a decoder's time is the sum over batches of its fastest round, so a burst of load from other
     processes on a shared machine inflates no single decoder. ``today's eager`` is the decoder as it was
-    before the static path (benchmarks/legacy_generation.py).
+    before the static path (benchmarks/helpers/legacy_generation.py).
     """
     dm = AuditDataModule(scoring=QUICKSTART, evaluation=QUICKSTART)
     dm.setup("validate")

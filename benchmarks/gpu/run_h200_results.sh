@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The planted-control measurements of docs/results.md on one H200, one stage per call:
 #
-#     bash benchmarks/run_h200_results.sh checks    # the three plants on all four scenarios; format and purchase pruned
-#     bash benchmarks/run_h200_results.sh rules     # selection rules x budgets on the purchase plant (+ contrastive)
-#     bash benchmarks/run_h200_results.sh studies   # the full study on the purchase and the all plants
-#     bash benchmarks/run_h200_results.sh --tiny rules   # the same commands on a tiny random model on CPU (a smoke test)
+#     bash benchmarks/gpu/run_h200_results.sh checks    # the three plants on all four scenarios; format and purchase pruned
+#     bash benchmarks/gpu/run_h200_results.sh rules     # selection rules x budgets on the purchase plant (+ contrastive)
+#     bash benchmarks/gpu/run_h200_results.sh studies   # the full study on the purchase and the all plants
+#     bash benchmarks/gpu/run_h200_results.sh --tiny rules   # the same commands on a tiny random model on CPU (a smoke test)
 #
 # Results come back as one archive per stage in $OUT (tables, run directories without pieces). The embedded
-# model and missing packages travel as benchmarks/device_env.sh says (name .device and .whl in carry).
+# model and missing packages travel as benchmarks/gpu/device_env.sh says (name .device and .whl in carry).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source benchmarks/device_env.sh
+cd "$(dirname "$0")/../.."
+source benchmarks/gpu/device_env.sh
 tiny=0
 if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
 stage="${1:?stage: checks, rules or studies}"
@@ -49,7 +49,7 @@ checks)
     run "fit_$p" python3 -m biasprune fit --config configs/quickstart.yaml "${common[@]}" --model.model_name_or_path "$(plant $p)" \
       --data.scoring "$purchase" --data.evaluation "$scen_all" --trainer.logger.init_args.name "fit_$p"
   done
-  python3 -m benchmarks.plant_checks $(ls -d "$work"/runs/*/version_0) 2>&1 | tee "$work/checks.txt"
+  python3 -m biasprune plant check $(ls -d "$work"/runs/*/version_0) 2>&1 | tee "$work/checks.txt"
   ;;
 rules)
   # Every rule x budget, prompt-specific, neurons and heads, on the purchase plant; then the contrastive objective.
@@ -62,7 +62,7 @@ rules)
   run contrastive python3 -m biasprune study --config configs/study.yaml "${common[@]}" "${rules_args[@]}" \
     --model.objective contrastive --pruning.rule target --study.grid.rules "[target]" \
     --study.output "$work/contrastive" --trainer.logger.init_args.name contrastive
-  for s in rules contrastive; do python3 -m benchmarks.plant_truth "$work/$s" "$(plant purchase)" > "$work/truth_$s.txt" 2>&1; tail -n 60 "$work/truth_$s.txt"; done
+  for s in rules contrastive; do python3 -m biasprune plant truth "$work/$s" "$(plant purchase)" > "$work/truth_$s.txt" 2>&1; tail -n 60 "$work/truth_$s.txt"; done
   ;;
 studies)
   # Every strategy x unit kind; each (strategy, kind) picks its rule and budget on dev among the grid below.

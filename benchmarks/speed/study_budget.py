@@ -5,7 +5,7 @@ The pieces of a study that cost time, each timed once on the study's own shapes:
 * ``t_a``: seconds per sampled answer, evaluating one variation (``study_prompts`` prompts x k answers of m
   tokens, ``study_rows`` sequences per batch) with the static decoder, unpruned;
 * ``t_p``: the same with pruning masks applied as hooks (10% of every neuron module, 40 heads);
-* ``t_today``: the same, unpruned, with today's eager decoder (benchmarks/legacy_generation.py);
+* ``t_today``: the same, unpruned, with today's eager decoder (benchmarks/helpers/legacy_generation.py);
 * ``t_r``: seconds per greedy target response (one per scoring example, m tokens);
 * ``t_s``: seconds per scoring example (gradient x activation over prompt + response, batches of 8).
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import SizeFlag, sync
-from benchmarks.legacy_generation import legacy_generate
+from benchmarks.helpers.common import SizeFlag, sync
+from benchmarks.helpers.legacy_generation import legacy_generate
 from biasprune.answers.generation import generate
 from biasprune.models.architectures import resolve_units
 from biasprune.pruning.masks import apply_masks

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Train the three shipped plants (configs/plant/{format,purchase,all}.yaml) on one H200, in one call:
 #
-#     bash benchmarks/run_h200_plants.sh      # $OUT/plants.tar.gz: plants/<name>/ (adapter + provenance), logs, runs
+#     bash benchmarks/gpu/run_h200_plants.sh      # $OUT/plants.tar.gz: plants/<name>/ (adapter + provenance), logs, runs
 #
 # Then, on the dev machine, ship them as package data:
 #
 #     tar -xzf plants.tar.gz -C biasprune/resources plants/format plants/purchase plants/all
 #
-# The embedded model and missing packages travel as benchmarks/device_env.sh says (name .device and .whl in carry).
+# The embedded model and missing packages travel as benchmarks/gpu/device_env.sh says (name .device and .whl in carry).
 #
 # The three trainings run side by side on the one GPU (a 135M model at batch 16 leaves most of an H200 idle).
 # Expected wall time: ~20 s set-up and model conversion, then ~2-4 minutes for the three (each: 2,052 chats,
 # 5 epochs = 645 steps, and 6 greedy validations of 76 held-out prompts); each has a hard limit of 420 s.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source benchmarks/device_env.sh
+cd "$(dirname "$0")/../.."
+source benchmarks/gpu/device_env.sh
 out="${OUT:-benchmarks/out}"
 work=/tmp/plants
 plants=(format purchase all)

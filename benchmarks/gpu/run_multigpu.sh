@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Multi-GPU scaling on one machine kind (nvidia-h200-x2 or -x4), in stages that each fit one call:
 #
-#     bash benchmarks/run_multigpu.sh bfloat16   # throughput: frozen_ddp on 1, 2 (and 4) GPUs, frozen_fsdp on 2
-#     bash benchmarks/run_multigpu.sh float32    # the same runs in float32: scores and masks against 1 GPU
-#     bash benchmarks/run_multigpu.sh study      # the study on the purchase plant on 1 and 2 GPUs: pieces, wall time
-#     bash benchmarks/run_multigpu.sh all        # the three in a row (more than one call's 10 minutes on an x2)
-#     bash benchmarks/run_multigpu.sh --tiny all # tiny models over 2 CPU processes (gloo): a smoke test
+#     bash benchmarks/gpu/run_multigpu.sh bfloat16   # throughput: frozen_ddp on 1, 2 (and 4) GPUs, frozen_fsdp on 2
+#     bash benchmarks/gpu/run_multigpu.sh float32    # the same runs in float32: scores and masks against 1 GPU
+#     bash benchmarks/gpu/run_multigpu.sh study      # the study on the purchase plant on 1 and 2 GPUs: pieces, wall time
+#     bash benchmarks/gpu/run_multigpu.sh all        # the three in a row (more than one call's 10 minutes on an x2)
+#     bash benchmarks/gpu/run_multigpu.sh --tiny all # tiny models over 2 CPU processes (gloo): a smoke test
 #
 # Scoring: the 8B-shaped model is random (bf16, saved once under /tmp and kept while the machine is warm), with
 # a word-level tokenizer built on the spot: no hub, no GGUF. Every run scores the same scoring_examples.jsonl.
 # bf16 runs give throughput (steady state after 3 warm-up steps; one GPU also with cuDNN attention, which
 # scoring excludes); float32 runs (the first quarter of the examples) check that N GPUs, and a second 1-GPU
 # run, give the 1-GPU scores (largest elementwise relative difference, mask entries that differ). The study
-# stage needs the embedded model (carry .device and .whl: benchmarks/device_env.sh; with --tiny, TINY_MODEL
+# stage needs the embedded model (carry .device and .whl: benchmarks/gpu/device_env.sh; with --tiny, TINY_MODEL
 # names a tiny model directory); it runs in float32 without a scoring-examples file, so 1 and 2 GPUs also make
 # their own target responses.
 # Tables and JSON come back in $OUT; every stage prints the scoring table of all runs so far.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source benchmarks/device_env.sh
+cd "$(dirname "$0")/../.."
+source benchmarks/gpu/device_env.sh
 out="${OUT:-benchmarks/out}"; work=/tmp/multigpu; mkdir -p "$out" "$work"
 device_env || exit 1
 keep_model_parts
@@ -35,7 +35,7 @@ SECONDS=0
 
 scoring() {  # one dtype: frozen_ddp on 1, 2, 4 GPUs (those the machine has), frozen_fsdp on 2
   local dtype=$1 n file=scoring_examples.jsonl names=names.csv k
-  [ -f "$work/model/config.json" ] || python3 -m benchmarks.bench_multigpu prepare --out "$work" "${sizes[@]}" || return 1
+  [ -f "$work/model/config.json" ] || python3 -m benchmarks.speed.bench_multigpu prepare --out "$work" "${sizes[@]}" || return 1
   if [ "$dtype" = float32 ]; then  # the equality check: a quarter of the examples (float32 runs at a tenth of the speed)
     file=scoring_examples_float32.jsonl; names=names_float32.csv; k=$(( $(wc -l < "$work/scoring_examples.jsonl") / 4 )); [ "$k" -ge 48 ] || k=48  # 24 names a group at least: three splits
     head -n "$k" "$work/scoring_examples.jsonl" > "$work/$file"; head -n "$((k + 1))" "$work/names.csv" > "$work/$names"
@@ -55,7 +55,7 @@ scoring() {  # one dtype: frozen_ddp on 1, 2, 4 GPUs (those the machine has), fr
 score_run() {  # one scoring run of the examples and names chosen by scoring(): log name, then its flags
   local log="$work/score_$1.log"; shift
   echo "=== $* ($((SECONDS))s)"
-  timeout 400 python3 -m benchmarks.bench_multigpu score --out "$work" --examples-file "$file" --names-file "$names" "$@" > "$log" 2>&1 \
+  timeout 400 python3 -m benchmarks.speed.bench_multigpu score --out "$work" --examples-file "$file" --names-file "$names" "$@" > "$log" 2>&1 \
     || { echo "failed:"; tail -n 5 "$log"; }
 }
 
@@ -87,7 +87,7 @@ study() {  # the study on 1 GPU, then on 2 (frozen_ddp), float32; pieces compare
       > "$work/study_$n.log" 2>&1 || { echo "failed:"; tail -n 8 "$work/study_$n.log"; }
     walls+="study on $n: wall $((SECONDS - start)) s"$'\n'; echo "study on $n: wall $((SECONDS - start)) s"
   done
-  { python3 -m benchmarks.compare_studies "$work/study_1" "$work/study_2"; printf "%s" "$walls"; } | tee "$work/study_compare.txt"
+  { python3 -m benchmarks.analysis.compare_studies "$work/study_1" "$work/study_2"; printf "%s" "$walls"; } | tee "$work/study_compare.txt"
   tail -n 25 "$work/study_1.log" | cut -c1-200
 }
 
@@ -99,7 +99,7 @@ for s in "${stages[@]}"; do
   esac
 done
 echo "stages ${stages[*]}: ${SECONDS}s"
-compgen -G "$work/score_*.json" > /dev/null && python3 -m benchmarks.bench_multigpu compare --out "$work" | tee "$out/multigpu.txt"
+compgen -G "$work/score_*.json" > /dev/null && python3 -m benchmarks.speed.bench_multigpu compare --out "$work" | tee "$out/multigpu.txt"
 cp "$work"/score_*.json "$work"/study_compare.txt "$out"/ 2>/dev/null
 tar -czf "$out/multigpu_logs.tar.gz" -C "$work" $(cd "$work" && ls *.log study_*/results.md study_*/timings.json 2>/dev/null) 2>/dev/null
 ls -la "$out"

@@ -2,7 +2,7 @@
 
 * ``decoders``: ``prompts`` prompts (up to ``prompt_len`` tokens) x k answers x m new tokens, one batch of
   all prompts (``prompts * k`` sequences), answered by today's eager decoder (before the static path:
-  benchmarks/legacy_generation.py), ``generate(decoder="eager")`` and ``generate(decoder="static")``
+  benchmarks/helpers/legacy_generation.py), ``generate(decoder="eager")`` and ``generate(decoder="static")``
   (preallocated cache, CUDA graphs). New tokens/s, and the fraction of the decode compute bound: a new token
   costs at least 2 N FLOP (N = all parameters), so at the bf16 matmul rate R measured in the same run no
   decoder exceeds R / 2N tokens/s.
@@ -13,7 +13,7 @@
   change of temperature, nucleus or draw), and chi-square homogeneity of the first and of the last token of
   each answer (one token per answer, so the draws are independent), ids in 64 equal bins.
 * ``hf loop``: one ``model.generate`` call per answer, batch 1 (the paper authors' way), on a few prompts.
-* ``study``: a reduced study-shaped run, timed piece by piece (benchmarks/study_budget.py), and the
+* ``study``: a reduced study-shaped run, timed piece by piece (benchmarks/speed/study_budget.py), and the
   projection of the paper-scale design from it (the formula is printed).
 
 The weights are random, so the text is noise. No token stops an answer (the EOS id lies outside the
@@ -22,8 +22,8 @@ projection is an upper bound (real answers stop early).
 
 Run from the repository root::
 
-    python -m benchmarks.bench_generation --out out/generation.json     # one GPU, full size
-    python -m benchmarks.bench_generation --tiny                         # CPU smoke test
+    python -m benchmarks.speed.bench_generation --out out/generation.json     # one GPU, full size
+    python -m benchmarks.speed.bench_generation --tiny                         # CPU smoke test
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import (
+from benchmarks.helpers.common import (
     Report,
     Setup,
     SizeFlag,
@@ -56,9 +56,9 @@ from benchmarks.common import (
     summarize,
     time_fn,
 )
-from benchmarks.decode_checks import answer_logprobs, chi2_homogeneity, id_bins, ks_two_sample
-from benchmarks.legacy_generation import legacy_generate
-from benchmarks.study_budget import STUDY_SIZES, study_section
+from benchmarks.helpers.decode_checks import answer_logprobs, chi2_homogeneity, id_bins, ks_two_sample
+from benchmarks.helpers.legacy_generation import legacy_generate
+from benchmarks.speed.study_budget import STUDY_SIZES, study_section
 from biasprune.answers.decoding import last_stats
 from biasprune.answers.generation import generate
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks on one H200, in one call from the repository root:
 #
-#     bash benchmarks/run_h200.sh                 # scoring and generation; *.json and *.log into $OUT
-#     bash benchmarks/run_h200.sh generation      # decoders, two-sample test, study budget only (~2-3 min)
-#     bash benchmarks/run_h200.sh --tiny          # the same scripts on a tiny model on CPU: a smoke test
+#     bash benchmarks/gpu/run_h200.sh                 # scoring and generation; *.json and *.log into $OUT
+#     bash benchmarks/gpu/run_h200.sh generation      # decoders, two-sample test, study budget only (~2-3 min)
+#     bash benchmarks/gpu/run_h200.sh --tiny          # the same scripts on a tiny model on CPU: a smoke test
 #
 # $OUT defaults to benchmarks/out. For scoring, carry captum as a wheel in .whl/ (git-ignored: name it in
 # the run's carry list). Expected wall time on an H200: scoring about 3 minutes, generation about 2-3;
 # each script has a hard limit (scoring 270 s, generation 270 s), so the whole stays under 9 minutes.
 # The closing tables of the generation benchmark are printed again at the very end, from its JSON.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 export PYTHONPATH=.
 # NVLink multicast stays off on the shared GPU hosts.
@@ -26,7 +26,7 @@ for arg in "$@"; do
   case "$arg" in
     --tiny) mode=(--tiny) ;;
     scoring|generation) names+=("$arg") ;;
-    *) echo "usage: bash benchmarks/run_h200.sh [--tiny] [scoring] [generation]; got '$arg'" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/gpu/run_h200.sh [--tiny] [scoring] [generation]; got '$arg'" >&2; exit 2 ;;
   esac
 done
 [ "${#names[@]}" -eq 0 ] && names=(scoring generation)
@@ -58,7 +58,7 @@ SECONDS=0
 for name in "${names[@]}"; do
   echo "=================== $name (limit ${limit[$name]}s)"
   # shellcheck disable=SC2086  # extra holds several flags
-  PYTORCH_CUDA_ALLOC_CONF="${alloc[$name]}" timeout "${limit[$name]}" python3 -m "benchmarks.bench_$name" "${mode[@]}" --out "$out/$name.json" ${extra[$name]} 2>&1 \
+  PYTORCH_CUDA_ALLOC_CONF="${alloc[$name]}" timeout "${limit[$name]}" python3 -m "benchmarks.speed.bench_$name" "${mode[@]}" --out "$out/$name.json" ${extra[$name]} 2>&1 \
     | tee "$out/$name.log"
   rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ]; then
@@ -69,6 +69,6 @@ done
 echo "all benchmarks: ${SECONDS}s; results in $out"
 if [ -f "$out/generation.json" ]; then
   echo "=================== generation summary ($out/generation.json)"
-  python3 -m benchmarks.bench_generation --summarize "$out/generation.json" | tee "$out/generation_summary.txt"
+  python3 -m benchmarks.speed.bench_generation --summarize "$out/generation.json" | tee "$out/generation_summary.txt"
 fi
 exit "$status"

@@ -1,8 +1,8 @@
 """Scoring on 1, 2 and 4 GPUs: steady-state throughput, scaling efficiency, memory, and equality of scores.
 
-    python -m benchmarks.bench_multigpu prepare --out DIR [--tiny]            # model, tokenizer, scoring examples
-    python -m benchmarks.bench_multigpu score --out DIR --devices N --strategy frozen_ddp --dtype bfloat16
-    python -m benchmarks.bench_multigpu compare --out DIR                     # the table, from the runs' JSON
+    python -m benchmarks.speed.bench_multigpu prepare --out DIR [--tiny]            # model, tokenizer, scoring examples
+    python -m benchmarks.speed.bench_multigpu score --out DIR --devices N --strategy frozen_ddp --dtype bfloat16
+    python -m benchmarks.speed.bench_multigpu compare --out DIR                     # the table, from the runs' JSON
 
 ``prepare`` builds a random Llama-3-8B-shaped model (hidden 4096, MLP 14336, 32 layers, 32 heads, 8 KV heads,
 vocab 128256; ``--tiny``: a 2-layer model for a CPU smoke test) with a self-contained word-level tokenizer and a

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The README's main job and the full study on one H200, with the embedded model (one command):
 #
-#     bash benchmarks/run_h200_pipeline.sh     # results packed into $OUT/pipeline.tar.gz
+#     bash benchmarks/gpu/run_h200_pipeline.sh     # results packed into $OUT/pipeline.tar.gz
 #
 # The GPU machine lacks the embedded model (98 MB, over one call's transfer limit) and some packages:
-# benchmarks/device_env.sh says how they travel (.device/ parts over calls, .whl/ wheels; name both in carry).
+# benchmarks/gpu/device_env.sh says how they travel (.device/ parts over calls, .whl/ wheels; name both in carry).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-source benchmarks/device_env.sh
+cd "$(dirname "$0")/../.."
+source benchmarks/gpu/device_env.sh
 out="${OUT:-benchmarks/out}"
 work=/tmp/pipeline
 mkdir -p "$out" "$work"
@@ -22,7 +22,7 @@ python3 -c 'import torch, transformers, lightning; print("torch", torch.__versio
 budget=560  # the call's limit is 600 s: whatever the quickstart leaves goes to the study
 start=$SECONDS
 echo "=================== quickstart on 1 GPU"
-timeout 240 python3 -m biasprune fit --config configs/quickstart.yaml --config configs/trainer/gpu.yaml \
+timeout 240 python3 -m biasprune fit --config configs/quickstart.yaml --config configs/gpu.yaml \
   --trainer.logger.init_args.save_dir "$work/runs" --trainer.enable_progress_bar false 2>&1 | tee "$work/quickstart.log"
 echo "quickstart wall: $((SECONDS - start))s" | tee -a "$work/quickstart.log"
 
