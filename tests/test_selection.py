@@ -18,7 +18,6 @@ from biasprune.pruning.rules import (
     keep_masks,
     n_top,
     parse_budget,
-    random_keep_like,
     random_prune_like,
     select_prune,
     top_k_mask,
@@ -305,11 +304,9 @@ def test_random_control_is_uniform_over_the_pooled_keys():
     assert chisquare(list(seen.values())).pvalue > 1e-3
 
 
-def test_random_keep_like_and_its_type_check():
+def test_random_control_type_and_scope_checks():
     keep = {"neuron/a": torch.tensor([1, 0, 0, 1, 1], dtype=torch.uint8)}
-    drawn = random_keep_like(keep, "module", seed=0)
-    assert drawn["neuron/a"].dtype == torch.uint8 and pruned_counts(drawn) == {"neuron/a": 2}
-    with pytest.raises(TypeError, match="bool prune masks.*'neuron/a' is torch.uint8.*random_keep_like"):
+    with pytest.raises(TypeError, match=r"bool prune masks.*'neuron/a' is torch.uint8.*pass keep-masks as \{key: m == 0\}"):
         random_prune_like(keep, "module", seed=0)
     with pytest.raises(ValueError, match=r"pruning\.scope='layer' is not valid; valid choices: \['module', 'global'\]"):
         random_prune_like({}, "layer", seed=0)

@@ -69,7 +69,6 @@ __all__ = [
     "keep_masks",
     "n_top",
     "parse_budget",
-    "random_keep_like",
     "random_prune_like",
     "resolve_rule",
     "rule_name",
@@ -507,7 +506,7 @@ def random_prune_like(prune: Mapping[str, torch.Tensor], scope: Scope, seed: int
         if m.dtype != torch.bool or m.ndim != 1:
             raise TypeError(
                 f"random_prune_like takes 1-d bool prune masks (True = prune); {k!r} is {m.dtype} of shape"
-                f" {tuple(m.shape)} (for uint8 keep-masks use random_keep_like)"
+                f" {tuple(m.shape)} (pass keep-masks as {{key: m == 0}})"
             )
     keys = list(prune)
     if scope == "module":
@@ -517,9 +516,3 @@ def random_prune_like(prune: Mapping[str, torch.Tensor], scope: Scope, seed: int
     sizes = [prune[k].shape[0] for k in keys]
     pooled = _draw(sum(sizes), sum(int(prune[k].sum()) for k in keys), seed, "\x1f".join(keys))
     return {k: m.to(prune[k].device) for k, m in zip(keys, torch.split(pooled, sizes))}
-
-
-def random_keep_like(keep: Mapping[str, torch.Tensor], scope: Scope, seed: int) -> dict[str, torch.Tensor]:
-    """:func:`random_prune_like` for uint8 keep-masks (1 = keep): returns uint8 keep-masks."""
-    drawn = random_prune_like({k: m == 0 for k, m in keep.items()}, scope, seed)
-    return {k: (~m).to(torch.uint8) for k, m in drawn.items()}
