@@ -37,7 +37,8 @@ def one_thread():
 def _argv(base: str, out: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [
         "--model.model_name_or_path", base, "--trainer.accelerator", "cpu", "--trainer.max_steps", "6",
-        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--model.lr", "0.02",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--model.lr", "0.02",
         "--model.warmup_fraction", "0", "--data.plant.scenarios", "[purchase/car, finance/childcare_expenses]",
         "--data.plant.planted", "[purchase/car]", "--data.plant.factor", "0.5",
         "--data.plant.examples_per_variation", "16", "--data.batch_size", "8", "--output", str(out), *extra,
