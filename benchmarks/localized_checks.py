@@ -33,7 +33,7 @@ from pathlib import Path
 from biasprune.models.loading import plant_chain, resolve_plant
 from biasprune.plant.groundtruth import planted_units, truth_keep_masks
 from biasprune.pruning.factory import MaskFactory
-from biasprune.pruning.masks import save_masks
+from biasprune.pruning.masks import load_masks, save_masks
 
 TARGET_BASELINE = 1.0
 INLIER_FACTOR = 0.9
@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     args, validate_args = parser.parse_known_args(argv)  # the rest goes to biasprune validate
     args.out.mkdir(parents=True, exist_ok=True)
     masks, truth, meta = planted_masks(args.plant)
-    save_masks(args.out / "planted_masks.safetensors", masks, meta)
-    (random_masks,) = MaskFactory().random_controls(masks, [0])  # the callback's rule, seed 0, draw 0
+    planted_file = save_masks(args.out / "planted_masks.safetensors", masks, meta)
+    # The callback draws its controls from the masks as read from the file (their key order decides a global draw).
+    (random_masks,) = MaskFactory().random_controls(load_masks(planted_file)[0], [0])  # seed 0, draw 0: random/0
     save_masks(args.out / "random_masks.safetensors", random_masks, {"source": "random control (seed 0, draw 0) of planted_masks"})
     name = "checks"
     cmd = [
