@@ -29,6 +29,7 @@ for s in "${stages[@]}"; do
   case "$s" in train|checks|causal) ;; *) echo "unknown stage '$s'; valid stages: train checks causal" >&2; exit 2 ;; esac
 done
 out="${OUT:-benchmarks/out}"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"
 work=/tmp/localized
 plants=(heads neurons)
 mkdir -p "$out" "$work"
@@ -66,9 +67,10 @@ plant_id() {  # this machine's freshly trained plant if there is one, else the s
   else echo "$(format_id)+plant:$1"; fi
 }
 
-archive() {  # stage, then paths relative to $work
+archive() {  # stage, then paths or globs relative to $work (expanded there)
   local stage=$1; shift
-  tar -czf "$out/localized_$stage.tar.gz" -C "$work" --exclude=cache --exclude='answers.jsonl' --exclude=checkpoints "$@" 2>/dev/null || true
+  ( cd "$work" && shopt -s nullglob && tar -czf "$out/localized_$stage.tar.gz" --exclude=cache --exclude='answers.jsonl' \
+      --exclude=checkpoints $@ ) || echo "archive $stage: tar reported a problem" >&2
 }
 
 {
@@ -97,7 +99,7 @@ for stage in "${stages[@]}"; do
       if [ "$tiny" = 1 ]; then extra=("${tiny_data[@]}" --model.units "${units[$name]}"); fi
       timeout 460 python3 -m biasprune.plant.cli --config "configs/plant/$name.yaml" \
         --model.model_name_or_path "$(format_id)" --trainer.accelerator "$acc" --trainer.devices 1 \
-        --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "$work/runs" "${extra[@]}" \
+        --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "$work/runs" ${extra[@]+"${extra[@]}"} \
         --output "$work/plants/$name" > "$work/logs/$name.log" 2>&1 &
       pids[$name]=$!
     done
@@ -123,7 +125,7 @@ for stage in "${stages[@]}"; do
       tail -n 30 "$work/checks_$name.log" | tee -a "$out/summary.txt"
       [ "$rc" -eq 0 ] || status=1
     done
-    archive checks checks checks_*.log
+    archive checks checks 'checks_*.log'
     [ "$status" -eq 0 ] || { log "stage checks FAILED"; exit 1; }
     ;;
   causal)
@@ -137,7 +139,7 @@ for stage in "${stages[@]}"; do
       tail -n 30 "$work/causal_$name.log" | tee -a "$out/summary.txt"
       [ "$rc" -eq 0 ] || status=1
     done
-    archive causal causal causal_*.log
+    archive causal causal 'causal_*.log'
     [ "$status" -eq 0 ] || { log "stage causal FAILED"; exit 1; }
     ;;
   esac

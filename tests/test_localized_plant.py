@@ -15,7 +15,13 @@ from biasprune.models.architectures import NEURON_MODULE_CHOICES, resolve_units
 from biasprune.models.identity import model_identity
 from biasprune.models.loading import ModelLoadError, load_model, plant_chain, plant_training_names
 from biasprune.plant.cli import main, make_cli
-from biasprune.plant.groundtruth import MLP_NEURON, planted_units, truth_keep_masks, unit_precision_recall
+from biasprune.plant.groundtruth import (
+    MLP_NEURON,
+    lora_update_norms,
+    planted_units,
+    truth_keep_masks,
+    unit_precision_recall,
+)
 from biasprune.plant.module import PlantModule
 from biasprune.plant.units import PlantUnits, PlantUnitsError
 
@@ -163,6 +169,11 @@ def test_merged_update_is_exactly_zero_outside_the_units(tiny_model_dir, format_
     assert truth == expect
     assert all(v > 0 for v in prov["units"]["delta_norms"].values())
     assert prov["base"]["adapter_sha256"] == model_identity(base_id)["adapter_sha256"]
+    # the update-norm truth of groundtruth agrees: a head's norm is non-zero exactly for the listed heads
+    norms = lora_update_norms(out, layout)
+    for h in layout.heads:
+        listed = set(units.get("heads", {}).get(h.path, []))
+        assert [i for i in range(h.n_heads) if float(norms[f"head/{h.path}"][i]) > 0] == sorted(listed), h.path
     # the planted-units mask prunes exactly the truth; precision = recall = 1
     masks = truth_keep_masks(truth, layout.sizes())
     pr = unit_precision_recall(masks, truth, layout)
