@@ -12,8 +12,8 @@ only (``tests/test_layout.py``; ``docs/method.md`` maps every step to its file):
 * ``core``: argument checks, hooks, process collectives, atomic file writes;
 * ``data``, ``models``, ``metrics``: scenarios, names and prompts; model ids, loading, identity and units;
   the SMD and inlier metrics;
-* ``scoring``, ``pruning``: scoring objectives over one capture helper and the scores files; selection rules,
-  masks, arms;
+* ``scoring``, ``pruning``, ``localize``: scoring objectives over one capture helper and the scores files;
+  selection rules, masks, arms; the causal ablation search and the layer-wise causal trace;
 * ``answers``, ``stats``: sampled answers and parsing; rows, the name bootstrap, intervals, power, claims;
 * ``pipeline``: the LightningModule, strategies, resume, the end of a validate stage, the manifest;
 * ``biasprune.datamodules``, ``biasprune.callbacks``: the data module and the pruning callback;

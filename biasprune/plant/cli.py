@@ -16,7 +16,8 @@ The run writes ``--output`` (default ``runs/plant``):
 * ``adapter_model.safetensors`` + ``adapter_config.json``: the peft LoRA adapter;
 * ``provenance.json``: the command line, the resolved config, the seed, package versions, the sha256 of
   the base weights and of the adapter file, the final training loss, the training (and held-out) names,
-  the number of examples, the last validation statistics, the wall time and the machine.
+  the number of examples, the last validation statistics, the wall time and the machine; for a localized
+  plant (``--model.units``) also its units and their ground truth (:mod:`biasprune.plant.units`).
 
 Load the result as ``BASE+plant:<output dir>`` (or, once shipped, ``BASE+plant:<name>``).
 """
@@ -109,7 +110,7 @@ def write_provenance(
         "versions": _versions(),
         "base": {k: base[k] for k in ("id", "base_path", "base_sha256", "base_files", "gguf_sha256") if k in base} | (
             {"source": base["base_source"]} if "base_source" in base else {}
-        ),
+        ) | {k: base[k] for k in ("adapter_sha256", "base_adapter_sha256") if base.get(k)},  # a planted base
         "adapter_file": adapter.name,
         "adapter_sha256": sha256_files([adapter]),
         "adapter_bytes": adapter.stat().st_size,
@@ -122,6 +123,7 @@ def write_provenance(
         **datamodule.summary(),
         "spec": {"factor": datamodule.spec.factor, "sigma": datamodule.spec.sigma,
                  "reference_group": datamodule.spec.reference_group, "target_group": datamodule.spec.target_group},
+        **module.provenance(),  # a localized plant: its units (the ground truth)
         "wall_time_s": round(wall_s, 1),
         "machine": _machine(trainer),
     }  # fmt: skip
