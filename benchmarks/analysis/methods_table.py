@@ -1,0 +1,141 @@
+"""The comparison table of selection methods and the method the fixed rule chooses, from compare_methods' runs.
+
+    python -m benchmarks.analysis.methods_table DIR [DIR ...] --out FILE.md [--chosen FILE.json]
+
+THE RULE (fixed before any run; docs/results.md, "Choosing the method"). On the **dev** names only, over every
+(method, budget) arm and every plant whose unpruned dev |SMD| is above its noise floor (a plant with no bias on dev
+cannot inform the choice):
+
+1. an arm is admissible if, on every such plant, its inlier ratio and parse rate are ≥ 0.9 × the baseline's;
+2. among admissible arms, the one with the largest mean over those plants of (cut − random cut), where cut =
+   1 − pruned mean |SMD| / baseline mean |SMD| and random cut is the same for the mean of its random arms;
+3. ties (within 0.01) go to the cheaper method (wanda < nll < atp < contrastive < causal: docs/method.md,
+   "Selection methods"), then the smaller budget.
+
+No test number, and no per-plant choice, enters the rule. The table shows the **test** names' numbers of every arm,
+with the chosen one marked; ``--chosen`` writes the choice (objective, rule, budgets) for the configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+COST_ORDER = ("wanda", "nll", "atp", "contrastive", "causal")
+FACTOR = 0.9
+TIE = 0.01
+
+
+def load(dirs: list[Path]) -> list[dict]:
+    rows = []
+    for d in dirs:
+        rows += [r for r in json.loads((d / "comparison.json").read_text()) if not r.get("rc")]
+    if not rows:
+        raise SystemExit(f"no successful run in {[str(d) for d in dirs]}")
+    return rows
+
+
+def cut(split: dict) -> tuple[float, float]:
+    """(cut, random cut) of one split's arms: 1 − arm/baseline mean |SMD| (NaN without a baseline bias)."""
+    base = split["baseline"]["mean_abs_smd"]
+    if base <= 0:
+        return math.nan, math.nan
+    rnd = [a["mean_abs_smd"] for a in split["random"]]
+    return 1 - split["pruned"]["mean_abs_smd"] / base, (1 - sum(rnd) / len(rnd) / base) if rnd else math.nan
+
+
+def arm_key(r: dict) -> tuple[str, str, str, str]:
+    return (r["objective"], r["rule"], r["budget"], r["head_budget"])
+
+
+def choose(rows: list[dict]) -> tuple[tuple | None, dict]:
+    """The fixed rule (module docstring) on the dev rows; returns the chosen arm and each arm's dev evidence."""
+    biased = {r["plant"] for r in rows if "dev" in r["splits"]
+              and r["splits"]["dev"]["baseline"]["mean_abs_smd"] > r["splits"]["dev"]["baseline"]["null_p95"]}  # fmt: skip
+    evidence: dict[tuple, dict] = {}
+    for r in rows:
+        if r["plant"] not in biased or "dev" not in r["splits"]:
+            continue
+        dev = r["splits"]["dev"]
+        c, rc = cut(dev)
+        ok = (dev["pruned"]["inlier_ratio"] >= FACTOR * dev["baseline"]["inlier_ratio"]
+              and dev["pruned"]["parse_rate"] >= FACTOR * dev["baseline"]["parse_rate"])  # fmt: skip
+        e = evidence.setdefault(arm_key(r), {"admissible": True, "gains": [], "plants": []})
+        e["admissible"] &= ok
+        e["gains"].append(c - rc)
+        e["plants"].append(r["plant"])
+    for e in evidence.values():
+        e["mean_gain"] = sum(e["gains"]) / len(e["gains"]) if e["gains"] else math.nan
+        e["complete"] = set(e["plants"]) == biased
+    candidates = [(k, e) for k, e in evidence.items() if e["admissible"] and e["complete"] and not math.isnan(e["mean_gain"])]
+    if not candidates:
+        return None, evidence
+    best = max(e["mean_gain"] for _, e in candidates)
+    tied = [k for k, e in candidates if e["mean_gain"] >= best - TIE]
+
+    def cost(k: tuple) -> tuple:
+        objective, _, budget, head_budget = k
+        rank = COST_ORDER.index(objective) if objective in COST_ORDER else len(COST_ORDER)
+        return (rank, float(budget.rstrip("%")), float(head_budget))
+
+    return min(tied, key=cost), evidence
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def table(rows: list[dict], chosen: tuple | None) -> str:
+    head = ("| plant | method | budget (neurons/module, heads) | base \\|SMD\\| | cut | random cut | inlier × base |"
+            " parse × base | precision | recall | wall s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: (r["plant"], COST_ORDER.index(r["objective"]) if r["objective"] in COST_ORDER else 9,
+                                         r["budget"])):  # fmt: skip
+        test = r["splits"].get("test")
+        if test is None:
+            continue
+        c, rc = cut(test)
+        b, p = test["baseline"], test["pruned"]
+        prec = rec = None
+        if r.get("truth"):
+            kind = "head" if r["plant"] == "heads" else "mlp_neuron"
+            t = r["truth"].get(kind, {})
+            prec, rec = t.get("precision"), t.get("recall")
+        mark = " **(chosen)**" if arm_key(r) == chosen else ""
+        lines.append(
+            f"| {r['plant']} | {r['objective']}:{r['rule']}{mark} | {r['budget']}, {r['head_budget']} | {_f(b['mean_abs_smd'], '{:.3f}')}"
+            f" | {_f(c, '{:.0%}')} | {_f(rc, '{:.0%}')} | {_f(p['inlier_ratio'] / b['inlier_ratio'] if b['inlier_ratio'] else math.nan)}"
+            f" | {_f(p['parse_rate'] / b['parse_rate'] if b['parse_rate'] else math.nan)} | {_f(prec)} | {_f(rec)} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--chosen", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = load(args.dirs)
+    chosen, evidence = choose(rows)
+    text = ["Cut = 1 − pruned / unpruned mean |SMD| on the **test** names (the paper's measure); inlier and parse as a",
+            "ratio to the unpruned model's; precision and recall of the pruned units against a localized plant's list",
+            "(heads: heads; neurons: MLP neurons); wall time of the whole fit run.", "", table(rows, chosen), ""]
+    if chosen is None:
+        text.append("The fixed rule chose nothing: no arm was admissible on every plant biased on dev.")
+    else:
+        o, rl, b, hb = chosen
+        text.append(f"Chosen on dev by the fixed rule: `--model.objective {o} --pruning.rule {rl} --pruning.budget {b}"
+                    f" --pruning.head_budget {hb}` (mean dev gain over its random control {evidence[chosen]['mean_gain']:.0%}).")
+    args.out.write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    if args.chosen:
+        out = {"objective": chosen[0], "rule": chosen[1], "budget": chosen[2], "head_budget": chosen[3]} if chosen else None
+        args.chosen.write_text(json.dumps({"chosen": out, "evidence": {":".join(k): v for k, v in evidence.items()}},
+                                          indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
