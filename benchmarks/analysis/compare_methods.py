@@ -69,7 +69,6 @@ def arms(run: Path) -> dict[str, dict]:
 def truth_scores(run: Path, model_id: str) -> dict | None:
     """Precision and recall of the run's masks against a localized plant's unit list (None for a LoRA plant)."""
     from benchmarks.validation.localized_checks import _layout
-
     from biasprune.models.loading import plant_chain, resolve_plant
     from biasprune.plant.groundtruth import planted_units, unit_precision_recall
     from biasprune.pruning.masks import load_masks
