@@ -73,8 +73,11 @@ def truth_scores(run: Path, model_id: str) -> dict | None:
     from biasprune.plant.groundtruth import planted_units, unit_precision_recall
     from biasprune.pruning.masks import load_masks
 
+    plants = plant_chain(model_id)[1]
+    if not plants:
+        return None
     try:
-        truth = planted_units(resolve_plant(plant_chain(model_id)[1][-1], model_id))
+        truth = planted_units(resolve_plant(plants[-1], model_id))
     except (ValueError, KeyError, FileNotFoundError):
         return None
     masks, _ = load_masks(run / "masks.safetensors")
