@@ -14,8 +14,9 @@ random controls, so that the choice (:mod:`benchmarks.analysis.methods_table`) s
 Plants: ``format``, ``purchase``, ``all`` (LoRA plants on the base), ``heads`` and ``neurons`` (localized plants,
 stacked on ``format``), and ``base`` (no plant: smoke tests); ``--plant-dir NAME=PATH`` takes a plant from a directory (e.g. one trained on this
 machine). Per run, ``DIR/<plant>/<objective>-<rule>-<budget>/row.json`` holds, per split, the baseline, pruned and
-random arms (mean |SMD|, inlier and parse ratios), the wall time of the fit, and for a localized plant the
-precision and recall of the pruned units against the plant's unit list. ``DIR/comparison.json`` collects them.
+random arms (mean |SMD|, inlier and parse ratios), the wall time of the fit, and the precision and recall of the
+pruned units against the plant's ground truth (:func:`truth_scores`: a localized plant's unit list, a LoRA plant's
+units of largest update norm). ``DIR/comparison.json`` collects them.
 """
 
 from __future__ import annotations
@@ -67,21 +68,34 @@ def arms(run: Path) -> dict[str, dict]:
 
 
 def truth_scores(run: Path, model_id: str) -> dict | None:
-    """Precision and recall of the run's masks against a localized plant's unit list (None for a LoRA plant)."""
+    """Precision and recall of the run's masks against the last plant's ground truth (None without a plant).
+
+    A localized plant (``heads``, ``neurons``): against its unit list (``truth: units``; kinds ``head``, ``neuron``
+    and ``mlp_neuron``). A LoRA plant (``format``, ``purchase``, ``all``): against the k units of largest update norm
+    of its merged LoRA update, k = the number pruned of each kind, so precision = recall (``truth: update_norm``;
+    kinds ``neuron`` and ``head``, each with ``mass``, the share of the update's squared norm the pruned units
+    hold, and ``chance``); the same truth as ``biasprune plant truth`` (docs/method.md, "Planted controls").
+    """
     from benchmarks.validation.localized_checks import _layout
-    from biasprune.models.loading import plant_chain, resolve_plant
-    from biasprune.plant.groundtruth import planted_units, unit_precision_recall
+    from biasprune.models.loading import ModelLoadError, plant_chain, resolve_plant
+    from biasprune.plant.groundtruth import lora_update_norms, planted_units, precision_recall, unit_precision_recall
+    from biasprune.plant.truth import meta_layout
     from biasprune.pruning.masks import load_masks
 
     plants = plant_chain(model_id)[1]
     if not plants:
         return None
     try:
-        truth = planted_units(resolve_plant(plants[-1], model_id))
-    except (ValueError, KeyError, FileNotFoundError):
+        adapter = resolve_plant(plants[-1], model_id)
+    except ModelLoadError:
         return None
     masks, _ = load_masks(run / "masks.safetensors")
-    return unit_precision_recall(masks, truth, _layout(model_id))
+    try:
+        units = planted_units(adapter)
+    except (ValueError, FileNotFoundError):  # not a localized plant: the update-norm truth
+        norms = lora_update_norms(adapter, meta_layout(model_id))
+        return {"truth": "update_norm", **precision_recall({k: m == 0 for k, m in masks.items()}, norms)}
+    return {"truth": "units", **unit_precision_recall(masks, units, _layout(model_id))}
 
 
 def run_one(args, extra: list[str], plant: str, objective: str, rule: str, budget: str, head_budget: str) -> dict:

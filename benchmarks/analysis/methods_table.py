@@ -87,9 +87,26 @@ def _f(x, fmt="{:.2f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def truth_cell(truth: dict | None, kind: str) -> str:
+    """Precision / recall of one unit kind against the plant's truth (compare_methods.truth_scores): a localized
+    plant's units (MLP neurons counted as gate/up pairs), or for a LoRA plant the units of largest update norm,
+    where precision = recall, shown with the share of the update's squared norm that the pruned units hold."""
+    if not truth:
+        return "–"
+    by_norm = truth.get("truth") == "update_norm"
+    if kind == "neuron" and not by_norm and "mlp_neuron" in truth:
+        kind = "mlp_neuron"
+    t = truth.get(kind)
+    if not t:
+        return "–"
+    if by_norm:
+        return f"{_f(t.get('precision'))} (mass {_f(t.get('mass'))})"
+    return f"{_f(t.get('precision'))} / {_f(t.get('recall'))}"
+
+
 def table(rows: list[dict], chosen: tuple | None) -> str:
     head = ("| plant | method | budget (neurons/module, heads) | base \\|SMD\\| | cut | random cut | inlier × base |"
-            " parse × base | precision | recall | wall s |")
+            " parse × base | neurons P / R | heads P / R | wall s |")
     lines = [head, "|" + "---|" * (head.replace("\\|", "").count("|") - 1)]  # escaped pipes are not columns
     for r in sorted(rows, key=lambda r: (r["plant"], COST_ORDER.index(r["objective"]) if r["objective"] in COST_ORDER else 9,
                                          r["budget"])):  # fmt: skip
@@ -98,16 +115,12 @@ def table(rows: list[dict], chosen: tuple | None) -> str:
             continue
         c, rc = cut(test)
         b, p = test["baseline"], test["pruned"]
-        prec = rec = None
-        if r.get("truth"):
-            kind = "head" if r["plant"] == "heads" else "mlp_neuron"
-            t = r["truth"].get(kind, {})
-            prec, rec = t.get("precision"), t.get("recall")
         mark = " **(chosen)**" if arm_key(r) == chosen else ""
         lines.append(
             f"| {r['plant']} | {r['objective']}:{r['rule']}{mark} | {r['budget']}, {r['head_budget']} | {_f(b['mean_abs_smd'], '{:.3f}')}"
             f" | {_f(c, '{:.0%}')} | {_f(rc, '{:.0%}')} | {_f(p['inlier_ratio'] / b['inlier_ratio'] if b['inlier_ratio'] else math.nan)}"
-            f" | {_f(p['parse_rate'] / b['parse_rate'] if b['parse_rate'] else math.nan)} | {_f(prec)} | {_f(rec)} | {r['wall_s']:.0f} |"
+            f" | {_f(p['parse_rate'] / b['parse_rate'] if b['parse_rate'] else math.nan)} | {truth_cell(r.get('truth'), 'neuron')}"
+            f" | {truth_cell(r.get('truth'), 'head')} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -121,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = load(args.dirs)
     chosen, evidence = choose(rows)
     text = ["Cut = 1 − pruned / unpruned mean |SMD| on the **test** names (the paper's measure); inlier and parse as a",
-            "ratio to the unpruned model's; precision and recall of the pruned units against a localized plant's list",
-            "(heads: heads; neurons: MLP neurons); wall time of the whole fit run.", "", table(rows, chosen), ""]
+            "ratio to the unpruned model's; P / R: precision and recall of the pruned units against the plant's ground",
+            "truth: a localized plant's unit list (MLP neurons as gate/up pairs), or for a LoRA plant (format, purchase,",
+            "all) the k units of largest LoRA update norm, k = the number pruned, so P = R, with the share of the update's",
+            "squared norm they hold (mass); wall time of the whole fit run.", "", table(rows, chosen), ""]
     if chosen is None:
         text.append("The fixed rule chose nothing: no arm was admissible on every plant biased on dev.")
     else:

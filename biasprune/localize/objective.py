@@ -38,7 +38,7 @@ from biasprune.data.scenarios import AuditDataError, variation_key
 from biasprune.localize.pairs import NamePair, ablate, answer_logprobs, pair_gaps, pair_sequences
 from biasprune.models.architectures import UnitLayout
 
-__all__ = ["CAUSAL_GROUP", "CausalObjective", "PairAnswerCollator", "PairScores", "pair_effects"]
+__all__ = ["CAUSAL_GROUP", "CausalObjective", "PairAnswerCollator", "PairScores", "pair_effects", "pair_items"]
 
 #: The one score group of this objective.
 CAUSAL_GROUP = "causal"
@@ -133,8 +133,10 @@ def pair_effects(model: nn.Module, layout: UnitLayout, pairs: Sequence[NamePair]
     return effects, base if gaps is None else gaps
 
 
-def _pair_items(tokenizer, kept: Sequence[dict], examples: Sequence[dict], variations: Sequence[str],
-                data_groups: Sequence[str]) -> list[dict]:
+def pair_items(tokenizer, kept: Sequence[dict], examples: Sequence[dict], variations: Sequence[str],
+               data_groups: Sequence[str]) -> list[dict]:
+    """Each kept target-group example with its reference-group twin (same ``pair_id``) in ``examples``, tokenized:
+    rows with the four fields of :class:`NamePair` and the variation's bucket, shortest first."""
     missing = [e["name"] for e in kept if not e.get("pair_id")]
     if missing:
         raise AuditDataError(f"the causal objective pairs examples by pair_id, which {len(missing)} lack (e.g. {missing[0]!r})")
@@ -198,7 +200,7 @@ class CausalObjective:
 
     def items(self, tokenizer, kept: Sequence[dict], examples: Sequence[dict], variations: Sequence[str],
               data_groups: Sequence[str]) -> list[dict]:
-        return _pair_items(tokenizer, kept, examples, variations, data_groups)
+        return pair_items(tokenizer, kept, examples, variations, data_groups)
 
     def collator(self, pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         return PairAnswerCollator(pad_id)

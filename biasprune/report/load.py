@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ReportError", "RunArtifacts", "iter_answers", "layer_and_kind", "load_run", "num", "read_masks", "text"]
+__all__ = ["ReportError", "RunArtifacts", "iter_answers", "layer_and_kind", "load_run", "num", "read_masks", "read_table", "text"]
 
 KINDS = ("fit", "validate", "study")
 REQUIRED = {"fit": ("manifest.json", "metrics.csv"), "validate": ("manifest.json", "metrics.csv"),
@@ -56,6 +56,11 @@ def _csv(path: Path) -> list[dict[str, str]]:
             return [dict(r) for r in csv.DictReader(fh)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ReportError(f"{path}: cannot read the table ({err})") from err
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV artifact of the run, by column name (a :class:`ReportError` when unreadable)."""
+    return _csv(path)
 
 
 def _json(path: Path) -> object:
