@@ -98,3 +98,39 @@ def test_a_lora_plants_truth_is_its_largest_update_norms(tmp_path):
         assert got["truth"] == "update_norm" and set(got) == {"truth", "neuron"}
         assert got["neuron"]["precision"] == got["neuron"]["recall"] == want and got["neuron"]["k"] == 6
     assert truth_scores(tmp_path, "embedded:SmolLM2-135M-Instruct") is None  # no plant, no truth
+
+
+def test_the_chosen_method_fills_the_study_configs_and_they_parse(tmp_path, monkeypatch):
+    """apply_method rewrites exactly the marked lines of both study configs; the result parses as a study whose
+    module scores with the chosen objective and whose grid tries the chosen rule only; --check then agrees."""
+    from pathlib import Path
+
+    from benchmarks.analysis.apply_method import CONFIGS
+    from benchmarks.analysis.apply_method import main as apply_main
+    from biasprune.cli import main as cli_main
+    from biasprune.cli.lightning import BiasPruneCLI
+    from biasprune.study.trainer import BiasPruneTrainer
+
+    root = Path(__file__).resolve().parents[1]
+    chosen = tmp_path / "chosen_method.json"
+    chosen.write_text('{"chosen": {"objective": "causal", "rule": "target", "budget": "0.5%", "head_budget": "4"}}')
+    copies = []
+    for c in CONFIGS:
+        copies.append(tmp_path / Path(c).name)
+        copies[-1].write_text((root / c).read_text())
+    assert apply_main([str(chosen), *map(str, copies), "--check"]) == 1  # the committed configs hold the default
+    assert apply_main([str(chosen), *map(str, copies)]) == 0 and apply_main([str(chosen), *map(str, copies), "--check"]) == 0
+    seen = []
+    monkeypatch.setattr(BiasPruneTrainer, "study", lambda self, model, datamodule=None, **kw: seen.append((model, kw)))
+    monkeypatch.setattr(BiasPruneCLI, "_finish", lambda self, kind, run_dir: None)
+    for original, copy in zip(CONFIGS, copies):
+        before, after = (root / original).read_text().splitlines(), copy.read_text().splitlines()
+        changed = [(a, b) for a, b in zip(before, after) if a != b]
+        assert len(before) == len(after) and [b.strip() for _, b in changed] == [
+            "objective: causal  # method: objective", "rule: target  # method: rule", "rules: [target]  # method: rules"]
+        seen.clear()
+        cli_main(["study", "--config", str(copy), "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+        model, kw = seen[0]
+        assert model.objective.name == "causal" and list(kw["config"].grid.rules) == ["target"]
+    with pytest.raises(SystemExit, match="no line ends with"):
+        apply_main([str(chosen), str(root / "configs" / "cpu.yaml"), "--check"])

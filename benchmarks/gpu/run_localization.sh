@@ -10,13 +10,19 @@
 # 2 answers per prompt, 1 random control, evaluation on Purchase only. That is 12 fit runs; at about 15-20 s
 # each on an H100 for the 135M model (an estimate: not measured) this is about 4 minutes. Widen with
 # PLANTS=..., METHODS=..., BUDGETS=..., HEAD_BUDGETS=..., SAMPLES=..., DRAWS=... in the environment.
-# Not in this script (left for a later call): the mechanism artifacts, the generalization studies and the 8B
-# timing (docs/results.md says so).
+# The mechanism artifacts come with the runs: every fit that prunes heads writes name_attention.csv (8 pairs).
+# Then the causal search timed on the random Llama-3-8B shape and the paper study projected with it
+# (benchmarks/speed/bench_causal.py: about 1 minute on an H100; CAUSAL_8B=0 skips it).
+# The generalization studies with the chosen method (configs/study_purchase.yaml, configs/study_all.yaml) run only
+# with STUDIES=1, after `python -m benchmarks.analysis.apply_method $OUT/chosen_method.json` has filled their method
+# lines from this run's choice: each is a full study (far more than this script's budget; a separate call).
 #
-# Results in $OUT (3 files): methods_table.md (the generated table and the fixed rule's choice), chosen_method.json
-# (the choice, for configs/method/chosen.yaml), localization.tar.gz (every run's row.json, summary.csv, masks,
-# timings and fit.log; no answers). The localized plants load from biasprune/resources/plants (heads, neurons) once
-# they are shipped; before that, pass PLANT_DIRS="heads=/path neurons=/path".
+# Results in $OUT (5 files): methods_table.md (the generated table and the fixed rule's choice), chosen_method.json
+# (the choice; apply_method writes it into the study configs), causal_8b.json (the timing and the projection),
+# summary.txt (everything printed), localization.tar.gz (every run's row.json, summary.csv, masks,
+# name_attention.csv, timings and fit.log; no answers; with STUDIES=1 also the studies' results). The localized
+# plants load from biasprune/resources/plants (heads, neurons) once they are shipped; before that, pass
+# PLANT_DIRS="heads=/path neurons=/path".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
@@ -63,7 +69,28 @@ if [ -f "$work/compare/comparison.json" ]; then
   python3 -m benchmarks.analysis.methods_table "$work/compare" --out "$out/methods_table.md" --chosen "$out/chosen_method.json" \
     2>&1 | tee -a "$out/summary.txt" || rc=1
 fi
+if [ "${CAUSAL_8B:-1}" = 1 ]; then
+  log "causal search timing"
+  timing=(--out "$out/causal_8b.json")
+  [ "$tiny" = 1 ] && timing+=(--tiny --pairs 1 --prompt-len 8 --iters 1)
+  python3 -m benchmarks.speed.bench_causal "${timing[@]}" 2>&1 | tee -a "$out/summary.txt" || rc=1
+fi
+archived=(compare)
+if [ "${STUDIES:-0}" = 1 ]; then
+  for plant in purchase all; do
+    log "study $plant"
+    study=(--config "configs/study_$plant.yaml" --study.output "$work/study_$plant" --trainer.logger.init_args.save_dir "$work/runs")
+    if [ "$tiny" = 1 ]; then
+      study+=(--model.model_name_or_path "$base" --trainer.accelerator cpu --data.evaluation "[purchase/car]"
+              --study.within_variations "[car, bicycle]" --study.contexts "[finance]" --study.grid.budget '["1%"]'
+              --study.grid.head_budget "[2]" --model.generation.samples 1 --model.generation.max_new_tokens 4
+              --model.targets.max_new_tokens 4 --model.evaluation.bootstrap_samples 50 --model.evaluation.permutation_samples 50)
+    fi
+    python3 -m biasprune study "${study[@]}" 2>&1 | tail -n 40 | tee -a "$out/summary.txt" || rc=1
+    archived+=("study_$plant")
+  done
+fi
 ( cd "$work" && tar -czf "$out/localization.tar.gz" --exclude=cache --exclude='answers.jsonl' --exclude=checkpoints \
-    --exclude='*.gguf' compare ) || echo "archive: tar reported a problem" >&2
+    --exclude=pieces --exclude='*.gguf' "${archived[@]}" ) || echo "archive: tar reported a problem" >&2
 log "done"
 exit "$rc"
