@@ -78,7 +78,7 @@ class BiasPruneModule(L.LightningModule):
         neuron_modules: projections whose output channels are neurons.
         score_neurons: accumulate neuron scores.
         score_heads: accumulate head scores.
-        objective: ``nll``: S_G(u) from the response likelihood of each group's prompts (DESIGN §2);
+        objective: ``nll``: S_G(u) from the response likelihood of each group's prompts (docs/method.md);
             ``contrastive``: attribution patching on name-swapped pairs, |(a_target - a_reference) . dm/da| with m the
             log-probability of the target's answer, summed over pairs (group ``contrast``; prune with
             ``pruning.rule=target``).
