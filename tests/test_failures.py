@@ -283,3 +283,20 @@ def test_a_killed_run_stays_running_and_the_report_says_it_did_not_finish(tiny_m
     # a run that still runs is told apart from one that is gone
     (run / "manifest.json").write_text(json.dumps(state | {"pid": os.getpid(), "pid_start": None}))
     assert "is still running" in _report_refusal(run, capsys)
+
+
+def test_the_run_state_travels_to_spawned_processes(tmp_path):
+    """A strategy that spawns processes pickles the trainer's callbacks: the run state must survive it."""
+    import pickle
+
+    from biasprune.cli.runstate import Describe, RunState, resume_command
+
+    state = RunState(tmp_path, "fit", ["fit", "--ckpt_path", "old.ckpt"], {"k": 1}, 3, Describe("fit"))
+    state.install_signals()
+    try:
+        copy = pickle.loads(pickle.dumps(state))
+    finally:
+        state.restore_signals()
+    assert copy.run_dir == tmp_path and copy.describe.kind == "fit" and copy.manifest["status"] == "running"
+    assert resume_command(["fit", "--ckpt_path=old.ckpt", "--a", "x y"], "c/new.ckpt", 3) == \
+        "biasprune fit --a 'x y' --ckpt_path c/new.ckpt --trainer.logger.init_args.version 3"

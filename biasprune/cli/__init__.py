@@ -91,6 +91,11 @@ def main(args: list[str] | None = None) -> None:
         message = " ".join(str(err).split())  # one line, whatever the error's own layout
         print(f"biasprune: error: {message}\n(run again with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # before a run started (a run's own interruption is recorded in its manifest)
+        if debug:
+            raise
+        print("\nbiasprune: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from biasprune.cli.runstate import RunState
+from biasprune.cli.runstate import Describe, RunState
 from biasprune.core.errors import ConfigError, constructor_checks
 
 __all__ = ["BiasPruneArgumentParser", "BiasPruneCLI", "run_lightning_cli"]
@@ -168,18 +168,8 @@ class BiasPruneCLI(LightningCLI):
             return Path(self.trainer.log_dir), "--trainer.logger.init_args.save_dir"
         return Path(self.trainer.log_dir or self.trainer.default_root_dir), "--trainer.default_root_dir"
 
-    def _describe(self, kind: str):
-        def describe(trainer, module) -> dict[str, Any]:
-            from biasprune.pipeline.manifest import build_manifest
-
-            cb = self._pruning()
-            study = self.config_init[self.subcommand].get("study") if kind == "study" else None
-            out = build_manifest(kind, trainer, module, trainer.datamodule, cb.settings() if cb else None, study)
-            if cb is not None:
-                out["pruning"] |= cb.run_notes()
-            return out
-
-        return describe
+    def _describe(self, kind: str) -> Describe:
+        return Describe(kind, self.config_init[self.subcommand].get("study") if kind == "study" else None)
 
     def _config(self) -> Any:
         import yaml
@@ -205,8 +195,14 @@ class BiasPruneCLI(LightningCLI):
         version = getattr(logger, "version", None) if logger is not None and kind != "study" else None
         self.state = RunState(run_dir, kind, self.argv, self._config(), version, self._describe(kind))
         self.trainer.callbacks.append(self.state)
+        ckpt = self.config[self.subcommand].get("ckpt_path")
         if self.trainer.global_rank == 0:
-            self.state.start(self.config[self.subcommand].get("ckpt_path"))
+            self.state.start(ckpt)
+            home = Path(str(ckpt)).resolve().parent.parent if ckpt and Path(str(ckpt)).parent.name == "checkpoints" else None
+            if home is not None and home != run_dir.resolve():
+                rank_zero_info(f"biasprune: resuming from {ckpt} in a new run directory, {run_dir}; to finish the checkpoint's own"
+                               f" run directory ({home}) instead, give its version: --trainer.logger.init_args.version"
+                               f" {home.name.removeprefix('version_')}")
 
     def before_fit(self) -> None:
         self._begin("fit")

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback
 
 from biasprune.pipeline.manifest import MANIFEST, STAGES, start_manifest, update_manifest
 
-__all__ = ["RunState", "resume_command"]
+__all__ = ["Describe", "RunState", "resume_command"]
 
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 VERSION_FLAG = "--trainer.logger.init_args.version"
@@ -63,6 +63,24 @@ def resume_command(argv: Sequence[str], checkpoint: str | Path | None, version: 
     return shlex.join(["biasprune", *args])
 
 
+class Describe:
+    """``(trainer, module) -> dict``: what a run asks of which model on which data, for its manifest (picklable, so
+    that a strategy that spawns processes can carry it)."""
+
+    def __init__(self, kind: str, study: Any = None) -> None:
+        self.kind, self.study = kind, study
+
+    def __call__(self, trainer, module) -> dict[str, Any]:
+        from biasprune.callbacks.pruning import PruningCallback
+        from biasprune.pipeline.manifest import build_manifest
+
+        cb = next((c for c in trainer.callbacks if isinstance(c, PruningCallback)), None)
+        out = build_manifest(self.kind, trainer, module, trainer.datamodule, cb.settings() if cb else None, self.study)
+        if cb is not None:
+            out["pruning"] |= cb.run_notes()
+        return out
+
+
 class RunState(Callback):
     """Keep ``run_dir/manifest.json`` current from the start of a run to its end (rank 0 writes).
 
@@ -88,6 +106,9 @@ class RunState(Callback):
         self._stopped_at_batch_end = False
         self._handlers: dict[int, Any] = {}
         self._described = False
+
+    def __getstate__(self) -> dict[str, Any]:  # signal handlers and exceptions stay in their process
+        return {**self.__dict__, "_handlers": {}, "exception": None}
 
     # ------------------------------------------------------------------------------------- the manifest
     def start(self, ckpt_path: str | None = None) -> None:

@@ -100,8 +100,15 @@ def list_artifacts(run_dir: str | Path) -> tuple[dict[str, dict[str, Any]], dict
         if rel.parts[0] == _CHECKPOINTS:
             checkpoints[rel.as_posix()] = path.stat().st_size
         elif rel.as_posix() not in _NOT_ARTIFACTS:
-            files[rel.as_posix()] = artifacts.file_record(path)
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if key not in _RECORDS:  # a study lists its many pieces at every stage: hash each version of a file once
+                _RECORDS[key] = artifacts.file_record(path)
+            files[rel.as_posix()] = dict(_RECORDS[key])
     return files, checkpoints
+
+
+_RECORDS: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 def start_manifest(kind: str, command: list[str], config: Any = None) -> dict[str, Any]:
