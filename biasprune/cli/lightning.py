@@ -233,7 +233,7 @@ class BiasPruneCLI(LightningCLI):
 
         if self.state is None:
             self.state = RunState(run_dir, kind, self.argv, self._config())
-        self.state.finish(self._describe(kind)(self.trainer, self.model))
+        self.state.finish(self._describe(kind)(self.trainer, self.model, self.datamodule))
         try:
             write_report(run_dir)
         except Exception as err:  # the results are written; a report that fails must not fail the run

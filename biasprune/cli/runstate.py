@@ -21,6 +21,7 @@ handling; their resume uses the newest checkpoint of the run, if any.
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import sys
@@ -70,12 +71,13 @@ class Describe:
     def __init__(self, kind: str, study: Any = None) -> None:
         self.kind, self.study = kind, study
 
-    def __call__(self, trainer, module) -> dict[str, Any]:
+    def __call__(self, trainer, module, datamodule=None) -> dict[str, Any]:
         from biasprune.callbacks.pruning import PruningCallback
         from biasprune.pipeline.manifest import build_manifest
 
         cb = next((c for c in trainer.callbacks if isinstance(c, PruningCallback)), None)
-        out = build_manifest(self.kind, trainer, module, trainer.datamodule, cb.settings() if cb else None, self.study)
+        dm = datamodule if datamodule is not None else trainer.datamodule
+        out = build_manifest(self.kind, trainer, module, dm, cb.settings() if cb else None, self.study)
         if cb is not None:
             out["pruning"] |= cb.run_notes()
         return out
@@ -115,8 +117,6 @@ class RunState(Callback):
         """Write the manifest of a run that starts now (a resumed run notes the attempt it continues)."""
         previous = self.run_dir / MANIFEST
         if previous.is_file():
-            import json
-
             try:
                 old = json.loads(previous.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -128,6 +128,16 @@ class RunState(Callback):
             self.manifest["resumed_from"] = str(ckpt_path)
         update_manifest(self.run_dir, self.manifest)
 
+    def reload(self) -> None:
+        """Continue from the file when another process of this run (a spawned rank 0) wrote later stages."""
+        try:
+            disk = json.loads((self.run_dir / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(disk, dict) and disk.get("created") == self.manifest.get("created") \
+                and len(disk.get("stages", [])) > len(self.manifest.get("stages", [])):
+            self.manifest = disk
+
     def enter(self, stage: str, trainer=None) -> None:
         """Enter ``stage`` (rank 0 writes the manifest)."""
         if trainer is not None and trainer.global_rank != 0:
@@ -136,14 +146,17 @@ class RunState(Callback):
 
     def finish(self, description: Mapping[str, Any]) -> None:
         """The run's full description, status ``finished`` and every artifact (before its report is written)."""
+        self.reload()
         self.manifest.update({k: v for k, v in description.items() if k != "kind"})
         update_manifest(self.run_dir, self.manifest, stage="finished", status="finished")
 
     def fail(self, err: BaseException) -> None:
+        self.reload()
         update_manifest(self.run_dir, self.manifest, status="failed", error=f"{type(err).__name__}: {err}")
 
     def interrupted(self, trainer, module, err: BaseException) -> str:
         """Record the interruption with its resume entry; return the lines to print."""
+        self.reload()
         stage = str(self.manifest.get("stage"))
         name = SIGNAL_NAMES.get(self.signal or signal.SIGINT, "SIGINT")
         checkpoint, keeps, redoes = self._resume_plan(trainer, module, stage)
@@ -163,14 +176,14 @@ class RunState(Callback):
             return None, "nothing", "starts the run again"
         if stage == "scoring":
             ckpt = self.checkpoint or self._newest_checkpoint()
-            progress = getattr(module, "progress", None)
-            if ckpt is None or progress is None:
+            if ckpt is None:
                 return None, "nothing (no checkpoint was saved)", "starts the run again"
-            done, total = int(progress.done.sum()), int(progress.done.numel())
-            if ckpt != self.checkpoint:
-                return ckpt, "the target responses and the scores of the newest checkpoint", "scores the other examples, then evaluates every arm"
-            return ckpt, f"the target responses and the scores of {done} of {total} scoring examples", \
-                f"scores the other {total - done}, then evaluates every arm"
+            progress = getattr(module, "progress", None)
+            if ckpt == self.checkpoint and progress is not None:
+                done, total = int(progress.done.sum()), int(progress.done.numel())
+                return ckpt, f"the target responses and the scores of {done} of {total} scoring examples", \
+                    f"scores the other {total - done}, then evaluates every arm"
+            return ckpt, "the target responses and the scores of the newest checkpoint", "scores the other examples, then evaluates every arm"
         cb = getattr(trainer, "checkpoint_callback", None)
         ckpt = Path(cb.last_model_path or cb.best_model_path) if cb is not None and (cb.last_model_path or cb.best_model_path) else self._newest_checkpoint()
         if ckpt is None or not ckpt.is_file():
@@ -205,6 +218,8 @@ class RunState(Callback):
 
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.global_rank == 0:
+            self.reload()
         if trainer.world_size == 1:
             self.install_signals()
 
