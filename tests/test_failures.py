@@ -170,6 +170,23 @@ def test_a_budget_under_one_unit_of_every_pool_is_refused_before_scoring(tiny_mo
     assert manifest(run)["status"] == "failed" and manifest(run)["stage"] == "setup"
 
 
+def test_a_budget_rounded_up_to_one_unit_is_said(caplog):
+    from biasprune.callbacks import PruningCallback
+
+    sizes = {"neuron/l.0.up_proj": 1536, "neuron/l.0.o_proj": 576, "head/l.0.self_attn": 9}
+    cb = PruningCallback(budget=0.001)  # 1.5 units of the first pool, 0.58 of the second: rounded up to 1
+    with caplog.at_level("INFO"):
+        cb.check_budgets(sizes)
+    note = "pruning.budget=0.001 is less than one unit in 1 of 2 neuron pools (e.g. l.0.o_proj, 576 units): rounded up to 1 neuron"
+    assert note in caplog.text and cb.run_notes()["budget_notes"] == [note + " in each of them"]
+    cb = PruningCallback(budget=0.001, scope="global")  # one pool of 2112 neurons: 2.1 units, nothing to say
+    cb.check_budgets(sizes)
+    assert cb.run_notes() == {}
+    with pytest.raises(ConfigError, match=r"pruning.head_budget=0.05 is less than one unit in every pool \(1 global pool\(s\) of at most 9"
+                                          r" heads\).* smallest useful value is 0.112"):
+        PruningCallback(units="heads", head_budget=0.05).check_budgets(sizes)
+
+
 def test_unwritable_directories_are_refused_before_the_model_loads(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
