@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "fit": "score every unit, select the masks, evaluate every arm on the test names and write the report",
     "validate": "evaluate the unpruned model, and a masks file's arms (--pruning.masks_file), on the evaluation prompts",
     "study": "prompt-specific vs within-context vs cross-context pruning, tuned on dev names, reported on test names",
-    "plant": "train a planted control: a LoRA adapter that puts a known bias into a model",
+    "plant": "train a planted control (a LoRA adapter that puts a known bias into a model); plant check|truth: check runs on it",
     "report": "check a run directory against its manifest and rebuild its report.html (no model is loaded)",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "study")
