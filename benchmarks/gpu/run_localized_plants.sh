@@ -19,7 +19,7 @@
 # The embedded model and missing packages travel as benchmarks/gpu/device_env.sh says (name .device and .whl in carry).
 # Training: the two side by side on the one GPU, 2,052 chats and 5 epochs (645 steps) each, hard limit 460 s each.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
 tiny=0
 if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
