@@ -134,3 +134,14 @@ def test_the_chosen_method_fills_the_study_configs_and_they_parse(tmp_path, monk
         assert model.objective.name == "causal" and list(kw["config"].grid.rules) == ["target"]
     with pytest.raises(SystemExit, match="no line ends with"):
         apply_main([str(chosen), str(root / "configs" / "cpu.yaml"), "--check"])
+
+
+def test_the_scale_free_cut_is_a_column_when_the_runs_carry_it():
+    r = row("purchase", "nll", "1%", (1.0, 0.5, [0.9]))
+    for name, value in (("baseline", 2.0), ("pruned", 0.5), ("random", 1.5)):
+        for a in r["splits"]["test"][name] if name == "random" else [r["splits"]["test"][name]]:
+            a["measures"] = {"smd": a["mean_abs_smd"], "rank_smd": value}
+    text = table([r], None).splitlines()
+    assert "scale-free cut (rank_smd)" in text[0] and all(line.count("|") == text[0].replace("\\|", "").count("|") for line in text[1:])
+    assert "| 1%, 4 | 75% | 25% | 1.000 | 50% | 10% |" in text[2]  # rank: 1 − 0.5/2, 1 − 1.5/2; paper: 1 − 0.5, 1 − 0.9
+    assert "scale-free" not in table([row("purchase", "nll", "1%", (1.0, 0.5, [0.9]))], None)

@@ -54,12 +54,18 @@ def _read(path: Path) -> list[dict]:
 
 
 def arms(run: Path) -> dict[str, dict]:
-    """Per split: baseline, pruned and the random arms' mean |SMD|, inlier and parse ratios (summary.csv)."""
+    """Per split: baseline, pruned and the random arms' mean |SMD|, inlier and parse ratios (summary.csv).
+
+    ``mean_abs_smd`` and ``null_p95`` are the paper's measure and its noise floor; ``measures`` holds every bias
+    measure of the summary (each ``mean_abs_<name>`` column: ``smd``, and with the metric spec of docs/method.md
+    the scale-free ``rank_smd``), keyed by name."""
     out: dict[str, dict] = {}
     for r in _read(run / "summary.csv"):
         split = out.setdefault(r["split"], {"random": []})
+        floor = r.get("null_p95") or r.get("null_mean_abs_smd_p95")  # the floor's column before and after the spec
+        measures = {k.removeprefix("mean_abs_"): float(v) for k, v in r.items() if k.startswith("mean_abs_") and v}
         arm = {"arm": r["arm"], "mean_abs_smd": float(r["mean_abs_smd"]), "inlier_ratio": float(r["inlier_ratio"]),
-               "parse_rate": float(r["parse_rate"]), "null_p95": float(r["null_p95"])}  # fmt: skip
+               "parse_rate": float(r["parse_rate"]), "null_p95": float(floor), "measures": measures}  # fmt: skip
         if r["phase"] == "random":
             split["random"].append(arm)
         else:

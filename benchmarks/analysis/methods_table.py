@@ -37,13 +37,25 @@ def load(dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def cut(split: dict) -> tuple[float, float]:
-    """(cut, random cut) of one split's arms: 1 − arm/baseline mean |SMD| (NaN without a baseline bias)."""
-    base = split["baseline"]["mean_abs_smd"]
-    if base <= 0:
+#: The scale-free measure's name in summary.csv (``mean_abs_rank_smd``; docs/method.md, "Statistics"): its cut is a
+#: column of the table when the runs carry it. The rule below decides on the paper's measure, as fixed before the runs.
+SCALE_FREE = "rank_smd"
+
+
+def _measure(arm: dict, measure: str) -> float:
+    if measure == "smd":
+        return arm["mean_abs_smd"]
+    return arm.get("measures", {}).get(measure, math.nan)
+
+
+def cut(split: dict, measure: str = "smd") -> tuple[float, float]:
+    """(cut, random cut) of one split's arms: 1 − arm/baseline mean |SMD| of ``measure`` (NaN without a baseline
+    bias or without the measure)."""
+    base = _measure(split["baseline"], measure)
+    if not base > 0:
         return math.nan, math.nan
-    rnd = [a["mean_abs_smd"] for a in split["random"]]
-    return 1 - split["pruned"]["mean_abs_smd"] / base, (1 - sum(rnd) / len(rnd) / base) if rnd else math.nan
+    rnd = [_measure(a, measure) for a in split["random"]]
+    return 1 - _measure(split["pruned"], measure) / base, (1 - sum(rnd) / len(rnd) / base) if rnd else math.nan
 
 
 def arm_key(r: dict) -> tuple[str, str, str, str]:
@@ -107,6 +119,9 @@ def truth_cell(truth: dict | None, kind: str) -> str:
 def table(rows: list[dict], chosen: tuple | None) -> str:
     head = ("| plant | method | budget (neurons/module, heads) | base \\|SMD\\| | cut | random cut | inlier × base |"
             " parse × base | neurons P / R | heads P / R | wall s |")
+    scale_free = any(SCALE_FREE in a.get("measures", {}) for r in rows for s in r["splits"].values() for a in [s["baseline"]])
+    if scale_free:
+        head = head.replace(" | base \\|SMD\\| |", f" | scale-free cut ({SCALE_FREE}) | random cut ({SCALE_FREE}) | base \\|SMD\\| |")
     lines = [head, "|" + "---|" * (head.replace("\\|", "").count("|") - 1)]  # escaped pipes are not columns
     for r in sorted(rows, key=lambda r: (r["plant"], COST_ORDER.index(r["objective"]) if r["objective"] in COST_ORDER else 9,
                                          r["budget"])):  # fmt: skip
@@ -116,8 +131,9 @@ def table(rows: list[dict], chosen: tuple | None) -> str:
         c, rc = cut(test)
         b, p = test["baseline"], test["pruned"]
         mark = " **(chosen)**" if arm_key(r) == chosen else ""
+        sf = "".join(f" | {_f(x, '{:.0%}')}" for x in cut(test, SCALE_FREE)) if scale_free else ""
         lines.append(
-            f"| {r['plant']} | {r['objective']}:{r['rule']}{mark} | {r['budget']}, {r['head_budget']} | {_f(b['mean_abs_smd'], '{:.3f}')}"
+            f"| {r['plant']} | {r['objective']}:{r['rule']}{mark} | {r['budget']}, {r['head_budget']}{sf} | {_f(b['mean_abs_smd'], '{:.3f}')}"
             f" | {_f(c, '{:.0%}')} | {_f(rc, '{:.0%}')} | {_f(p['inlier_ratio'] / b['inlier_ratio'] if b['inlier_ratio'] else math.nan)}"
             f" | {_f(p['parse_rate'] / b['parse_rate'] if b['parse_rate'] else math.nan)} | {truth_cell(r.get('truth'), 'neuron')}"
             f" | {truth_cell(r.get('truth'), 'head')} | {r['wall_s']:.0f} |"
@@ -133,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = load(args.dirs)
     chosen, evidence = choose(rows)
-    text = ["Cut = 1 − pruned / unpruned mean |SMD| on the **test** names (the paper's measure); inlier and parse as a",
+    text = ["Cut = 1 − pruned / unpruned mean |SMD| on the **test** names (the paper's measure; with the metric spec also",
+            f"the scale-free measure, {SCALE_FREE}: the SMD of normal scores, docs/method.md); inlier and parse as a",
             "ratio to the unpruned model's; P / R: precision and recall of the pruned units against the plant's ground",
             "truth: a localized plant's unit list (MLP neurons as gate/up pairs), or for a LoRA plant (format, purchase,",
             "all) the k units of largest LoRA update norm, k = the number pruned, so P = R, with the share of the update's",
