@@ -65,7 +65,7 @@ from biasprune.scoring.gradxact import score_batch
 __all__ = ["SIZES", "main", "project", "random_pairs"]
 
 SIZES = {
-    "pairs": SizeFlag("name-swapped pairs per batch (4 sequences each)", 16, 2),
+    "pairs": SizeFlag("name-swapped pairs per batch (4 sequences each; 8: about 27 GB of activations kept for the neurons' backward on the 8B shape)", 8, 2),
     "prompt_len": SizeFlag("prompt tokens (chat-rendered Purchase prompts are about 80-100)", 90, 12),
     "answer_len": SizeFlag("answer tokens", 4, 2),
     "iters": SizeFlag("timed repeats of one evaluation", 5, 2),
