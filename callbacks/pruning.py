@@ -1,11 +1,17 @@
 """The pruning Callback: turns scores into masks, and gives every evaluation batch its arms.
 
 At the start of a ``validate`` stage it resolves the masks under test: those of ``masks_file``, or, after
-``fit`` in the same run, masks selected from the run's scores (DESIGN §2; ``rule``, ``p``/``q`` or
-``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when asked). It then
+``fit`` in the same run, masks selected from the run's scores (docs/method.md, "Selection"; ``rule``, ``p``/``q``
+or ``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when asked). It then
 serves the arms of each batch (:class:`biasprune.pruning.arms.ArmSource`): the unpruned model, the pruned model, and
-``random_draws`` random masks that prune the same number of units per module (neurons) and in total (heads)
-(DESIGN §6). It needs only the :class:`biasprune.pruning.arms.PrunableModule` members of the module.
+``random_draws`` random masks that prune the same number of units per module (neurons) and in total (heads), drawn
+for each name split separately (seeds by (split, arm, draw): :meth:`biasprune.pruning.factory.MaskFactory.control_seed`).
+It needs only the :class:`biasprune.pruning.arms.PrunableModule` members of the module.
+
+``budget: auto`` (or ``head_budget: auto``) leaves the budget, and the rule among ``auto_rules``, to a choice on dev
+names made before the reported stage, by the study's rule (:mod:`biasprune.study.choose`, with the utility guard):
+:class:`biasprune.study.trainer.BiasPruneTrainer` makes it (:mod:`biasprune.study.auto`) and hands it over with
+:meth:`PruningCallback.configure_choice`.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from biasprune.pruning.rules import RULES, SCOPES, parse_budget
 from biasprune.scoring.accumulate import selection_inputs, sum_scores
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 
-__all__ = ["PruningCallback"]
+__all__ = ["AUTO", "PruningCallback"]
 
 UNITS = ("neurons", "heads", "both")
+AUTO = "auto"
 
 
 class PruningCallback(Callback):
@@ -45,18 +52,26 @@ class PruningCallback(Callback):
         p: neurons: fraction of each pool protected as most important for the reference group.
         q: neurons: fraction of each pool considered most important for the target group.
         budget: neurons: units pruned per pool, as a fraction of the pool (``0.005`` or ``"0.5%"``) or a count
-            (``12``); with ``set_difference`` it replaces q. Empty: p/q decide (``set_difference``) or
-            ``DEFAULT_BUDGETS`` of :mod:`biasprune.pruning.factory` (0.5% of each module; a ranking rule).
+            (``12``); with ``set_difference`` it replaces q. ``auto``: chosen on dev names among ``auto_budgets``
+            (and the rule among ``auto_rules``) by the study's rule with the utility guard. Empty: p/q decide
+            (``set_difference``) or ``DEFAULT_BUDGETS`` of :mod:`biasprune.pruning.factory` (0.5% of each module; a
+            ranking rule).
         scope: neurons: ``module`` selects within each projection, ``global`` over all neurons.
         head_p: heads: like ``p``.
         head_q: heads: like ``q``.
-        head_budget: heads: like ``budget`` (empty with a ranking rule: ``DEFAULT_BUDGETS``, 3 heads).
+        head_budget: heads: like ``budget`` (empty with a ranking rule: ``DEFAULT_BUDGETS``, 3 heads; ``auto``: among
+            ``head_auto_budgets``).
         head_scope: heads: ``global`` (over all heads of the model, as in the paper) or ``module``.
         floor_quantile: ``relative_difference`` and ``log_ratio``: the pool quantile of S_t + S_r below which units
             are not candidates (relative_difference) or that floors both scores (log_ratio).
-        random_draws: random-mask controls evaluated beside the pruned model (DESIGN §6; 0 disables them and
-            with them every claim).
-        random_seed: seed of the random masks.
+        random_draws: random-mask controls evaluated beside the pruned model (0 disables them and with them every
+            claim); the claim compares the arm with one random mask per bootstrap replicate, so the draws'
+            spread is part of its interval (docs/method.md, "Statistics").
+        random_seed: seed from which every random mask's seed is derived, with the split, the arm and the draw.
+        auto_budgets: neurons: the budgets ``budget: auto`` chooses among on dev names.
+        head_auto_budgets: heads: the budgets ``head_budget: auto`` chooses among.
+        auto_rules: the rules ``auto`` chooses among (each with every budget); empty for ``rule`` alone.
+        auto_draws: random controls per candidate on dev names (the choice compares each with its own).
         masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores.
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
         log_histograms: log score histograms per unit kind and group to TensorBoard.
@@ -75,8 +90,12 @@ class PruningCallback(Callback):
         head_budget: int | float | str | None = None,
         head_scope: Literal["module", "global"] = "global",
         floor_quantile: float = 0.5,
-        random_draws: int = 3,
+        random_draws: int = 5,
         random_seed: int = 0,
+        auto_budgets: Sequence[int | float | str] = ("0.1%", "0.25%", "0.5%", "1%"),
+        head_auto_budgets: Sequence[int | float | str] = (1, 3, 9),
+        auto_rules: Sequence[str] = (),
+        auto_draws: int = 1,
         masks_file: str = "",
         export_dir: str = "",
         log_histograms: bool = True,
@@ -88,15 +107,26 @@ class PruningCallback(Callback):
         for name, v in (("pruning.p", p), ("pruning.q", q), ("pruning.head_p", head_p), ("pruning.head_q", head_q)):
             check_fraction(name, v)
         check_positive("pruning.random_draws", random_draws, minimum=0)
+        check_positive("pruning.auto_draws", auto_draws, minimum=1)
         check_fraction("pruning.floor_quantile", floor_quantile)
         for name, b in (("pruning.budget", budget), ("pruning.head_budget", head_budget)):
-            if b is not None:
+            if b is not None and b != AUTO:
                 parse_budget(b, flag=name)  # refuse a bad budget now, not after scoring
+        for name, values in (("pruning.auto_budgets", auto_budgets), ("pruning.head_auto_budgets", head_auto_budgets)):
+            if not values:
+                raise ValueError(f"{name} is empty: give the budgets that {name.replace('auto_budgets', 'budget')}=auto chooses among")
+            for b in values:
+                parse_budget(b, flag=name)
+        for r in auto_rules:
+            check_choice("pruning.auto_rules", r, RULES)
         self.units, self.rule, self.p, self.q, self.budget, self.scope = units, rule, p, q, budget, scope
         self.head_p, self.head_q, self.head_budget, self.head_scope = head_p, head_q, head_budget, head_scope
         self.floor_quantile = floor_quantile
         self.random_draws, self.random_seed = random_draws, random_seed
+        self.auto_budgets, self.head_auto_budgets = tuple(auto_budgets), tuple(head_auto_budgets)
+        self.auto_rules, self.auto_draws = tuple(auto_rules), auto_draws
         self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)
+        self.chosen: dict[str, Any] | None = None  # the choice on dev names of budget: auto
         self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
         if masks_file:
@@ -104,7 +134,8 @@ class PruningCallback(Callback):
             if not self.loaded[0]:
                 raise MaskError(f"masks file {masks_file!r} holds no masks")
         self.masks: dict[str, torch.Tensor] | None = None
-        self._arms: list[Arm] = [UNPRUNED]
+        self._arms: dict[str, list[Arm]] = {}  # per split
+        self._baseline = True
         self.plan: ArmSource | None = None
 
     def set_plan(self, plan: ArmSource | None) -> None:
@@ -114,49 +145,95 @@ class PruningCallback(Callback):
     def kinds(self) -> list[str]:
         return {"neurons": ["neuron"], "heads": ["head"], "both": ["neuron", "head"]}[self.units]
 
+    @property
+    def auto(self) -> bool:
+        """Whether the budget of a pruned kind is ``auto`` (chosen on dev names)."""
+        return any((self.budget if k == "neuron" else self.head_budget) == AUTO for k in self.kinds())
+
     def settings(self) -> dict[str, Any]:
-        """Everything that decides the masks (also the metadata of ``masks.safetensors``)."""
-        return {
+        """Everything that decides the masks (also the metadata of ``masks.safetensors``); ``chosen`` once
+        ``auto`` was resolved on dev names."""
+        out = {
             "units": self.units, "rule": self.rule, "p": self.p, "q": self.q, "budget": self.budget, "scope": self.scope,
             "head_p": self.head_p, "head_q": self.head_q, "head_budget": self.head_budget, "head_scope": self.head_scope,
             "floor_quantile": self.floor_quantile,
             "random_draws": self.random_draws, "random_seed": self.random_seed, "masks_file": self.masks_file,
         }
+        if self.auto:
+            out |= {"auto_budgets": list(self.auto_budgets), "head_auto_budgets": list(self.head_auto_budgets),
+                    "auto_rules": list(self.auto_rules or (self.rule,)), "auto_draws": self.auto_draws}
+        return out | ({"chosen": dict(self.chosen)} if self.chosen else {})
 
     # ------------------------------------------------------------------------------------ selection
+    def candidates(self) -> list[dict[str, Any]]:
+        """The points ``auto`` chooses among: ``{"rule", "budget", "head_budget"}`` for every rule of ``auto_rules``
+        (or ``rule``) and every budget of an ``auto`` kind (the configured budget of the other)."""
+        budgets = {}
+        for kind in self.kinds():
+            own = self.budget if kind == "neuron" else self.head_budget
+            grid = self.auto_budgets if kind == "neuron" else self.head_auto_budgets
+            budgets[kind] = list(grid) if own == AUTO else [own]
+        out = []
+        for rule in self.auto_rules or (self.rule,):
+            for b in budgets.get("neuron", [self.budget]):
+                for hb in budgets.get("head", [self.head_budget]):
+                    out.append({"rule": rule, "budget": b, "head_budget": hb})
+        return out
+
+    def configure_choice(self, chosen: Mapping[str, Any] | None) -> None:
+        """The point chosen on dev names for ``auto`` (a :meth:`candidates` entry; None to forget it)."""
+        self.chosen = dict(chosen) if chosen is not None else None
+
     def select(self, target: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
-               n_target: int | None = None, n_reference: int | None = None) -> dict[str, torch.Tensor]:
-        """Keep-masks (uint8, 1 = keep) for the configured unit kinds (``n_*``: examples behind each group's sums)."""
+               n_target: int | None = None, n_reference: int | None = None,
+               point: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """Keep-masks (uint8, 1 = keep) for the configured unit kinds (``n_*``: examples behind each group's sums);
+        ``point`` (a :meth:`candidates` entry) overrides the rule and budgets, e.g. with the choice of ``auto``."""
+        point = point or self.chosen or {}
+        factory = MaskFactory(point.get("rule", self.rule), self.scope, self.head_scope, self.floor_quantile, self.random_seed)
         masks: dict[str, torch.Tensor] = {}
         for kind in self.kinds():
-            p, q, budget = (self.p, self.q, self.budget) if kind == "neuron" else (self.head_p, self.head_q, self.head_budget)
-            selected = self.factory.select(target, reference, kind, p, q, budget, n_target, n_reference)
+            p, q = (self.p, self.q) if kind == "neuron" else (self.head_p, self.head_q)
+            budget = point.get("budget", self.budget) if kind == "neuron" else point.get("head_budget", self.head_budget)
+            if budget == AUTO:
+                flag = "pruning.budget" if kind == "neuron" else "pruning.head_budget"
+                raise RuntimeError(f"{flag}=auto has not been chosen on dev names: run fit through"
+                                   " biasprune.study.trainer.BiasPruneTrainer (as the CLI does), which makes the choice")
+            selected = factory.select(target, reference, kind, p, q, budget, n_target, n_reference)
             if not selected:
                 raise RuntimeError(f"pruning.units={self.units!r} needs {kind} scores, but none were computed (set model.score_{kind}s true)")
             masks.update(selected)
         return masks
 
-    def random_controls(self, masks: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """``random_draws`` keep-mask sets pruning as many units per module (neurons) / in total (heads)."""
-        return self.factory.random_controls(masks, range(self.random_draws))
+    def random_controls(self, masks: Mapping[str, torch.Tensor], split: str, arm: str = "pruned",
+                        draws: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """``random_draws`` (or ``draws``) keep-mask sets of ``arm`` on ``split``, pruning as many units per module
+        (neurons) / in total (heads)."""
+        return self.factory.random_controls(masks, split, arm, range(self.random_draws if draws is None else draws))
 
-    def arms_from(self, masks: Mapping[str, torch.Tensor] | None, baseline: bool = True) -> list[Arm]:
+    def arms_from(self, masks: Mapping[str, torch.Tensor] | None, split: str, baseline: bool = True) -> list[Arm]:
+        """The arms of one split: the unpruned model, the pruned model and its random controls on that split."""
         arms = [UNPRUNED] if baseline else []
         if masks is not None:
             arms.append(Arm("pruned", "pruned", masks))
-            arms += [Arm(f"random/{d}", "random", m, draw=d) for d, m in enumerate(self.random_controls(masks))]
+            arms += [Arm(f"random/{d}", "random", m, draw=d) for d, m in enumerate(self.random_controls(masks, split))]
         return arms
 
     def arms_for(self, split: str, scenario: str, variation: str) -> Sequence[Arm]:
-        return self._arms
+        if split not in self._arms:
+            self._arms[split] = self.arms_from(self.masks, split, self._baseline)
+        return self._arms[split]
 
     # ---------------------------------------------------------------------------------------- hooks
+    def _fingerprint(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.settings().items() if k != "chosen"}  # the choice comes after scoring
+
     def state_dict(self) -> dict[str, Any]:
-        return {"settings": {k: str(v) for k, v in self.settings().items()}}
+        return {"settings": self._fingerprint()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "settings" in state_dict:
-            check_fingerprint(state_dict["settings"], {k: str(v) for k, v in self.settings().items()}, "the checkpoint (pruning settings)")
+            check_fingerprint(state_dict["settings"], self._fingerprint(), "the checkpoint (pruning settings)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
         if self.loaded is not None:
@@ -169,26 +246,40 @@ class PruningCallback(Callback):
             pl_module.set_arm_source(self.plan)
             return
         self.masks = self._resolve(trainer, pl_module)
-        self._arms = self.arms_from(self.masks, baseline=pl_module.evaluation.baseline)
+        self._arms, self._baseline = {}, pl_module.evaluation.baseline
         pl_module.set_arm_source(self)
 
-    def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
-        if self.loaded is not None:
-            validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
-            return self.loaded[0]
+    def run_scores(self, pl_module: PrunableModule) -> tuple[dict, dict[str, int], list[str]] | None:
+        """This run's scores summed over its scoring variations, the examples behind each group and the
+        variations; None when nothing was scored in this run (collective: every rank calls it)."""
         per_variation = pl_module.final_scores()
         stored = Path(pl_module.run_dir) / "scores_by_variation.safetensors"
         if per_variation is None and stored.is_file():  # written by this run's fit (another process, or resumed)
             per_variation, _ = read_scores(stored)
         if per_variation is None:
-            return None  # nothing was scored in this run: evaluate the unpruned model
-        scores = sum_scores(per_variation)
-        ref, tgt = trainer.datamodule.groups
+            return None
         n = read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
-        masks = self.select(*selection_inputs(scores, (ref, tgt), self.rule, n))
+        return sum_scores(per_variation), n, list(per_variation)
+
+    def select_point(self, scores: Mapping, groups: Sequence[str], n: Mapping[str, int],
+                     point: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """Masks of ``point`` (or the configured / chosen one) from summed scores of ``groups`` (reference, target)."""
+        rule = (point or self.chosen or {}).get("rule", self.rule)
+        return self.select(*selection_inputs(scores, tuple(groups), rule, n), point=point)
+
+    def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
+        if self.loaded is not None:
+            validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
+            return self.loaded[0]
+        found = self.run_scores(pl_module)
+        if found is None:
+            return None  # nothing was scored in this run: evaluate the unpruned model
+        scores, n, variations = found
+        ref, tgt = trainer.datamodule.groups
+        masks = self.select_point(scores, (ref, tgt), n)
         if trainer.global_rank == 0:
             meta = {k: str(v) for k, v in self.settings().items()} | {
-                "reference_group": ref, "target_group": tgt, "scoring": ",".join(per_variation),
+                "reference_group": ref, "target_group": tgt, "scoring": ",".join(variations),
             }
             save_masks(Path(pl_module.run_dir) / "masks.safetensors", masks, meta)
             if self.export_dir:
@@ -200,7 +291,8 @@ class PruningCallback(Callback):
     def _log(self, trainer: L.Trainer, pl_module: PrunableModule, scores: dict, masks: dict[str, torch.Tensor]) -> None:
         c = pruned_counts(masks)
         what = " and ".join(f"{c[k]} of {c[k + '_units']} {k}s" for k in ("neuron", "head") if c[k + "_units"])
-        rank_zero_info(f"pruned {what} ({self.rule}); masks in {Path(pl_module.run_dir) / 'masks.safetensors'}")
+        rule = (self.chosen or {}).get("rule", self.rule)
+        rank_zero_info(f"pruned {what} ({rule}); masks in {Path(pl_module.run_dir) / 'masks.safetensors'}")
         experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_scalar")), None)
         if experiment is None:
             return
