@@ -156,21 +156,23 @@ def run_study(trainer, module, dm, cfg: StudyConfig) -> dict:
     plan = StudyPlan(store, score_keys, dm.groups, cb.factory, within, contexts, _answer_prefixes(module, dm))
 
     rules = cfg.grid.rules or (cb.rule,)
-    budget = {"neurons": cb.budget or DEFAULT_BUDGETS["neuron"], "heads": cb.head_budget or DEFAULT_BUDGETS["head"]}
-    grid = [ArmSpec(u, s, c, p, q, b, rule) for (u, s, c) in families for rule in rules for (p, q, b) in cfg.grid.points(u, rule, budget[u])]
+    # without grid budgets a ranking rule takes the callback's budget; `auto` leaves it to the grid of its auto list
+    budgets = {"neurons": cb.auto_budgets if cb.budget == "auto" else (cb.budget or DEFAULT_BUDGETS["neuron"],),
+               "heads": cb.head_auto_budgets if cb.head_budget == "auto" else (cb.head_budget or DEFAULT_BUDGETS["head"],)}
+    grid = [ArmSpec(u, s, c, p, q, b, rule) for (u, s, c) in families for rule in rules for (p, q, b) in cfg.grid.points(u, rule, budgets[u])]
     controls = [replace(a, draw=d) for a in grid for d in range(cfg.grid.random_draws)]
     jobs = {k: [ArmSpec(), *grid, *controls] for k in eval_keys}
     _answer_missing(trainer, module, dm, cb, plan, store, jobs)
 
     table = point_table(plan, store, eval_keys, grid, cfg.grid.random_draws, dm.valid_range, module.evaluation)
-    chosen = choose_points(table, cfg.grid)
-    extra = [replace(a, draw=d) for a in chosen.values() if a is not None for d in range(cfg.grid.random_draws, cb.random_draws)]
+    chosen = choose_points(table, cfg.grid.min_pruned)
+    extra = [replace(a, draw=d) for a in chosen.values() if a is not None for d in range(cfg.grid.random_draws, cfg.grid.chosen_draws)]
     jobs_test = {k: extra for k in eval_keys if k[0] == "test"}
     _answer_missing(trainer, module, dm, cb, plan, store, jobs_test)
 
     result = {}
     if trainer.global_rank == 0:
-        result = write_results(out, plan, store, eval_keys, table, chosen, cfg, cb, module.evaluation, dm)
+        result = write_results(out, plan, store, eval_keys, table, chosen, cfg, module.evaluation, dm)
         rank_zero_info(f"\n{format_summary(result['results'], result['claims'])}\n(study directory: {out}; tables in results.md)\n")
         elapsed = time.perf_counter() - started
         artifacts.write_json(out / "timings.json", {"seconds": round(elapsed, 1), "computed": store.computed})
