@@ -261,3 +261,38 @@ def test_grid_points_and_errors():
     assert GRID.chosen_draws == 3
     with pytest.raises(ValueError, match=r"study.grid.chosen_draws must be >= 1, got 0"):
         GridConfig(chosen_draws=0)
+
+
+def test_results_tables_are_generated_from_the_study(finished, tmp_path):
+    """benchmarks.results_tables on a study directory: its numbers and verdicts, the changed verdicts, the markers."""
+    from benchmarks.results_tables import _plant, main, render
+
+    _, out, _ = finished
+    sections = render([out])
+    assert set(sections) == {"studies", "changes"}
+    claims = {c["claim"]: c for c in csv.DictReader(open(out / "claims.csv"))}
+    chosen = [r for r in csv.DictReader(open(out / "results.csv")) if r["phase"] == "pruned" and r["mean_abs_rank_smd"]]
+    assert chosen
+    for r in chosen:
+        assert f"{float(r['mean_abs_rank_smd']):.3f}" in sections["studies"] and f"{float(r['mean_abs_smd']):.3f}" in sections["studies"]
+        assert claims[f"pruning lowers bias ({r['arm']})"]["sentence"] in sections["studies"]
+    # a verdict that differs from the previous one is listed with both
+    first, second = chosen[0], chosen[-1]
+    previous = tmp_path / "previous.csv"
+    with open(previous, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["stage", "plant", "units", "strategy", "context", "claim", "old_verdict", "old_values"])
+        for r, verdict in ((first, "an old verdict"), (second, claims[f"pruning lowers bias ({second['arm']})"]["verdict"])):
+            w.writerow(["studies", _plant(out), r["units"], r["strategy"], r["context"], "pruning lowers bias", verdict, "1.0 [random 1.1]"])
+    changes = render([out], previous)["changes"]
+    assert "an old verdict: 1.0 [random 1.1]" in changes
+    assert ("1 verdict(s) changed" in changes) == (first is not second) and "0 earlier claim(s) have no counterpart" in changes
+    doc = tmp_path / "results.md"
+    doc.write_text("intro\n<!-- results:studies begin -->\nold table\n<!-- results:studies end -->\nmiddle\n"
+                   "<!-- results:changes begin -->\n<!-- results:changes end -->\noutro\n")
+    main([str(out), "--write", str(doc)])
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n") and sections["studies"] in text
+    with pytest.raises(SystemExit, match="no markers for the section 'studies'"):
+        doc.write_text("nothing")
+        main([str(out), "--write", str(doc)])
