@@ -16,6 +16,7 @@ names made before the reported stage, by the study's rule (:mod:`biasprune.study
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -278,7 +279,7 @@ class PruningCallback(Callback):
         ref, tgt = trainer.datamodule.groups
         masks = self.select_point(scores, (ref, tgt), n)
         if trainer.global_rank == 0:
-            meta = {k: str(v) for k, v in self.settings().items()} | {
+            meta = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in self.settings().items()} | {
                 "reference_group": ref, "target_group": tgt, "scoring": ",".join(variations),
             }
             save_masks(Path(pl_module.run_dir) / "masks.safetensors", masks, meta)
