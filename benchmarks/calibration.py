@@ -3,6 +3,7 @@
     python -m benchmarks.calibration                       # the table in docs/method.md ("Statistics"), minutes on 2 cores
     python -m benchmarks.calibration --quick               # CI's version (tests/test_calibration.py): fewer replications
     python -m benchmarks.calibration --write docs/method.md  # also replace the table between its markers there
+    python -m benchmarks.calibration --intervals           # the second part: coverage of the intervals themselves
 
 Every replication generates answer records with known truth and runs exactly what ``biasprune fit`` runs on them:
 ``compute_bounds`` (the unpruned arm's P5-P95 window) -> ``variation_rows`` (every metric's row function) ->
@@ -46,6 +47,7 @@ import argparse
 import datetime
 import math
 import re
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -203,6 +205,12 @@ def write_into(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--intervals" in argv:  # the second part: the interval method's coverage (benchmarks/calibration_intervals.py)
+        from benchmarks.calibration_intervals import main as intervals
+
+        intervals([a for a in argv if a != "--intervals"])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI's version: 60 replications per case, 400 bootstrap draws")
     ap.add_argument("--reps", type=int, default=None, help="replications per case (default 400; --quick 60)")

@@ -17,9 +17,11 @@ products, so the cost of a draw does not depend on the number of answers::
     SMD = (mean_0 - mean_1) / sqrt((m2_0 + m2_1) / (N_0 + N_1 - 2))
 
 with ``c`` the arm's mean answer on the variation (centring keeps ``m2`` exact for values far from 0)
-and the NaN rules of :func:`biasprune.metrics.functional.standardized_mean_difference`. The statistic of a
-weighting is the mean over variations of |SMD|, skipping variations whose SMD is undefined (NaN if all
-are).
+and the NaN rules of :func:`biasprune.metrics.functional.standardized_mean_difference`. A bootstrap keeps |SMD| per
+arm, draw and variation (:class:`PairedBootstrap`), so that a contrast of arms can average over the variations
+defined in every arm it involves, draw by draw (:mod:`biasprune.stats.intervals`); an arm on its own is averaged over
+its defined variations (NaN if none is). The utility rates (share of all answers passing a test) are resampled
+with the very same name weights (:func:`utility_bootstrap`).
 
 Why clustered across variations: the answers about one name share what the model associates with that
 name in every variation, so the variations' SMDs are correlated through the names. Redrawing names

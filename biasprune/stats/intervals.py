@@ -1,10 +1,13 @@
 """Confidence intervals for mean |SMD| and for paired differences between arms, from a :class:`PairedBootstrap`.
 
 Every interval is for a *contrast* ``theta = sum_a w_a theta_a`` of the arms' mean |SMD| (one arm:
-``w = 1``; a paired difference: ``+1`` and ``-1``; several random-mask draws averaged: ``1/n`` each). Its
+``w = 1``; a paired difference: ``+1`` and ``-1``; several arms averaged: ``1/n`` each). Each ``theta_a`` is
+averaged over the variations defined in EVERY arm of the contrast, in the estimate and, separately, in each draw,
+so no arm is averaged over fewer variations than another; ``Interval.dropped`` says how many were left out. Its
 estimate, draws and jackknife values are the same linear combination of the arms', so a difference is
-paired: both arms use the same names in every draw. Draws where the contrast is undefined (an involved
-arm with every variation undefined) are left out; ``n_boot`` counts the others.
+paired: both arms use the same names in every draw. Draws where the contrast is undefined (no variation
+defined in every arm) are left out; ``n_boot`` counts the others. Random-mask draws enter as one mask per
+replicate (:class:`RandomDraws`).
 
 **BCa** (bias-corrected and accelerated; Efron 1987, Efron & Tibshirani 1993 ch. 14).
 With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cdf ``Phi``::
@@ -20,7 +23,7 @@ With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cd
 eq. 5.24); with equal group sizes the factor cancels and ``a`` is scipy's multi-sample acceleration.
 
 **Percentile**: ``np.quantile(t*, [(1 - level)/2, (1 + level)/2])``. **The default, for one arm and for
-paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.coverage``;
+paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.calibration --intervals``;
 table in docs/method.md, "Statistics"):
 
 * Mean |SMD| is biased upward when the true SMDs are small (|.| folds the noise onto the positive side),

@@ -31,7 +31,6 @@ __all__ = [
     "VariationKey",
     "compute_bounds",
     "group_records",
-    "inlier_answers",
     "inlier_bounds",
     "metric_answers",
     "read_bounds",
@@ -108,23 +107,6 @@ def inlier_bounds(
     return lo, hi
 
 
-def inlier_answers(
-    values: np.ndarray, groups: np.ndarray, names: Sequence[str], bounds: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The answers within ``bounds`` as flat ``(values, groups, names)`` (one entry per answer).
-
-    ``values`` is ``[n_prompts, k]``; NaN values and NaN bounds are never inliers.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = bounds
-    inlier = (values >= lo) & (values <= hi)
-    return (
-        values[inlier],
-        np.broadcast_to(np.asarray(groups)[:, None], values.shape)[inlier],
-        np.broadcast_to(np.asarray(names, dtype=object)[:, None], values.shape)[inlier],
-    )
-
-
 def group_records(records: Iterable[Mapping]) -> dict[tuple[str, str], dict[tuple[str, str], list[Mapping]]]:
     """``{(split, arm): {(scenario, variation): [records]}}``, keeping first-seen order."""
     out: dict[tuple[str, str], dict[tuple[str, str], list[Mapping]]] = {}
@@ -134,7 +116,9 @@ def group_records(records: Iterable[Mapping]) -> dict[tuple[str, str], dict[tupl
 
 
 def record_arrays(recs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Parsed answers ``[n_prompts, k]``, group index per prompt and name per prompt."""
+    """Parsed answers ``[n_prompts, k]``, group index per prompt and name per prompt (``[0, 0]`` for no record)."""
+    if not recs:
+        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), []
     values = np.array([r["values"] for r in recs], dtype=np.float64).reshape(len(recs), -1)
     return values, np.array([r["group_index"] for r in recs], dtype=np.int64), [r["name"] for r in recs]
 
