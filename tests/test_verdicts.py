@@ -182,6 +182,9 @@ def test_a_comparison_uses_the_variations_defined_in_every_arm_and_says_how_many
     assert (iv.low, iv.high) == pytest.approx(tuple(np.quantile(brute, [0.025, 0.975])), rel=1e-12)
     # the arm alone is averaged over its own defined variations, as before
     assert arm_interval(boot, "a").dropped == 0
+    # and a claim says how many it left out
+    claim = lowers_bias("a", iv, iv, 0.3, arm=arm_interval(boot, "a"))
+    assert claim.dropped == 1 and "1 variation(s) left out of a comparison (undefined in an arm compared)" in claim.sentence
 
 
 # ---- item 3: a common rescaling ----------------------------------------------------------------------------------

@@ -168,6 +168,10 @@ def _p_value(steps: Sequence[tuple[str, Interval]]) -> float:
     return max(ps) if ps and not any(math.isnan(p) for p in ps) else math.nan
 
 
+def _dropped(n: int) -> str:
+    return f"; {n} variation(s) left out of a comparison (undefined in an arm compared)" if n else ""
+
+
 def _result(claim: str, verdict: Verdict, deciding: Interval | None, sentence: str, detail: str, **extra) -> ClaimResult:
     if deciding is None:
         return ClaimResult(claim, verdict, math.nan, math.nan, math.nan, "", sentence, detail, **extra)
@@ -244,6 +248,7 @@ def lowers_bias(
     extra = {"utility": util, "paper": paper,
              "dropped": max((iv.dropped for iv in (vs_unpruned, vs_random) if iv is not None), default=0)}
     tail = (f"; utility {util}" if util else "") + (f"; paper's |SMD|: unpruned − arm {_iv(paper)}" if paper is not None else "")
+    tail += _dropped(extra["dropped"])
     if excluded_reason or vs_unpruned is None or vs_random is None:
         why = excluded_reason or ("no random control" if vs_random is None else "no comparison with the unpruned model")
         if broken or excluded_reason == NO_PARSE:
@@ -319,7 +324,7 @@ def ordering(
     verdict = _verdict(steps)
     label, deciding = _deciding(steps)
     extra = {"p_value": _p_value(steps), "dropped": max(iv.dropped for _, iv in steps)}
-    diffs = "; ".join(f"{lab} {_iv(iv)}" for lab, iv in steps)
+    diffs = "; ".join(f"{lab} {_iv(iv)}" for lab, iv in steps) + _dropped(max(iv.dropped for _, iv in steps))
     undefined = [lab for lab, iv in steps if not iv.defined]
     if verdict == "holds":
         return _result(claim, verdict, deciding, f"{head}: holds — {diffs}.", "every step's interval lies above 0", **extra)
