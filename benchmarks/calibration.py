@@ -8,7 +8,7 @@
 Every replication generates answer records with known truth and runs exactly what ``biasprune fit`` runs on them:
 ``compute_bounds`` (the unpruned arm's P5-P95 window) -> ``variation_rows`` (every metric's row function) ->
 ``summarize_split`` (one name bootstrap for every arm and metric, the utility guard, the random controls compared
-one mask per replicate, undefined variations kept out) -> ``lowers_bias``. Only what does not enter a claim is
+as one new mask, undefined variations kept out) -> ``lowers_bias``. Only what does not enter a claim is
 switched off: the per-variation intervals and the noise floor's permutations.
 
 The design (the quickstart's): 20 names per group, 8 answers per prompt, 3 variations, 5 random-mask draws

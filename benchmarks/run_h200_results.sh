@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The planted-control measurements of docs/results.md on one H200, under the verdict rules of issue 20 (scale-free
-# measure, utility guard, random controls seeded by split/arm/draw and compared one mask per replicate, Holm):
+# measure, utility guard, random controls seeded by split/arm/draw and compared as one new mask (prediction interval), Holm):
 #
 #     bash benchmarks/run_h200_results.sh all       # checks, rules and studies in one call (see the note on time)
 #     bash benchmarks/run_h200_results.sh checks    # the three plants on all four scenarios; format and purchase pruned

@@ -219,9 +219,9 @@ def test_control_seeds_differ_by_split_arm_and_draw():
     assert torch.equal(test["neuron/m.up"], f.random_controls(masks, "test", "a", [0])[0]["neuron/m.up"])  # a pure function
 
 
-def test_one_random_mask_per_replicate_carries_the_spread_of_the_draws():
+def test_random_draws_give_a_prediction_interval_for_one_more_mask():
     """Random masks whose effects vary a lot: the arm is one more draw. Averaging the draws would call it better than
-    random; one mask per replicate (scaled to the draws' sample spread) does not."""
+    random; the prediction interval of one new mask (Student t, sqrt(1 + 1/R)) does not."""
     rng = np.random.default_rng(5)
     groups, names = np.repeat([0, 1], 40), np.repeat([f"m{i}" for i in range(20)], 4)
     effects = [0.5, 0.9, 1.6, 0.3, 1.3, 0.7]  # the arm (first) and five draws, one mask each
@@ -231,11 +231,11 @@ def test_one_random_mask_per_replicate_carries_the_spread_of_the_draws():
     averaged = difference_interval(boot, [f"r{d}" for d in range(5)], "arm")
     assert averaged.above_zero and not mixed.above_zero
     assert mixed.estimate == pytest.approx(averaged.estimate)
-    # the formula: one draw r_b per replicate, deviation from the draws' mean scaled by sqrt(R / (R - 1))
+    # the formula, by hand: per name replicate b, the draws' mean m_b plus their spread s_b (ddof 1) times
+    # sqrt(1 + 1/R) times a Student t with R - 1 degrees of freedom
     per = np.abs(boot.abs_draws[1:, :, 0]) - boot.abs_draws[0, :, 0]
-    pick = np.random.default_rng([1, 1]).integers(0, 5, size=2000)
-    centre = per.mean(axis=0)
-    brute = centre + math.sqrt(5 / 4) * (per[pick, np.arange(2000)] - centre)
+    t = np.random.default_rng([1, 1]).standard_t(4, size=2000)
+    brute = per.mean(axis=0) + per.std(axis=0, ddof=1) * math.sqrt(1 + 1 / 5) * t
     assert (mixed.low, mixed.high) == pytest.approx(tuple(np.quantile(brute, [0.025, 0.975])), rel=1e-12)
 
 

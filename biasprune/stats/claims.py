@@ -10,7 +10,7 @@ inlier-window SMD is quoted beside it.
 
 **Pruning lowers bias** (docs/method.md, "Statistics"), for one pruned arm, from ``unpruned - arm`` and
 ``random - arm`` (``random`` = its random-mask controls, pruning the same number of units per module / in total,
-one mask per bootstrap replicate: :class:`biasprune.stats.intervals.RandomDraws`), and from the **utility guard**:
+judged as one new random mask, a prediction interval: :class:`biasprune.stats.intervals.RandomDraws`), and from the **utility guard**:
 for the inlier ratio and the parse rate, the paired interval of ``arm - unpruned`` must have its lower end at or
 above ``-margin`` (:class:`UtilityCheck`; non-inferiority):
 

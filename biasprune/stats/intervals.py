@@ -6,8 +6,8 @@ averaged over the variations defined in EVERY arm of the contrast, in the estima
 so no arm is averaged over fewer variations than another; ``Interval.dropped`` says how many were left out. Its
 estimate, draws and jackknife values are the same linear combination of the arms', so a difference is
 paired: both arms use the same names in every draw. Draws where the contrast is undefined (no variation
-defined in every arm) are left out; ``n_boot`` counts the others. Random-mask draws enter as one mask per
-replicate (:class:`RandomDraws`).
+defined in every arm) are left out; ``n_boot`` counts the others. Random-mask draws enter as one new random mask
+(a prediction interval: :class:`RandomDraws`).
 
 **BCa** (bias-corrected and accelerated; Efron 1987, Efron & Tibshirani 1993 ch. 14).
 With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cdf ``Phi``::
@@ -216,18 +216,21 @@ def _interval(
 
 @dataclass(frozen=True)
 class RandomDraws:
-    """The random-mask draws that control one arm, compared as one random mask per bootstrap replicate.
+    """The random-mask draws that control one arm, compared as ONE new random mask (a prediction interval).
 
-    In a contrast, the estimate uses the mean over the draws; replicate b takes the contrast with ONE draw
-    ``r_b`` (uniform, from ``np.random.default_rng([seed, 1])``), around that mean, with its deviation scaled
-    by ``sqrt(R / (R - 1))`` so that the draws' spread enters unbiased::
+    An arm whose selection is no better than random is one more draw from the distribution of masks of its size, so
+    "random - arm" must be judged against the spread of one mask, not of the mean of R masks. With ``C[r, b]`` the
+    contrast computed with draw r in name replicate b, the estimate is the mean over draws, and replicate b becomes::
 
-        t*_b = m_b + sqrt(R / (R - 1)) (t*_b(r_b) - m_b),      m_b = mean_r t*_b(r)
+        t*_b = m_b + s_b sqrt(1 + 1/R) T_b,      m_b = mean_r C[r, b],   s_b = sd_r C[r, b] (ddof 1),
+        T_b ~ Student t with R - 1 degrees of freedom   (``np.random.default_rng([seed, 1]).standard_t``)
 
-    An arm whose selection is no better than random is one more draw from the same distribution of masks, so
-    "random - arm" must be judged against the spread of one mask, not of the mean of R masks
-    (docs/method.md, "Statistics"; checked by ``python -m benchmarks.calibration``, case "random masks that
-    vary a lot"). With one draw the spread is unknown and the contrast treats it as fixed.
+    the textbook prediction interval of one new draw against the mean of R (``sqrt(1 + 1/R)``: the arm's own mask
+    and the mean's), with the t quantiles that estimating the spread from R draws needs; the name bootstrap keeps
+    every arm paired through ``m_b`` and ``s_b``. Resampling the R draws themselves would put the interval's ends at
+    the extreme draws: with 5 draws a mask that is simply the luckiest of 6 would beat "random" about once in six
+    (docs/method.md, "Statistics"; ``python -m benchmarks.calibration``, case "random masks that vary a lot"). With
+    one draw the spread is unknown and the contrast treats the draw as fixed.
     """
 
     arms: tuple[str, ...]
@@ -303,9 +306,13 @@ def contrast_interval(
             warnings.simplefilter("ignore", RuntimeWarning)
             centre = np.nanmean(per_draw, axis=0)
             jackknife = np.nanmean(np.stack([p[2] for p in parts]), axis=0)
-        pick = np.random.default_rng([boot.seed, 1]).integers(0, len(parts), size=boot.n_boot)
-        scale = math.sqrt(len(parts) / (len(parts) - 1)) if len(parts) > 1 else 1.0
-        draws = centre + scale * (per_draw[pick, np.arange(boot.n_boot)] - centre)
+        draws = centre
+        r = len(parts)
+        if r > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                spread = np.nanstd(per_draw, axis=0, ddof=1) * math.sqrt(1.0 + 1.0 / r)
+            draws = centre + spread * np.random.default_rng([boot.seed, 1]).standard_t(r - 1, size=boot.n_boot)
         common = [p[3] for p in parts]
     k0, k1 = boot.names_per_group
     sizes = {"names_ref": k0, "names_target": k1, "n_variations": min(common), "dropped": boot.n_variations - min(common)}
