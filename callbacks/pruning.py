@@ -1,12 +1,14 @@
 """The pruning Callback: turns scores into masks, and gives every evaluation batch its arms.
 
 At the start of a ``validate`` stage it resolves the masks under test: those of ``masks_file``, or, after
-``fit`` in the same run, masks selected from the run's scores (docs/method.md, "Selection"; ``rule``, ``p``/``q``
-or ``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when asked). It then
-serves the arms of each batch (:class:`biasprune.pruning.arms.ArmSource`): the unpruned model, the pruned model, and
-``random_draws`` random masks that prune the same number of units per module (neurons) and in total (heads), drawn
-for each name split separately (seeds by (split, arm, draw): :meth:`biasprune.pruning.factory.MaskFactory.control_seed`).
-It needs only the :class:`biasprune.pruning.arms.PrunableModule` members of the module.
+``fit`` in the same run, masks selected from the run's scores (docs/method.md, "Selection rules"; ``rule``,
+``p``/``q`` or ``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when
+asked). It then hands the module its evaluation plan (:class:`biasprune.pruning.arms.EvaluationPlan`): the arms of
+each batch, i.e. the unpruned model, the pruned model, and ``random_draws`` random masks that prune the same
+number of units per module (neurons) and in total (heads), drawn for each name split separately (seeds by (split,
+arm, draw): :meth:`biasprune.pruning.factory.MaskFactory.control_seed`; docs/method.md, "Answers, arms and
+metrics"), or the plan given to :meth:`PruningCallback.configure_evaluation` (the study's). It needs only the
+:class:`biasprune.pruning.arms.PrunableModule` members of the module.
 
 ``budget: auto`` (or ``head_budget: auto``) leaves the budget, and the rule among ``auto_rules``, to a choice on dev
 names made before the reported stage, by the study's rule (:mod:`biasprune.study.choose`, with the utility guard):
@@ -17,7 +19,7 @@ names made before the reported stage, by the study's rule (:mod:`biasprune.study
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,11 +30,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from biasprune.core.checks import check_choice, check_fraction, check_positive
 from biasprune.pipeline.resume import check_fingerprint
-from biasprune.pruning.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_counts
-from biasprune.pruning.factory import MaskFactory
+from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan, PrunableModule, pruned_counts
+from biasprune.pruning.factory import MaskFactory, MaskSettings
 from biasprune.pruning.masks import MaskError, load_masks, save_masks, validate_masks
-from biasprune.pruning.rules import RULES, SCOPES, parse_budget
-from biasprune.scoring.accumulate import selection_inputs, sum_scores
+from biasprune.pruning.rules import SCOPES, RuleSettings, SelectionRule, parse_budget, resolve_rule, rule_name
+from biasprune.scoring.accumulate import sum_scores
+from biasprune.scoring.objectives import selection_inputs
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 
 __all__ = ["AUTO", "PruningCallback"]
@@ -47,9 +50,10 @@ class PruningCallback(Callback):
     Args:
         units: which units to prune: ``neurons``, ``heads`` or ``both``.
         rule: how units are chosen from the two groups' scores: ``relative_difference`` (the default, which the
-            planted controls favour: docs/results.md), another ranking rule, or ``set_difference`` (the paper's:
-            top q of the target group's scores minus the top p of the reference group's); formulas in
-            ``docs/method.md``.
+            planted controls favour: docs/results.md), another registered rule, ``set_difference`` (the paper's:
+            top q of the target group's scores minus the top p of the reference group's), the dotted path of a
+            statistic function ``f(t, r, settings)``, or a :class:`~biasprune.pruning.rules.SelectionRule`
+            subclass by ``class_path``/``init_args``; formulas in docs/method.md, "Selection rules".
         p: neurons: fraction of each pool protected as most important for the reference group.
         q: neurons: fraction of each pool considered most important for the target group.
         budget: neurons: units pruned per pool, as a fraction of the pool (``0.005`` or ``"0.5%"``) or a count
@@ -65,13 +69,14 @@ class PruningCallback(Callback):
         head_scope: heads: ``global`` (over all heads of the model, as in the paper) or ``module``.
         floor_quantile: ``relative_difference`` and ``log_ratio``: the pool quantile of S_t + S_r below which units
             are not candidates (relative_difference) or that floors both scores (log_ratio).
-        random_draws: random-mask controls evaluated beside the pruned model (0 disables them and with them every
-            claim); the claim compares the arm with one random mask per bootstrap replicate, so the draws'
-            spread is part of its interval (docs/method.md, "Statistics").
+        random_draws: random-mask controls evaluated beside the pruned model (docs/method.md, "Answers, arms and
+            metrics"; 0 disables them and with them every claim); the claim judges the arm as one new random mask
+            (a prediction interval), so the draws' spread is part of its interval (docs/method.md, "Statistics").
         random_seed: seed from which every random mask's seed is derived, with the split, the arm and the draw.
         auto_budgets: neurons: the budgets ``budget: auto`` chooses among on dev names.
         head_auto_budgets: heads: the budgets ``head_budget: auto`` chooses among.
-        auto_rules: the rules ``auto`` chooses among (each with every budget); empty for ``rule`` alone.
+        auto_rules: the rules ``auto`` chooses among (each with every budget; registered names or dotted paths); empty
+            for ``rule`` alone.
         auto_draws: random controls per candidate on dev names (the choice compares each with its own).
         masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores.
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
@@ -81,7 +86,7 @@ class PruningCallback(Callback):
     def __init__(
         self,
         units: Literal["neurons", "heads", "both"] = "neurons",
-        rule: str = "relative_difference",
+        rule: str | SelectionRule | Callable[[torch.Tensor, torch.Tensor, RuleSettings], torch.Tensor] = "relative_difference",
         p: float = 0.35,
         q: float = 0.40,
         budget: int | float | str | None = None,
@@ -102,7 +107,6 @@ class PruningCallback(Callback):
         log_histograms: bool = True,
     ) -> None:
         check_choice("pruning.units", units, UNITS)
-        check_choice("pruning.rule", rule, RULES)
         check_choice("pruning.scope", scope, SCOPES)
         check_choice("pruning.head_scope", head_scope, SCOPES)
         for name, v in (("pruning.p", p), ("pruning.q", q), ("pruning.head_p", head_p), ("pruning.head_q", head_q)):
@@ -119,14 +123,14 @@ class PruningCallback(Callback):
             for b in values:
                 parse_budget(b, flag=name)
         for r in auto_rules:
-            check_choice("pruning.auto_rules", r, RULES)
+            resolve_rule(r, "pruning.auto_rules")  # a registered name or a dotted path
         self.units, self.rule, self.p, self.q, self.budget, self.scope = units, rule, p, q, budget, scope
         self.head_p, self.head_q, self.head_budget, self.head_scope = head_p, head_q, head_budget, head_scope
         self.floor_quantile = floor_quantile
         self.random_draws, self.random_seed = random_draws, random_seed
         self.auto_budgets, self.head_auto_budgets = tuple(auto_budgets), tuple(head_auto_budgets)
         self.auto_rules, self.auto_draws = tuple(auto_rules), auto_draws
-        self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)
+        self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)  # resolves (checks) the rule
         self.chosen: dict[str, Any] | None = None  # the choice on dev names of budget: auto
         self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
@@ -137,11 +141,21 @@ class PruningCallback(Callback):
         self.masks: dict[str, torch.Tensor] | None = None
         self._arms: dict[str, list[Arm]] = {}  # per split
         self._baseline = True
-        self.plan: ArmSource | None = None
+        self._plan: EvaluationPlan | None = None
 
-    def set_plan(self, plan: ArmSource | None) -> None:
-        """Serve the arms of ``plan`` (the study's) in the next validate stages instead of this run's masks."""
-        self.plan = plan
+    def configure_evaluation(self, plan: EvaluationPlan | None) -> None:
+        """Hand ``plan`` (the study's arms) to the module in the next validate stages instead of this run's masks;
+        None goes back to this run's masks."""
+        self._plan = plan
+
+    @property
+    def plan(self) -> EvaluationPlan | None:
+        """The plan given to :meth:`configure_evaluation` (None: this run's masks)."""
+        return self._plan
+
+    def mask_settings(self) -> MaskSettings:
+        """How this callback makes masks, as one typed value (the study builds its arms from it)."""
+        return MaskSettings(self.factory, self.budget, self.head_budget, self.random_draws, self.auto_budgets, self.head_auto_budgets)
 
     def kinds(self) -> list[str]:
         return {"neurons": ["neuron"], "heads": ["head"], "both": ["neuron", "head"]}[self.units]
@@ -155,14 +169,14 @@ class PruningCallback(Callback):
         """Everything that decides the masks (also the metadata of ``masks.safetensors``); ``chosen`` once
         ``auto`` was resolved on dev names."""
         out = {
-            "units": self.units, "rule": self.rule, "p": self.p, "q": self.q, "budget": self.budget, "scope": self.scope,
+            "units": self.units, "rule": rule_name(self.rule), "p": self.p, "q": self.q, "budget": self.budget, "scope": self.scope,
             "head_p": self.head_p, "head_q": self.head_q, "head_budget": self.head_budget, "head_scope": self.head_scope,
             "floor_quantile": self.floor_quantile,
             "random_draws": self.random_draws, "random_seed": self.random_seed, "masks_file": self.masks_file,
         }
         if self.auto:
             out |= {"auto_budgets": list(self.auto_budgets), "head_auto_budgets": list(self.head_auto_budgets),
-                    "auto_rules": list(self.auto_rules or (self.rule,)), "auto_draws": self.auto_draws}
+                    "auto_rules": list(self.auto_rules or (self.factory.rule_name,)), "auto_draws": self.auto_draws}
         return out | ({"chosen": dict(self.chosen)} if self.chosen else {})
 
     # ------------------------------------------------------------------------------------ selection
@@ -175,7 +189,7 @@ class PruningCallback(Callback):
             grid = self.auto_budgets if kind == "neuron" else self.head_auto_budgets
             budgets[kind] = list(grid) if own == AUTO else [own]
         out = []
-        for rule in self.auto_rules or (self.rule,):
+        for rule in self.auto_rules or (self.factory.rule_name,):
             for b in budgets.get("neuron", [self.budget]):
                 for hb in budgets.get("head", [self.head_budget]):
                     out.append({"rule": rule, "budget": b, "head_budget": hb})
@@ -191,7 +205,7 @@ class PruningCallback(Callback):
         """Keep-masks (uint8, 1 = keep) for the configured unit kinds (``n_*``: examples behind each group's sums);
         ``point`` (a :meth:`candidates` entry) overrides the rule and budgets, e.g. with the choice of ``auto``."""
         point = point or self.chosen or {}
-        factory = MaskFactory(point.get("rule", self.rule), self.scope, self.head_scope, self.floor_quantile, self.random_seed)
+        factory = self.factory.with_rule(point["rule"]) if "rule" in point else self.factory
         masks: dict[str, torch.Tensor] = {}
         for kind in self.kinds():
             p, q = (self.p, self.q) if kind == "neuron" else (self.head_p, self.head_q)
@@ -243,12 +257,12 @@ class PruningCallback(Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
         if trainer.sanity_checking:
             return
-        if self.plan is not None:
-            pl_module.set_arm_source(self.plan)
+        if self._plan is not None:
+            pl_module.configure_evaluation(self._plan)
             return
         self.masks = self._resolve(trainer, pl_module)
         self._arms, self._baseline = {}, pl_module.evaluation.baseline
-        pl_module.set_arm_source(self)
+        pl_module.configure_evaluation(EvaluationPlan(self))
 
     def run_scores(self, pl_module: PrunableModule) -> tuple[dict, dict[str, int], list[str]] | None:
         """This run's scores summed over its scoring variations, the examples behind each group and the
@@ -265,7 +279,7 @@ class PruningCallback(Callback):
     def select_point(self, scores: Mapping, groups: Sequence[str], n: Mapping[str, int],
                      point: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """Masks of ``point`` (or the configured / chosen one) from summed scores of ``groups`` (reference, target)."""
-        rule = (point or self.chosen or {}).get("rule", self.rule)
+        rule = (point or self.chosen or {}).get("rule", self.factory.rule_name)
         return self.select(*selection_inputs(scores, tuple(groups), rule, n), point=point)
 
     def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
@@ -292,7 +306,7 @@ class PruningCallback(Callback):
     def _log(self, trainer: L.Trainer, pl_module: PrunableModule, scores: dict, masks: dict[str, torch.Tensor]) -> None:
         c = pruned_counts(masks)
         what = " and ".join(f"{c[k]} of {c[k + '_units']} {k}s" for k in ("neuron", "head") if c[k + "_units"])
-        rule = (self.chosen or {}).get("rule", self.rule)
+        rule = (self.chosen or {}).get("rule", self.factory.rule_name)
         rank_zero_info(f"pruned {what} ({rule}); masks in {Path(pl_module.run_dir) / 'masks.safetensors'}")
         experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_scalar")), None)
         if experiment is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.calibration import CASES, calibrate, table, write_into
+from benchmarks.validation.calibration import CASES, calibrate, table, write_into
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_nulls_rarely_hold_and_effects_are_found(rates):
 
 
 def test_the_table_goes_between_its_markers(rates, tmp_path):
-    from benchmarks.calibration import BEGIN, END
+    from benchmarks.validation.calibration import BEGIN, END
 
     doc = tmp_path / "method.md"
     doc.write_text(f"before\n{BEGIN}\nold table\n{END}\nafter\n")

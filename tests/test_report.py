@@ -310,8 +310,8 @@ def test_chromium_screenshot_is_not_blank(fit_run, tmp_path):
 
 
 def test_results_tables_of_a_fit_run(fit_run):
-    """benchmarks.results_tables on a fit run: per scenario and arm, both measures against their floors, and its claim."""
-    from benchmarks.results_tables import render
+    """benchmarks.analysis.results_tables on a fit run: per scenario and arm, both measures against their floors, and its claim."""
+    from benchmarks.analysis.results_tables import render
 
     sections = render([fit_run])
     assert set(sections) == {"checks"}

@@ -264,8 +264,8 @@ def test_grid_points_and_errors():
 
 
 def test_results_tables_are_generated_from_the_study(finished, tmp_path):
-    """benchmarks.results_tables on a study directory: its numbers and verdicts, the changed verdicts, the markers."""
-    from benchmarks.results_tables import _plant, main, render
+    """benchmarks.analysis.results_tables on a study directory: its numbers and verdicts, the changed verdicts, the markers."""
+    from benchmarks.analysis.results_tables import _plant, main, render
 
     _, out, _ = finished
     sections = render([out])

@@ -8,7 +8,7 @@ entirely above 0 and *contradicts* it when it lies entirely below 0; otherwise t
 bias intervals are of the scale-free measure (:data:`biasprune.metrics.spec.DECIDING`); the paper's
 inlier-window SMD is quoted beside it.
 
-**Pruning lowers bias** (docs/method.md, "Statistics"), for one pruned arm, from ``unpruned - arm`` and
+**Pruning lowers bias** (docs/method.md, "Statistics", claim rule), for one pruned arm, from ``unpruned - arm`` and
 ``random - arm`` (``random`` = its random-mask controls, pruning the same number of units per module / in total,
 judged as one new random mask, a prediction interval: :class:`biasprune.stats.intervals.RandomDraws`), and from the **utility guard**:
 for the inlier ratio and the parse rate, the paired interval of ``arm - unpruned`` must have its lower end at or
@@ -26,7 +26,7 @@ above ``-margin`` (:class:`UtilityCheck`; non-inferiority):
 The mixed case (the arm beats the unpruned model, but its interval against the random control contains
 0) is *inconclusive*, not *does not hold*, even when random pruning clearly beats the unpruned model
 too. "Does not hold" is kept for data that contradict the claim, so each verdict has a bounded error rate
-(``python -m benchmarks.calibration``; docs/method.md, "Statistics"). Calling the mixed case "does not hold"
+(``python -m benchmarks.validation.calibration``; docs/method.md, "Statistics"). Calling the mixed case "does not hold"
 would turn a lack of power into a negative finding; instead its ``detail`` says that the random control
 lowers mean |SMD| as well and the drop may come from pruning as such.
 

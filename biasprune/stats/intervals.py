@@ -23,7 +23,7 @@ With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cd
 eq. 5.24); with equal group sizes the factor cancels and ``a`` is scipy's multi-sample acceleration.
 
 **Percentile**: ``np.quantile(t*, [(1 - level)/2, (1 + level)/2])``. **The default, for one arm and for
-paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.calibration --intervals``;
+paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.validation.calibration --intervals``;
 table in docs/method.md, "Statistics"):
 
 * Mean |SMD| is biased upward when the true SMDs are small (|.| folds the noise onto the positive side),
@@ -229,7 +229,7 @@ class RandomDraws:
     and the mean's), with the t quantiles that estimating the spread from R draws needs; the name bootstrap keeps
     every arm paired through ``m_b`` and ``s_b``. Resampling the R draws themselves would put the interval's ends at
     the extreme draws: with 5 draws a mask that is simply the luckiest of 6 would beat "random" about once in six
-    (docs/method.md, "Statistics"; ``python -m benchmarks.calibration``, case "random masks that vary a lot"). With
+    (docs/method.md, "Statistics"; ``python -m benchmarks.validation.calibration``, case "random masks that vary a lot"). With
     one draw the spread is unknown and the contrast treats the draw as fixed.
     """
 

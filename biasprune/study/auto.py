@@ -22,7 +22,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from biasprune.core import artifacts
-from biasprune.pruning.arms import UNPRUNED, Arm
+from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan
 from biasprune.stats.rows import compute_bounds, variation_rows
 from biasprune.stats.summary import split_data
 from biasprune.study.choose import GRID_COLUMNS, Candidate, choose, point_rows
@@ -75,16 +75,14 @@ def choose_on_dev(trainer: L.Trainer, module, datamodule, cb) -> dict | None:
     groups = datamodule.groups
     points = cb.candidates()
     arms, candidates = _arms(cb, scores, groups, n, points)
-    splits, summarize = datamodule.eval_splits, module.summarize
-    datamodule.select(eval_splits=("dev",))
-    module.summarize = False  # the dev stage only feeds the choice
-    cb.set_plan(FixedArms(arms))
+    selection = datamodule.selection
+    datamodule.configure_prompts(replace(selection, eval_splits=("dev",)))
+    cb.configure_evaluation(EvaluationPlan(FixedArms(arms), write_results=False))  # the dev stage only feeds the choice
     try:
         L.Trainer.validate(trainer, module, datamodule=datamodule)
     finally:
-        cb.set_plan(None)
-        module.summarize = summarize
-        datamodule.select(eval_splits=splits)
+        cb.configure_evaluation(None)
+        datamodule.configure_prompts(selection)
     records = [r for r in module.evaluation_records if r["split"] == "dev"]
     if not records:
         raise ValueError("pruning.budget=auto chooses on dev names, but the data has none: give data.split_fractions a dev share")

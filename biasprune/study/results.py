@@ -11,7 +11,7 @@ and says its size (:func:`biasprune.stats.claims.holm`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,11 +19,12 @@ from biasprune.core import artifacts
 from biasprune.metrics.spec import BIAS_METRICS, DECIDING
 from biasprune.stats.claims import CLAIM_COLUMNS, ClaimResult, holm, ordering
 from biasprune.stats.intervals import difference_interval
-from biasprune.stats.rows import METRIC_COLUMNS, compute_bounds, variation_rows, write_bounds
+from biasprune.stats.rows import METRIC_COLUMNS, EvaluationConfig, compute_bounds, variation_rows, write_bounds
 from biasprune.stats.summary import SUMMARY_COLUMNS, summarize_split
 from biasprune.study.choose import GRID_COLUMNS, arm_id, spec_records
+from biasprune.study.config import StudyConfig
 from biasprune.study.figures import study_figures
-from biasprune.study.plan import ArmSpec
+from biasprune.study.plan import ArmSpec, StudyOutcome
 
 __all__ = ["write_results"]
 
@@ -84,9 +85,9 @@ def _markdown(results: Sequence[Mapping], claims: Sequence[ClaimResult]) -> str:
     return "\n".join(md) + "\n"
 
 
-def _evaluated(eval_keys, table: Sequence[Mapping], chosen, cfg) -> dict[str, tuple[ArmSpec, list]]:
+def _evaluated(eval_keys, table: Sequence[Mapping], chosen, cfg: StudyConfig, chosen_draws: int) -> dict[str, tuple[ArmSpec, list]]:
     """Arm id -> (spec, the keys it was answered on): the unpruned model, every grid point and its draws on dev
-    and test, the chosen points' further draws on test."""
+    and test, the chosen points' further draws on test (``chosen_draws`` in all)."""
     test_keys = [k for k in eval_keys if k[0] == "test"]
     evaluated: dict[str, tuple[ArmSpec, list]] = {}
     for spec in [ArmSpec(), *(r["spec"] for r in table if r["split"] == "dev")]:
@@ -94,7 +95,7 @@ def _evaluated(eval_keys, table: Sequence[Mapping], chosen, cfg) -> dict[str, tu
         for d in range(cfg.grid.random_draws if spec.units else 0):
             evaluated[arm_id(replace(spec, draw=d))] = (replace(spec, draw=d), list(eval_keys))
     for c in chosen.values():
-        for d in range(cfg.grid.random_draws, cfg.grid.chosen_draws if c is not None else 0):
+        for d in range(cfg.grid.random_draws, chosen_draws if c is not None else 0):
             evaluated[arm_id(replace(c, draw=d))] = (replace(c, draw=d), test_keys)
     return evaluated
 
@@ -110,12 +111,18 @@ def _never_chosen(chosen) -> list[dict]:
     return out
 
 
-def write_results(out: Path, plan, store, eval_keys, table: Sequence[Mapping], chosen, cfg, ecfg, dm) -> dict:
-    """Write ``metrics.csv``, ``grid.csv``, ``results.csv``/``results.md``, ``claims.csv``, figures; return them."""
-    evaluated = _evaluated(eval_keys, table, chosen, cfg)
+def write_results(out: Path, outcome: StudyOutcome, cfg: StudyConfig, random_draws: int, ecfg: EvaluationConfig,
+                  valid_range: Callable[[str], tuple[float, float] | None]) -> dict:
+    """Write ``metrics.csv``, ``grid.csv``, ``results.csv``/``results.md``, ``claims.csv``, figures; return them.
+
+    ``random_draws``: the random controls of every chosen arm on test, in all (``--study.grid.chosen_draws``);
+    ``valid_range``: a scenario's plausibility bounds (:meth:`biasprune.datamodules.AuditDataModule.valid_range`).
+    """
+    plan, store, eval_keys, table, chosen = outcome.plan, outcome.plan.store, list(outcome.eval_keys), outcome.table, outcome.chosen
+    evaluated = _evaluated(eval_keys, table, chosen, cfg, random_draws)
     specs_by_id = {k: v[0] for k, v in evaluated.items()}
     records = [r for spec, keys in evaluated.values() for r in spec_records(plan, store, spec, keys)]
-    bounds = compute_bounds(records, ecfg, dm.valid_range)
+    bounds = compute_bounds(records, ecfg, valid_range)
     rows = variation_rows(records, bounds, ecfg)
     for r in rows:
         r.update(specs_by_id[r["arm"]].labels())
@@ -125,7 +132,7 @@ def write_results(out: Path, plan, store, eval_keys, table: Sequence[Mapping], c
     artifacts.write_csv(out / "grid.csv", grid_rows, GRID_COLUMNS)
 
     final = [ArmSpec()] + [c for c in chosen.values() if c is not None]
-    controls = {arm_id(c): [arm_id(replace(c, draw=d)) for d in range(cfg.grid.chosen_draws)] for c in final[1:]}
+    controls = {arm_id(c): [arm_id(replace(c, draw=d)) for d in range(random_draws)] for c in final[1:]}
     keep = {arm_id(s) for s in final} | {a for ctrl in controls.values() for a in ctrl}
     test_records = [r for r in records if r["split"] == "test" and r["arm"] in keep]
     test_rows = [r for r in rows if r["split"] == "test" and r["arm"] in keep]
