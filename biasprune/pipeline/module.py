@@ -330,7 +330,7 @@ class BiasPruneModule(L.LightningModule):
         if self.global_rank == 0 and (self.evaluation.save_answers or not write_results):
             artifacts.write_jsonl(self.run_dir / "answers.jsonl", self.evaluation_records)
         if write_results:
-            self.results = evaluate_and_write(self, self.evaluation_records, local)
+            self.results = evaluate_and_write(self, self.evaluation_records)
 
     def export_pruned(self, out_dir: str | Path, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path:
         """Write the pruned model as a Hugging Face checkpoint (weights of pruned units zeroed)."""
