@@ -23,6 +23,8 @@ import json
 import math
 from pathlib import Path
 
+from biasprune.metrics.spec import DECIDING
+
 COST_ORDER = ("wanda", "nll", "atp", "contrastive", "causal")
 FACTOR = 0.9
 TIE = 0.01
@@ -37,9 +39,10 @@ def load(dirs: list[Path]) -> list[dict]:
     return rows
 
 
-#: The scale-free measure's name in summary.csv (``mean_abs_rank_smd``; docs/method.md, "Statistics"): its cut is a
-#: column of the table when the runs carry it. The rule below decides on the paper's measure, as fixed before the runs.
-SCALE_FREE = "rank_smd"
+#: The scale-free measure: the metric spec's deciding bias metric (``rank_smd``, summary column
+#: ``mean_abs_rank_smd``; docs/method.md, "Statistics"); its cut is a column of the table when the runs carry it.
+#: The rule above decides on the paper's measure, as fixed before the runs.
+SCALE_FREE = DECIDING.name
 
 
 def _measure(arm: dict, measure: str) -> float:
