@@ -8,7 +8,8 @@ each batch, i.e. the unpruned model, the pruned model, and ``random_draws`` rand
 number of units per module (neurons) and in total (heads), drawn for each name split separately (seeds by (split,
 arm, draw): :meth:`biasprune.pruning.factory.MaskFactory.control_seed`; docs/method.md, "Answers, arms and
 metrics"), or the plan given to :meth:`PruningCallback.configure_evaluation` (the study's). It needs only the
-:class:`biasprune.pruning.arms.PrunableModule` members of the module.
+:class:`biasprune.pruning.arms.PrunableModule` members of the module, and for the mechanism artifact
+(``name_attention.csv``, :mod:`biasprune.callbacks.mechanism`) its ``model`` and ``tokenizer``.
 
 A masks file is copied into the run directory as ``masks.safetensors`` (so the run directory alone shows what was
 evaluated), its path and sha256 go to the manifest (:meth:`PruningCallback.run_notes`), and its arm is named after
@@ -35,9 +36,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from biasprune.callbacks.mechanism import write_name_attention
 from biasprune.core.artifacts import atomic_write_bytes
 from biasprune.core.checks import check_choice, check_fraction, check_positive
 from biasprune.core.errors import ConfigError
+from biasprune.data.names import AuditDataError
 from biasprune.pipeline.resume import check_fingerprint
 from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan, PrunableModule, pruned_counts
 from biasprune.pruning.factory import MaskFactory, MaskSettings
@@ -98,6 +101,10 @@ class PruningCallback(Callback):
             copied into the run directory and its arm is named after it).
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
         log_histograms: log score histograms per unit kind and group to TensorBoard.
+        mechanism_pairs: after selecting masks that prune heads, measure on this many name-swapped pairs of the
+            scoring examples how much attention the answer positions pay to the name tokens, head by head, and
+            write ``name_attention.csv`` (the report's mechanism figure; docs/method.md, "The mechanism of pruned
+            heads"); 0 skips it.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class PruningCallback(Callback):
         masks_file: str = "",
         export_dir: str = "",
         log_histograms: bool = True,
+        mechanism_pairs: int = 8,
     ) -> None:
         check_choice("pruning.units", units, UNITS)
         check_choice("pruning.scope", scope, SCOPES)
@@ -129,6 +137,7 @@ class PruningCallback(Callback):
         for name, v in (("pruning.p", p), ("pruning.q", q), ("pruning.head_p", head_p), ("pruning.head_q", head_q)):
             check_fraction(name, v)
         check_positive("pruning.random_draws", random_draws, minimum=0)
+        check_positive("pruning.mechanism_pairs", mechanism_pairs, minimum=0)
         check_positive("pruning.auto_draws", auto_draws, minimum=1)
         check_fraction("pruning.floor_quantile", floor_quantile)
         kinds = {"neurons": ("neuron",), "heads": ("head",), "both": ("neuron", "head")}[units]
@@ -156,6 +165,7 @@ class PruningCallback(Callback):
         self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)  # resolves (checks) the rule
         self.chosen: dict[str, Any] | None = None  # the choice on dev names of budget: auto
         self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
+        self.mechanism_pairs = mechanism_pairs
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
         self.masks_source: dict[str, str] = {}
         self._masks_bytes = b""
@@ -395,7 +405,29 @@ class PruningCallback(Callback):
             if self.export_dir:
                 pl_module.export_pruned(self.export_dir, masks, meta)
             self._log(trainer, pl_module, scores, masks)
+        self._mechanism(trainer, pl_module, masks)
         return masks
+
+    def _mechanism(self, trainer: L.Trainer, pl_module: PrunableModule, masks: dict[str, torch.Tensor]) -> None:
+        """``name_attention.csv`` for masks that prune heads (every rank runs the same passes; rank 0 writes)."""
+        dm = trainer.datamodule
+        if not self.mechanism_pairs or not any(k.startswith("head/") and bool((m == 0).any()) for k, m in masks.items()):
+            return
+        examples = getattr(dm, "scoring_examples", None)
+        if not examples or getattr(pl_module, "tokenizer", None) is None:
+            rank_zero_info("name attention skipped: this run has no scoring examples to take name-swapped pairs from")
+            return
+        experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_scalar")), None)
+        try:
+            rows = write_name_attention(pl_module.run_dir, pl_module.model, pl_module.layout, pl_module.tokenizer, examples,
+                                        dm.scoring_variations, dm.groups, masks, self.mechanism_pairs,
+                                        experiment if trainer.global_rank == 0 else None, write=trainer.global_rank == 0)
+        except AuditDataError as err:  # e.g. a prompt file without pair ids
+            rank_zero_info(f"name attention skipped: {err}")
+            return
+        pruned = [r["name_attention"] for r in rows if r["pruned"]]
+        rank_zero_info(f"name attention: pruned heads {sum(pruned) / len(pruned):.3f}, all heads"
+                       f" {sum(r['name_attention'] for r in rows) / len(rows):.3f} (name_attention.csv)")
 
     # -------------------------------------------------------------------------------------- logging
     def _log(self, trainer: L.Trainer, pl_module: PrunableModule, scores: dict, masks: dict[str, torch.Tensor]) -> None:

@@ -92,6 +92,12 @@ def test_fit_writes_the_contract_artifacts(fitted):
     assert summary["pruned"]["random_draws"] == "2" and float(summary["pruned"]["null_mean_abs_rank_smd_p95"]) > 0
     assert {r["claim"] for r in csv.DictReader(open(run / "claims.csv"))} == {"pruning lowers bias (pruned)"}
     assert json.loads((run / "inlier_bounds.json").read_text())["bounds"].keys() == {"purchase/car"}
+    heads_pruned = [(k, i) for k, m in masks.items() if k.startswith("head/") for i in (m == 0).nonzero().flatten().tolist()]
+    assert (run / "name_attention.csv").is_file() == bool(heads_pruned)  # the mechanism artifact, when heads are pruned
+    if heads_pruned:
+        mech = list(csv.DictReader(open(run / "name_attention.csv")))
+        assert len(mech) == sum(h.n_heads for h in layout.heads)
+        assert sorted((r["key"], int(r["head"])) for r in mech if r["pruned"] == "1") == sorted(heads_pruned)
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     answers = read_jsonl(run / "answers.jsonl")
     assert len(answers) == 4 * 40 and {a["arm"] for a in answers} == {"unpruned", "pruned", "random/0", "random/1"}

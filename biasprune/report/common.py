@@ -33,6 +33,7 @@ DESCRIPTIONS = {
     "scoring_examples.jsonl": "the exact prompts and target responses the scores came from",
     "inlier_bounds.json": "the inlier bounds per variation (reusable by a later validate run)",
     "timings.json": "seconds per stage",
+    "name_attention.csv": "per head: attention of the answer positions to the name tokens, pruned heads marked",
 }
 
 DIRECTORIES = {
