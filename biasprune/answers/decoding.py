@@ -8,8 +8,8 @@ that shares it (:class:`StaticKV`):
 * **shared**: the prefix common to the batch's prompts (the chat template's system part, and the scenario text
   up to the name), ``[1, kv_heads, S, head_dim]``, prefilled once per batch;
 * **prompt**: each prompt's remainder, ``[prompts, kv_heads, P, head_dim]``, prefilled once per prompt;
-* **answer**: each answer's own tokens, ``[prompts * k, kv_heads, steps, head_dim]``: a decode step writes one
-  column.
+* **answer**: each row's own tokens, ``[rows, kv_heads, steps, head_dim]`` (at most ``prompts * k`` rows): a
+  decode step writes one column.
 
 A decode query of answer ``j`` of prompt ``i`` attends to the shared keys, to prompt ``i``'s keys and to its
 own: one softmax over the three score blocks (:func:`_attend`). The k answers of a prompt read its keys once
@@ -17,10 +17,13 @@ own: one softmax over the three score blocks (:func:`_attend`). The k answers of
 keys are repeated k times. Positions count real tokens (:class:`biasprune.answers.prefix.PromptBatch`), so
 sliding windows and Gemma-2's logit soft-capping are applied exactly as the model's own attention does.
 
-Finished rows stay in the batch, masked, until the number of live rows falls to the next *bucket*: the
-live rows are then moved to the front and the steps run on that many rows. On a GPU each bucket's step
-(forward and token draw) is captured once as a CUDA graph and replayed; on a CPU the same step runs
-eagerly, and the buckets are exact (the live rows, once a quarter of the batch has finished).
+Answers of a prompt that have drawn the same tokens so far share one row (:class:`_Answers`): one forward
+gives their next-token logits and each answer draws from them with its own keyed uniform, so its tokens are
+the ones it would draw alone. A row forks when its answers draw different tokens, and dies when they have all
+stopped; greedy answers of a prompt never fork, and sampled answers of a sharp model (a number's first digits)
+fork late. On a CPU every step runs on exactly the rows in use (dead rows are dropped once they are a quarter of
+the rows). On a GPU the steps run on fixed-size *buckets* of rows (halving sizes; dead rows are dropped when the
+rows in use fit a smaller bucket), and each bucket's forward is captured once as a CUDA graph and replayed.
 
 Hooks are taken as they are when a call starts (a graph replays what it captured): do not add or remove
 hooks during a call. Models whose attention modules do not go through the Hugging Face attention interface
@@ -84,20 +87,21 @@ class _Level:
     allowed: torch.Tensor | None
 
 
-def _stack_by_prompt(x: torch.Tensor, slot: torch.Tensor | None, prompts: int, k: int) -> torch.Tensor:
-    """Rows ``x [n, h, G, E]`` into ``[prompts, h, k * G, E]``: the k answers of a prompt side by side
-    (``slot`` places row r as answer ``slot % k`` of prompt ``slot // k``; None: rows are already in slot order)."""
+def _stack_by_prompt(x: torch.Tensor, slot: torch.Tensor, prompts: int, k: int) -> torch.Tensor:
+    """Rows ``x [n, h, G, E]`` into ``[prompts, h, k * G, E]``: the k answers of a prompt side by side. ``slot``
+    places row r as answer ``slot % k`` of prompt ``slot // k``; a slot ``>= prompts * k`` (a filler row of a
+    fixed-size step) is dropped, and an answer slot that no row holds stays zero."""
     n, h, g, e = x.shape
-    if slot is not None:
-        x = x.new_zeros(prompts * k, h, g, e).index_copy_(0, slot, x)
+    x = x.new_zeros((prompts + 1) * k, h, g, e).index_copy_(0, slot.clamp(max=prompts * k), x)[: prompts * k]
     return x.view(prompts, k, h, g, e).transpose(1, 2).reshape(prompts, h, k * g, e)
 
 
-def _unstack_by_prompt(y: torch.Tensor, slot: torch.Tensor | None, k: int) -> torch.Tensor:
-    """The inverse of :func:`_stack_by_prompt` on ``y [prompts, h, k * G, F]``: ``[n, h, G, F]``."""
+def _unstack_by_prompt(y: torch.Tensor, slot: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of :func:`_stack_by_prompt` on ``y [prompts, h, k * G, F]``: ``[n, h, G, F]`` (zeros for a
+    filler row)."""
     b, h, kg, f = y.shape
     y = y.view(b, h, k, kg // k, f).transpose(1, 2).reshape(b * k, h, kg // k, f)
-    return y if slot is None else y.index_select(0, slot)
+    return torch.cat([y, y.new_zeros(1, h, kg // k, f)]).index_select(0, slot.clamp(max=b * k))
 
 
 def _product(x: torch.Tensor, m: torch.Tensor, level: _Level, slot, k: int) -> torch.Tensor:
@@ -162,8 +166,8 @@ class StaticKV:
         self.answer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.prefix_pos = torch.arange(batch.prefix_len, device=device)
         self.prompt_pos, self.prompt_valid = batch.positions(), batch.mask.bool()
-        self.answer_start = (batch.last_positions() + 1).repeat_interleave(samples)  # position of column 0, per slot
-        self.slot = torch.arange(self.rows, device=device)
+        self.answer_start = batch.last_positions() + 1  # position of answer column 0, per prompt
+        self.slot = torch.full((self.rows,), self.rows, dtype=torch.long, device=device)  # see _Answers
         self.col = 0
         self.col_t = torch.zeros(1, dtype=torch.long, device=device)
         self.phase = "prefix"
@@ -178,9 +182,9 @@ class StaticKV:
         self.phase, self.n, self.query_pos = phase, n, query_pos
         self.calls, self._allowed = 0, {}
 
-    def buffers(self) -> list[torch.Tensor]:
-        """The tensors indexed by answer row (compacted with the rows)."""
-        return [self.slot, *(t for kv in self.answer.values() for t in kv)]
+    def kv_buffers(self) -> list[torch.Tensor]:
+        """The answer-level keys and values, indexed by row."""
+        return [t for kv in self.answer.values() for t in kv]
 
     # ----------------------------------------------------------------------------------- masks
     def _window(self, key_pos: torch.Tensor, window: int | None) -> torch.Tensor | None:
@@ -205,11 +209,12 @@ class StaticKV:
             )
             masks = [self._window(self.prefix_pos[None], window), own]
         else:
-            n, prompt_of = self.n, self.slot[: self.n] // self.samples
+            # a filler row (slot >= rows) takes the last prompt's masks: its output is never read
+            prompt_of = (self.slot[: self.n] // self.samples).clamp(max=self.prompts - 1)
             prompt = _both(self.prompt_valid.index_select(0, prompt_of)[:, None], self._window(self.prompt_pos.index_select(0, prompt_of), window))
             cols = torch.arange(self.columns if self.fixed else self.col + 1, device=prompt_of.device)
             answer = (cols <= self.col_t)[None, None] if self.fixed else None
-            answer = _both(answer, self._window(self.answer_start.index_select(0, self.slot[:n])[:, None] + cols, window))
+            answer = _both(answer, self._window(self.answer_start.index_select(0, prompt_of)[:, None] + cols, window))
             masks = [self._window(self.prefix_pos[None], window), prompt, answer]
         self._allowed[window] = masks
         return masks
@@ -244,8 +249,7 @@ class StaticKV:
         levels = [_Level(*self.prompt[layer], "grouped", masks[1]), _Level(keys, values, "own", masks[2])]
         if layer in self.shared:
             levels.insert(0, _Level(*self.shared[layer], "shared", masks[0]))
-        slot = None if n == self.rows else self.slot[:n]  # all rows, never compacted: slot r is row r
-        return _attend(q, levels, scale, softcap, slot, self.samples)
+        return _attend(q, levels, scale, softcap, self.slot[:n], self.samples)
 
 
 def _both(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -339,96 +343,126 @@ def _buckets(rows: int, exact: bool) -> list[int]:
     return sizes
 
 
-class _Rows:
-    """Per-row state of the answers being decoded; the first ``b`` rows run, the others are done.
+class _Answers:
+    """The ``B * k`` answers being decoded, each with its own uniforms, and the rows that compute them.
 
-    ``origin[r]`` is the output row of row r (``rows`` marks a filler row of a fixed-size bucket), ``tok``
-    its tokens so far, ``ids``/``pos`` the token it feeds next and that token's position.
+    Answers of a prompt that have drawn the same tokens so far share one row: one forward gives their common
+    next-token logits, and each answer draws from them with its own uniform, so every answer gets exactly the
+    tokens it would get alone. When the answers of a row draw different tokens, the row forks: the first
+    token keeps the row, every other one gets a new row holding a copy of the row's answer keys and values
+    (the columns written so far). A row whose answers have all stopped is dead; dead rows are dropped once they
+    are a quarter of the rows. ``state.slot[r]`` names row r by the smallest answer index it computes.
     """
 
-    def __init__(self, batch: PromptBatch, samples: int, steps: int, pad_id: int, uniforms: torch.Tensor | None) -> None:
-        device, self.rows, self.pad_id = batch.device, batch.n_prompts * samples, pad_id
-        self.ids = torch.full((self.rows, 1), pad_id, dtype=torch.long, device=device)
-        self.pos = batch.last_positions().repeat_interleave(samples)[:, None].clone()
-        self.tok = torch.full((self.rows, steps), pad_id, dtype=torch.long, device=device)
-        self.alive = torch.ones(self.rows, dtype=torch.bool, device=device)
-        self.origin = torch.arange(self.rows, device=device)
-        self.uniforms = None if uniforms is None else uniforms.clone()  # compacted in place with the rows
+    def __init__(self, batch: PromptBatch, samples: int, steps: int, pad_id: int, uniforms, state: StaticKV) -> None:
+        device, self.state = batch.device, state
+        self.rows = batch.n_prompts * samples
         self.result = torch.full((self.rows, steps), pad_id, dtype=torch.long, device=device)
-        self.b = self.rows
+        self.alive = torch.ones(self.rows, dtype=torch.bool, device=device)
+        self.row_of = torch.arange(self.rows, device=device) // samples  # step 0 draws from each prompt's logits
+        self.uniforms = uniforms
+        self.ids = torch.full((self.rows, 1), pad_id, dtype=torch.long, device=device)
+        self.pos = torch.zeros((self.rows, 1), dtype=torch.long, device=device)
+        self.in_use = torch.zeros(self.rows, dtype=torch.bool, device=device)  # rows that compute a live answer
+        self.first_pos = batch.last_positions() + 1  # position of each prompt's first answer token
+        self.n = 0  # rows 0 .. n - 1 hold live or dead rows; the rest are free
 
-    def record(self, t: int, nxt: torch.Tensor, is_stop: torch.Tensor) -> int:
-        """Store step ``t``'s tokens ``nxt [b]``; the number of rows still alive."""
-        b = self.b
-        self.tok[:b, t] = torch.where(self.alive[:b], nxt, self.pad_id)
-        self.alive[:b] &= ~is_stop[nxt]
-        self.ids[:b, 0] = nxt
-        self.pos[:b] += 1
-        return int(self.alive[:b].sum())
+    def draw(self, t: int, logits: torch.Tensor, temperature: float, top_p: float, is_stop: torch.Tensor):
+        """Token ``t`` of every live answer from its row's ``logits``: the answers that go on, and their tokens."""
+        live = self.alive.nonzero().flatten()
+        u = None if self.uniforms is None else self.uniforms[live, t]
+        tok = draw_tokens(logits, temperature, top_p, u, rows=self.row_of[live])
+        self.result[live, t] = tok
+        go = ~is_stop[tok]
+        self.alive[live] = go
+        return live[go], tok[go]
 
-    def compact(self, target: int, n_alive: int, extra: list[torch.Tensor]) -> None:
-        """Move the live rows to the front and run ``target`` rows from now on (fillers repeat a live row)."""
-        self.flush()
-        keep = self.alive[: self.b].nonzero().flatten()
-        sel = torch.cat([keep, keep[:1].expand(target - n_alive)])
-        tensors = [self.ids, self.pos, self.tok, self.alive, self.origin, *extra]
-        for x in tensors + ([] if self.uniforms is None else [self.uniforms]):
-            x[:target] = x.index_select(0, sel)
-        self.origin[n_alive:target] = self.rows
-        self.alive[n_alive:target] = False
-        self.b = target
+    def regroup(self, t: int, live: torch.Tensor, tok: torch.Tensor, vocab: int) -> int:
+        """The rows of the next step: one per distinct (row, token) among the answers ``live`` that go on. Returns
+        the number of rows in use (the others, up to ``n``, are dead)."""
+        parent = self.row_of[live]
+        keys, inverse = torch.unique(parent * vocab + tok, return_inverse=True)  # sorted: by parent, then token
+        g_parent, g_tok = keys // vocab, keys % vocab
+        g_slot = torch.full_like(keys, self.rows).scatter_reduce(0, inverse, live, "amin")
+        if t == 0:  # the parents are prompts: every group starts a row
+            rows = torch.arange(len(keys), device=keys.device)
+            g_pos = self.first_pos[g_parent]
+            self.n = len(keys)
+        else:
+            keeps = torch.ones_like(g_parent, dtype=torch.bool)
+            keeps[1:] = g_parent[1:] != g_parent[:-1]  # the first token drawn from a row keeps the row
+            n_forks = len(keys) - int(keeps.sum())
+            if self.n + n_forks > self.rows:  # no room: drop the rows without a continuing answer first
+                g_parent = self._compact(torch.unique(g_parent), g_parent)
+            rows = g_parent.clone()
+            rows[~keeps] = torch.arange(self.n, self.n + n_forks, device=keys.device)
+            g_pos = self.pos[g_parent, 0] + 1
+            if n_forks:
+                src, dst = g_parent[~keeps], rows[~keeps]
+                for buf in self.state.kv_buffers():  # columns 0 .. t - 1 hold this row's answer tokens so far
+                    buf[dst, :, :t] = buf[src, :, :t]
+            self.n += n_forks
+        self.in_use[: self.n] = False
+        self.in_use[rows] = True
+        self.ids[rows, 0], self.pos[rows, 0], self.state.slot[rows] = g_tok, g_pos, g_slot
+        self.state.slot[self.n :] = self.rows  # free rows (fillers of a fixed-size step) hold no answer
+        self.row_of[live] = rows[inverse]
+        return len(keys)
 
-    def flush(self) -> torch.Tensor:
-        """Copy the running rows' tokens to their output rows (filler rows are skipped); the output."""
-        origin, tok = self.origin[: self.b], self.tok[: self.b]
-        real = origin < self.rows
-        self.result[origin[real]] = tok[real]
-        return self.result
+    def drop_dead(self) -> None:
+        """Move the rows in use to the front (each drop copies their keys and values)."""
+        self._compact(self.in_use[: self.n].nonzero().flatten())
+
+    def _compact(self, keep: torch.Tensor, also: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Keep only rows ``keep`` (sorted), moved to the front; ``also`` (row indices) renumbered likewise."""
+        new = torch.full((self.rows,), -1, dtype=torch.long, device=keep.device)
+        new[keep] = torch.arange(len(keep), device=keep.device)
+        for x in (self.ids, self.pos, self.in_use, self.state.slot, *self.state.kv_buffers()):
+            x[: len(keep)] = x.index_select(0, keep)
+        live = self.alive.nonzero().flatten()
+        self.row_of[live] = new[self.row_of[live]]
+        self.n = len(keep)
+        self.state.slot[self.n :] = self.rows
+        return None if also is None else new[also]
 
 
 class _Step:
-    """One decode step on the first ``b`` rows: forward at column ``col`` and the draw of the next token.
+    """The forward of one decode step on the first ``b`` rows: their next-token logits ``[b, V]``.
 
-    Under CUDA graphs, each bucket's step is run once eagerly (its warm-up, which is also the real step)
+    Under CUDA graphs, each bucket's forward is run once eagerly (its warm-up, which is also the real step)
     and captured; later steps replay it. If capture fails, the call continues eagerly.
     """
 
-    def __init__(
-        self,
-        forward: Callable[[int], torch.Tensor],
-        draw: Callable[[torch.Tensor, int], torch.Tensor],
-        out: torch.Tensor,
-        graphs: bool,
-    ) -> None:
-        self.forward, self.draw, self.out, self.graphs = forward, draw, out, graphs
-        self.captured: dict[int, torch.cuda.CUDAGraph] = {}
+    def __init__(self, forward: Callable[[int], torch.Tensor], graphs: bool) -> None:
+        self.forward, self.graphs = forward, graphs
+        self.captured: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         self.eager_steps = 0  # steps run without a graph (warm-ups included)
 
-    def _run(self, b: int) -> None:
-        self.out[:b].copy_(self.draw(self.forward(b), b))
-
-    def __call__(self, b: int) -> None:
+    def __call__(self, b: int) -> torch.Tensor:
         if not self.graphs:
             self.eager_steps += 1
-            return self._run(b)
+            return self.forward(b)
         if b in self.captured:
-            return self.captured[b].replay()
+            graph, logits = self.captured[b]
+            graph.replay()
+            return logits
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self.eager_steps += 1
-            self._run(b)  # warm-up and the real step: it only writes what a replay would write again
+            logits = self.forward(b)  # warm-up and the real step: it only writes what a replay would write again
         torch.cuda.current_stream().wait_stream(side)
         try:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self._run(b)
-            self.captured[b] = graph
+                out = self.forward(b)
+            self.captured[b] = (graph, out)
         except Exception as err:  # noqa: BLE001 -- a model that cannot be captured still decodes, eagerly
             log.warning("CUDA graph capture failed (%s: %s); decoding eagerly", type(err).__name__, err)
             self.graphs = False
             self.captured.clear()
+        return logits
 
 
 @torch.no_grad()
@@ -449,8 +483,9 @@ def decode_static(
 
     ``uniforms [B * num_samples, max_new_tokens]`` (float64, on the model's device; ``None`` when greedy)
     drive the draws, as in the eager path. ``fixed`` (default: on CUDA) runs fixed-shape steps over buckets
-    of rows, captured as CUDA graphs on CUDA; otherwise each step runs on exactly the live rows. ``stats``,
-    when given, receives what ran: ``graphs`` (buckets captured), ``eager_steps``, ``buckets_used``, ``fixed``.
+    of rows, captured as CUDA graphs on CUDA; otherwise each step runs on exactly the rows in use. ``stats``,
+    when given, receives what ran: ``rows`` (rows computed at each step), ``graphs`` (buckets captured),
+    ``eager_steps``, ``fixed``, ``prefix_len``.
     """
     device = batch.device
     fixed = device.type == "cuda" if fixed is None else fixed
@@ -458,52 +493,47 @@ def decode_static(
     window = _window_of(model.config)
     longest = int(batch.lengths().max()) + max_new_tokens
     state.window_needed = window if window is not None and window < longest else None
-    rows = _Rows(batch, num_samples, max_new_tokens, pad_id, uniforms)
+    answers = _Answers(batch, num_samples, max_new_tokens, pad_id, uniforms, state)
     vocab = max(int(model.config.vocab_size), max(stop_ids, default=0) + 1)
     is_stop = torch.zeros(vocab, dtype=torch.bool, device=device)
     is_stop[torch.tensor(stop_ids, dtype=torch.long, device=device)] = True
-    step_t = torch.zeros(1, dtype=torch.long, device=device)
 
     def forward(b: int) -> torch.Tensor:
-        state.begin("decode", b, rows.pos[:b])
-        return _forward(model, state, rows.ids[:b], rows.pos[:b])
+        state.begin("decode", b, answers.pos[:b])
+        return _forward(model, state, answers.ids[:b], answers.pos[:b])
 
-    def draw(logits: torch.Tensor, b: int) -> torch.Tensor:
-        u = None if rows.uniforms is None else rows.uniforms[:b].index_select(1, step_t).squeeze(1)
-        return draw_tokens(logits, temperature, top_p, u)
-
+    step = _Step(forward, fixed and device.type == "cuda")
     with _routed(model, state):
         logits = _prefill(model, state, batch)
-        u0 = None if rows.uniforms is None else rows.uniforms[:, 0]
-        nxt = draw_tokens(logits.repeat_interleave(num_samples, 0), temperature, top_p, u0)
-        del logits
-        step = _Step(forward, draw, torch.zeros(rows.rows, dtype=torch.long, device=device), fixed and device.type == "cuda")
-        used = _decode_loop(rows, state, step, nxt, is_stop, step_t, max_new_tokens, _buckets(rows.rows, exact=not fixed))
+        rows_run = _decode_loop(answers, state, step, logits, (temperature, top_p), is_stop, max_new_tokens)
     if stats is not None:
-        stats.update(graphs=sorted(step.captured), eager_steps=step.eager_steps, buckets_used=used, fixed=fixed,
+        stats.update(rows=rows_run, graphs=sorted(step.captured), eager_steps=step.eager_steps, fixed=fixed,
                      prefix_len=batch.prefix_len)
-    return rows.flush()
+    return answers.result
 
 
-def _decode_loop(rows: _Rows, state: StaticKV, step: _Step, nxt: torch.Tensor, is_stop: torch.Tensor,
-                 step_t: torch.Tensor, steps: int, buckets: list[int]) -> list[int]:
-    """Draw tokens 1 .. steps - 1 (token 0 is ``nxt``), shrinking the rows as answers stop: the bucket sizes used."""
-    used = [rows.b]
+def _decode_loop(answers: _Answers, state: StaticKV, step: _Step, logits: torch.Tensor, sampling: tuple[float, float],
+                 is_stop: torch.Tensor, steps: int) -> list[int]:
+    """Draw tokens 0 .. steps - 1 (token 0 from the prompts' ``logits``), regrouping the answers into rows after
+    each draw and dropping dead rows: the number of rows computed at each step after the first."""
+    buckets = _buckets(answers.rows, exact=not state.fixed)
+    vocab = max(is_stop.shape[0], logits.shape[-1])
+    rows_run: list[int] = []
     for t in range(steps):
         if t > 0:
             state.col = t - 1
             state.col_t.fill_(t - 1)
-            step_t.fill_(t)
-            step(rows.b)
-            nxt = step.out[: rows.b]
-        n_alive = rows.record(t, nxt, is_stop)
-        if n_alive == 0 or t == steps - 1:
+            b = answers.n if not state.fixed else min(s for s in buckets if s >= answers.n)
+            rows_run.append(b)
+            logits = step(b)
+        live, tok = answers.draw(t, logits, *sampling, is_stop)
+        if len(live) == 0 or t == steps - 1:
             break
-        if state.fixed:
-            target = min(s for s in buckets if s >= n_alive)
-        else:  # compact once a quarter of the rows has finished: each compaction copies the answers' keys
-            target = n_alive if n_alive <= 0.75 * rows.b else rows.b
-        if target < rows.b:
-            rows.compact(target, n_alive, state.buffers())
-            used.append(target)
-    return used
+        in_use = answers.regroup(t, live, tok, vocab)
+        if state.fixed:  # drop dead rows when the rows in use fit a smaller bucket
+            drop = min(s for s in buckets if s >= in_use) < min(s for s in buckets if s >= answers.n)
+        else:  # once a quarter of the rows is dead
+            drop = answers.n - in_use >= max(1, 0.25 * answers.n)
+        if drop:
+            answers.drop_dead()
+    return rows_run

@@ -10,15 +10,19 @@ key get the same uniforms. Greedy decoding (``temperature=0``) uses none.
 **Decoders.** Both draw through :func:`biasprune.answers.streams.draw_tokens` with the same uniforms, so they pick
 the same token from the same logits.
 
-* ``eager``: the reference. A batch of prompts is left-padded and prefilled once; the KV cache
-  (``DynamicCache``) is repeated k times, so the prompt is not recomputed per sample; each step is a plain
-  Hugging Face forward; finished sequences leave the batch once a quarter of it has finished.
-* ``static``: :mod:`biasprune.answers.decoding`: preallocated keys and values written in place, a fixed-shape step
-  per bucket of live rows, captured as a CUDA graph on a GPU (eager steps on a CPU).
-* ``auto`` (default): ``static`` on CUDA and on CPU, where it is the faster of the two (1.3x today's
-  eager decoder on the quickstart's answers, 1.17x the eager reference: docs/benchmarks.md);
-  ``eager`` under ``lockstep`` (sharded FSDP weights need every process to make the same forward calls,
-  which the eager path guarantees), and ``eager`` for a model the static path does not support
+Both prefill the prefix that the batch's prompts share once (:mod:`biasprune.answers.prefix`; ``share_prefix``),
+then each prompt's remainder once, and start the prompt's k answers from its keys and values.
+
+* ``eager``: the reference. Each step is a plain Hugging Face forward over a ``DynamicCache``: the prefix's
+  cache is repeated for the prompts, the prompts' for their k answers; finished sequences leave the batch once
+  a quarter of it has finished. Under a sliding window shorter than prompt + answer it prefills whole prompts
+  (the model's mask counts cache columns, and the padding between prefix and remainder would count).
+* ``static``: :mod:`biasprune.answers.decoding`: the prefix's, the prompts' and the answers' keys kept apart and
+  read once each; answers of a prompt that agree so far computed once; fixed-shape steps per bucket of rows,
+  captured as CUDA graphs on a GPU (exact-shape eager steps on a CPU).
+* ``auto`` (default): ``static`` on CUDA and on CPU, where it is the faster of the two (docs/benchmarks.md,
+  "Generation"); ``eager`` under ``lockstep`` (sharded FSDP weights need every process to make the same forward
+  calls, which the eager path guarantees), and ``eager`` for a model the static path does not support
   (:func:`biasprune.answers.decoding.static_support`). ``static`` under ``lockstep`` also runs the eager path.
 """
 
