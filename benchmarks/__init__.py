@@ -1,1 +1,1 @@
-"""Benchmarks of biasprune: scoring and generation throughput against common baselines (see run_h200.sh)."""
+"""Benchmarks of biasprune, by kind: speed/, validation/, analysis/, helpers/, gpu/ (the index is README.md)."""

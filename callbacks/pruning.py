@@ -1,16 +1,18 @@
 """The pruning Callback: turns scores into masks, and gives every evaluation batch its arms.
 
 At the start of a ``validate`` stage it resolves the masks under test: those of ``masks_file``, or, after
-``fit`` in the same run, masks selected from the run's scores (DESIGN §2; ``rule``, ``p``/``q`` or
-``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when asked). It then
-serves the arms of each batch (:class:`biasprune.pruning.arms.ArmSource`): the unpruned model, the pruned model, and
-``random_draws`` random masks that prune the same number of units per module (neurons) and in total (heads)
-(DESIGN §6). It needs only the :class:`biasprune.pruning.arms.PrunableModule` members of the module.
+``fit`` in the same run, masks selected from the run's scores (docs/method.md, "Selection rules"; ``rule``,
+``p``/``q`` or ``budget``), written to ``masks.safetensors`` (and exported as a Hugging Face checkpoint when
+asked). It then hands the module its evaluation plan (:class:`biasprune.pruning.arms.EvaluationPlan`): the arms of
+each batch, i.e. the unpruned model, the pruned model, and ``random_draws`` random masks that prune the same
+number of units per module (neurons) and in total (heads) (docs/method.md, "Answers, arms and metrics"), or the
+plan given to :meth:`PruningCallback.configure_evaluation` (the study's). It needs only the
+:class:`biasprune.pruning.arms.PrunableModule` members of the module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +23,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from biasprune.core.checks import check_choice, check_fraction, check_positive
 from biasprune.pipeline.resume import check_fingerprint
-from biasprune.pruning.arms import UNPRUNED, Arm, ArmSource, PrunableModule, pruned_counts
-from biasprune.pruning.factory import MaskFactory
+from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan, PrunableModule, pruned_counts
+from biasprune.pruning.factory import MaskFactory, MaskSettings
 from biasprune.pruning.masks import MaskError, load_masks, save_masks, validate_masks
-from biasprune.pruning.rules import RULES, SCOPES, parse_budget
-from biasprune.scoring.accumulate import selection_inputs, sum_scores
+from biasprune.pruning.rules import SCOPES, RuleSettings, SelectionRule, parse_budget, rule_name
+from biasprune.scoring.accumulate import sum_scores
+from biasprune.scoring.objectives import selection_inputs
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 
 __all__ = ["PruningCallback"]
@@ -39,9 +42,10 @@ class PruningCallback(Callback):
     Args:
         units: which units to prune: ``neurons``, ``heads`` or ``both``.
         rule: how units are chosen from the two groups' scores: ``relative_difference`` (the default, which the
-            planted controls favour: docs/results.md), another ranking rule, or ``set_difference`` (the paper's:
-            top q of the target group's scores minus the top p of the reference group's); formulas in
-            ``docs/method.md``.
+            planted controls favour: docs/results.md), another registered rule, ``set_difference`` (the paper's:
+            top q of the target group's scores minus the top p of the reference group's), the dotted path of a
+            statistic function ``f(t, r, settings)``, or a :class:`~biasprune.pruning.rules.SelectionRule`
+            subclass by ``class_path``/``init_args``; formulas in docs/method.md, "Selection rules".
         p: neurons: fraction of each pool protected as most important for the reference group.
         q: neurons: fraction of each pool considered most important for the target group.
         budget: neurons: units pruned per pool, as a fraction of the pool (``0.005`` or ``"0.5%"``) or a count
@@ -54,8 +58,8 @@ class PruningCallback(Callback):
         head_scope: heads: ``global`` (over all heads of the model, as in the paper) or ``module``.
         floor_quantile: ``relative_difference`` and ``log_ratio``: the pool quantile of S_t + S_r below which units
             are not candidates (relative_difference) or that floors both scores (log_ratio).
-        random_draws: random-mask controls evaluated beside the pruned model (DESIGN §6; 0 disables them and
-            with them every claim).
+        random_draws: random-mask controls evaluated beside the pruned model (docs/method.md, "Answers, arms and
+            metrics"; 0 disables them and with them every claim).
         random_seed: seed of the random masks.
         masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores.
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
@@ -65,7 +69,7 @@ class PruningCallback(Callback):
     def __init__(
         self,
         units: Literal["neurons", "heads", "both"] = "neurons",
-        rule: str = "relative_difference",
+        rule: str | SelectionRule | Callable[[torch.Tensor, torch.Tensor, RuleSettings], torch.Tensor] = "relative_difference",
         p: float = 0.35,
         q: float = 0.40,
         budget: int | float | str | None = None,
@@ -82,7 +86,6 @@ class PruningCallback(Callback):
         log_histograms: bool = True,
     ) -> None:
         check_choice("pruning.units", units, UNITS)
-        check_choice("pruning.rule", rule, RULES)
         check_choice("pruning.scope", scope, SCOPES)
         check_choice("pruning.head_scope", head_scope, SCOPES)
         for name, v in (("pruning.p", p), ("pruning.q", q), ("pruning.head_p", head_p), ("pruning.head_q", head_q)):
@@ -96,7 +99,7 @@ class PruningCallback(Callback):
         self.head_p, self.head_q, self.head_budget, self.head_scope = head_p, head_q, head_budget, head_scope
         self.floor_quantile = floor_quantile
         self.random_draws, self.random_seed = random_draws, random_seed
-        self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)
+        self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)  # resolves (checks) the rule
         self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
         if masks_file:
@@ -105,11 +108,16 @@ class PruningCallback(Callback):
                 raise MaskError(f"masks file {masks_file!r} holds no masks")
         self.masks: dict[str, torch.Tensor] | None = None
         self._arms: list[Arm] = [UNPRUNED]
-        self.plan: ArmSource | None = None
+        self._plan: EvaluationPlan | None = None
 
-    def set_plan(self, plan: ArmSource | None) -> None:
-        """Serve the arms of ``plan`` (the study's) in the next validate stages instead of this run's masks."""
-        self.plan = plan
+    def configure_evaluation(self, plan: EvaluationPlan | None) -> None:
+        """Hand ``plan`` (the study's arms) to the module in the next validate stages instead of this run's masks;
+        None goes back to this run's masks."""
+        self._plan = plan
+
+    def mask_settings(self) -> MaskSettings:
+        """How this callback makes masks, as one typed value (the study builds its arms from it)."""
+        return MaskSettings(self.factory, self.budget, self.head_budget, self.random_draws)
 
     def kinds(self) -> list[str]:
         return {"neurons": ["neuron"], "heads": ["head"], "both": ["neuron", "head"]}[self.units]
@@ -117,7 +125,7 @@ class PruningCallback(Callback):
     def settings(self) -> dict[str, Any]:
         """Everything that decides the masks (also the metadata of ``masks.safetensors``)."""
         return {
-            "units": self.units, "rule": self.rule, "p": self.p, "q": self.q, "budget": self.budget, "scope": self.scope,
+            "units": self.units, "rule": rule_name(self.rule), "p": self.p, "q": self.q, "budget": self.budget, "scope": self.scope,
             "head_p": self.head_p, "head_q": self.head_q, "head_budget": self.head_budget, "head_scope": self.head_scope,
             "floor_quantile": self.floor_quantile,
             "random_draws": self.random_draws, "random_seed": self.random_seed, "masks_file": self.masks_file,
@@ -165,12 +173,12 @@ class PruningCallback(Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
         if trainer.sanity_checking:
             return
-        if self.plan is not None:
-            pl_module.set_arm_source(self.plan)
+        if self._plan is not None:
+            pl_module.configure_evaluation(self._plan)
             return
         self.masks = self._resolve(trainer, pl_module)
         self._arms = self.arms_from(self.masks, baseline=pl_module.evaluation.baseline)
-        pl_module.set_arm_source(self)
+        pl_module.configure_evaluation(EvaluationPlan(self))
 
     def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
         if self.loaded is not None:
@@ -185,7 +193,7 @@ class PruningCallback(Callback):
         scores = sum_scores(per_variation)
         ref, tgt = trainer.datamodule.groups
         n = read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
-        masks = self.select(*selection_inputs(scores, (ref, tgt), self.rule, n))
+        masks = self.select(*selection_inputs(scores, (ref, tgt), self.factory.rule_name, n))
         if trainer.global_rank == 0:
             meta = {k: str(v) for k, v in self.settings().items()} | {
                 "reference_group": ref, "target_group": tgt, "scoring": ",".join(per_variation),
@@ -200,7 +208,7 @@ class PruningCallback(Callback):
     def _log(self, trainer: L.Trainer, pl_module: PrunableModule, scores: dict, masks: dict[str, torch.Tensor]) -> None:
         c = pruned_counts(masks)
         what = " and ".join(f"{c[k]} of {c[k + '_units']} {k}s" for k in ("neuron", "head") if c[k + "_units"])
-        rank_zero_info(f"pruned {what} ({self.rule}); masks in {Path(pl_module.run_dir) / 'masks.safetensors'}")
+        rank_zero_info(f"pruned {what} ({self.factory.rule_name}); masks in {Path(pl_module.run_dir) / 'masks.safetensors'}")
         experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_scalar")), None)
         if experiment is None:
             return

@@ -1,18 +1,20 @@
 """The paired-prompt DataModule: scenario x variation x name, over three name splits.
 
-Names are split three ways, disjoint and balanced by group x gender (DESIGN §6): ``scoring`` names build
+Names are split three ways, disjoint and balanced by group x gender (docs/method.md, "Prompts and name splits"): ``scoring`` names build
 the prompts whose important units are scored (the masks are learned from them), ``dev`` names choose p/q
 and every other knob, ``test`` names give every reported number. Two sets are served, both restricted to
 the reference and target groups:
 
 * the scoring set: the scoring variations with the scoring names. Its target texts (the model's own
   responses) are produced by the LightningModule before scoring and attached with
-  :meth:`AuditDataModule.set_scoring_examples`; the train dataloader serves them tokenized;
+  :meth:`AuditDataModule.set_scoring_examples`; the train dataloader serves them as the scoring objective
+  tokenizes and collates them (:mod:`biasprune.scoring.objectives`);
 * the evaluation set: the evaluation variations with the names of each evaluation split, served by the
   validation dataloader; no batch mixes two (split, variation) groups.
 
-Batches are cut before they are dealt to processes (:mod:`.sampling`), so one and N processes compute the
-same batches.
+Batches are cut before they are dealt to processes (:mod:`.batches`), so one and N processes compute the
+same batches. What is served can change between Trainer calls only through :meth:`AuditDataModule.configure_prompts`
+(a :class:`PromptSelection`: the variations scored and the name splits evaluated).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,17 +44,67 @@ from biasprune.data.scenarios import (
     variation_key,
 )
 from biasprune.datamodules.batches import ShardedBatches, ShardSampler, fixed_batches
-from biasprune.datamodules.examples import PairCollator, TokenCollator, collate_text, example_items, pair_items
+from biasprune.datamodules.examples import collate_text
 from biasprune.datamodules.files import SCORING_EXAMPLE_FIELDS, read_prompt_file, read_scoring_examples, select_rows
 from biasprune.models.loading import DEFAULT_MODEL, load_tokenizer, plant_training_names
+from biasprune.scoring.objectives import Objective, get_objective
 
-__all__ = ["AuditDataModule", "SCORING_EXAMPLE_FIELDS"]
+__all__ = ["AuditDataModule", "PromptSelection", "SCORING_EXAMPLE_FIELDS"]
 
 EvalSplit = Literal["dev", "test"]
 
 
+@dataclass(frozen=True)
+class PromptSelection:
+    """Which prompts a stage serves: the scoring variations and the evaluated name splits.
+
+    Attributes:
+        scoring: ``scenario`` or ``scenario/variation`` selectors of the variations scored (``fit``).
+        eval_splits: the name splits answered (``validate``), ``dev`` and/or ``test``; the evaluated variations
+            are always ``--data.evaluation``.
+    """
+
+    scoring: tuple[str, ...]
+    eval_splits: tuple[str, ...] = ("test",)
+
+    def __post_init__(self) -> None:
+        check_choices("data.eval_splits", self.eval_splits, ("dev", "test"))
+        object.__setattr__(self, "scoring", tuple(self.scoring))
+        object.__setattr__(self, "eval_splits", tuple(dict.fromkeys(self.eval_splits)))
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_arguments(reference_group: str, target_group: str, batch_size: int, eval_batch_size: int, num_workers: int,
+                     eval_splits: Sequence[str]) -> None:
+    if reference_group == target_group:
+        raise AuditDataError(f"reference_group and target_group are both {reference_group!r}; they must differ")
+    for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if v < 1:
+            raise ValueError(f"data.{name} must be >= 1, got {v}")
+    if num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+    check_choices("data.eval_splits", eval_splits, ("dev", "test"))
+
+
+def _kept_examples(examples: Sequence[dict], variations: Sequence[str], groups: Sequence[str]) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(the examples' stored fields, those with a non-empty response, skipped examples per group)."""
+    stored = [{k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e} for e in examples]
+    unknown = sorted({variation_key(e["scenario"], e["variation"]) for e in stored} - set(variations))
+    if unknown:
+        raise AuditDataError(f"scoring examples of {unknown[:3]} are not among the scoring variations {list(variations)}")
+    skipped = {g: 0 for g in groups}
+    kept = []
+    for e in stored:
+        if not e["response"].strip():
+            skipped[e["group"]] += 1
+            continue
+        kept.append(e)
+    if not kept:
+        raise AuditDataError("every scoring example has an empty response: nothing to score")
+    return stored, kept, skipped
 
 
 class AuditDataModule(L.LightningDataModule):
@@ -103,14 +156,7 @@ class AuditDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if reference_group == target_group:
-            raise AuditDataError(f"reference_group and target_group are both {reference_group!r}; they must differ")
-        for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if v < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {v}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        check_choices("data.eval_splits", eval_splits, ("dev", "test"))
+        _check_arguments(reference_group, target_group, batch_size, eval_batch_size, num_workers, eval_splits)
         self.save_hyperparameters()
         self.groups = (reference_group.lower(), target_group.lower())
         self.eval_splits = tuple(dict.fromkeys(eval_splits))
@@ -136,6 +182,7 @@ class AuditDataModule(L.LightningDataModule):
             self.name_sources = {n.name: n.source for n in names_list}
         self._check_plant_names()
         self.scoring_selection, self.evaluation_selection = tuple(scoring), tuple(evaluation)
+        self.scoring_objective: Objective = get_objective()
         self._build_rows()
         self.preset_examples = (
             read_scoring_examples(Path(scoring_examples_file), self.groups) if scoring_examples_file else None
@@ -145,7 +192,7 @@ class AuditDataModule(L.LightningDataModule):
         self._train_sampler: ShardSampler | None = None
 
     def _check_plant_names(self) -> None:
-        """A planted model must never be evaluated on names it was trained on (DESIGN §7)."""
+        """A planted model must never be evaluated on names it was trained on (docs/method.md, "Planted controls")."""
         trained = plant_training_names(self.tokenizer_name)
         leaked = sorted({n for s in ("dev", "test") for n, _ in self.names_by_split[s]} & trained)
         if leaked:
@@ -163,23 +210,28 @@ class AuditDataModule(L.LightningDataModule):
         sel = parse_selectors(selectors, self.scenarios, what)
         return [dict(r, split=split) for r in build_prompt_rows(self.scenarios, sel, self._splits[split], self.groups)]
 
+    @property
+    def selection(self) -> PromptSelection:
+        """What this data module serves now."""
+        return PromptSelection(self.scoring_selection, self.eval_splits)
+
+    def rows(self, selection: PromptSelection) -> tuple[list[dict], list[dict]]:
+        """(scoring rows, evaluation rows) that ``selection`` would serve; changes nothing."""
+        scoring = self._rows(selection.scoring, "scoring", "data.scoring")
+        evaluation = [r for split in selection.eval_splits for r in self._rows(self.evaluation_selection, split, "data.evaluation")]
+        return scoring, evaluation
+
     def _build_rows(self) -> None:
-        self.scoring_rows = self._rows(self.scoring_selection, "scoring", "data.scoring")
-        self.eval_rows = [r for split in self.eval_splits for r in self._rows(self.evaluation_selection, split, "data.evaluation")]
+        self.scoring_rows, self.eval_rows = self.rows(self.selection)
         self.scoring_variations = list(dict.fromkeys(variation_key(r["scenario"], r["variation"]) for r in self.scoring_rows))
         self.scoring_prompts = self.eval_set = self.scoring_set = None
         self.scoring_examples = []
 
-    def select(self, scoring: Sequence[str] | None = None, eval_splits: Sequence[str] | None = None) -> None:
-        """Change what is scored and which name splits are evaluated (the study scores only what it lacks).
-
-        The name splits and the evaluated variations stay as configured; prompts are rebuilt in ``setup``.
-        """
-        if scoring is not None:
-            self.scoring_selection = tuple(scoring)
-        if eval_splits is not None:
-            check_choices("data.eval_splits", eval_splits, ("dev", "test"))
-            self.eval_splits = tuple(dict.fromkeys(eval_splits))
+    def configure_prompts(self, selection: PromptSelection) -> None:
+        """Serve ``selection`` from the next Trainer call on (the study scores only what it lacks, and answers
+        only the splits that have work). The name splits and the evaluated variations stay as configured;
+        scoring examples attached earlier are dropped, and prompts are rebuilt (now if set up, else in ``setup``)."""
+        self.scoring_selection, self.eval_splits = selection.scoring, selection.eval_splits
         self._build_rows()
         if self.tokenizer is not None:
             self.setup()
@@ -212,7 +264,7 @@ class AuditDataModule(L.LightningDataModule):
                     f"data.scoring_examples_file has no example for {len(missing)} scoring prompt(s), e.g."
                     f" {['/'.join(m) for m in missing[:3]]}; generate them (leave the file out) or score fewer variations"
                 )
-            self.set_scoring_examples(given)
+            self.set_scoring_examples(given, self.scoring_objective)
 
     def fingerprint(self) -> dict[str, str]:
         """Digests of everything in the data that changes a result (prompts, names, splits, groups, template)."""
@@ -231,38 +283,17 @@ class AuditDataModule(L.LightningDataModule):
     def has_scoring_examples(self) -> bool:
         return self.scoring_set is not None
 
-    def set_scoring_examples(self, examples: Sequence[dict], pairs: bool = False) -> None:
-        """Attach target responses (DESIGN: ``scoring_examples.jsonl`` rows) and tokenize them.
+    def set_scoring_examples(self, examples: Sequence[dict], objective: Objective | str | None = None) -> None:
+        """Attach target responses (``scoring_examples.jsonl`` rows) and tokenize them as ``objective`` (the
+        default objective when None; :mod:`biasprune.scoring.objectives`) makes its scoring items.
 
-        Prompt and response are tokenized separately without special tokens and concatenated, so the
-        stored texts alone determine the computation. Empty responses are skipped and counted. Each example
-        is tagged with its accumulator bucket ``variation index x n_groups + group index``.
-
-        ``pairs`` serves name-swapped pairs instead (the contrastive objective): each item holds the target
-        prompt, its reference-group twin (same ``pair_id``) and the target's response, in bucket
-        ``variation index``.
+        Prompt and response are tokenized separately without special tokens and concatenated, so the stored
+        texts alone determine the computation. Empty responses are skipped and counted. Each item carries its
+        accumulator bucket (variation index x number of score groups + group index).
         """
-        self.scoring_examples = [
-            {k: e[k] for k in SCORING_EXAMPLE_FIELDS} | {k: e[k] for k in ("gender", "pair_id") if k in e} for e in examples
-        ]
-        unknown = sorted({variation_key(e["scenario"], e["variation"]) for e in self.scoring_examples} - set(self.scoring_variations))
-        if unknown:
-            raise AuditDataError(
-                f"scoring examples of {unknown[:3]} are not among the scoring variations {self.scoring_variations}"
-            )
-        self.n_skipped = {g: 0 for g in self.groups}
-        kept = []
-        for e in self.scoring_examples:
-            if not e["response"].strip():
-                self.n_skipped[e["group"]] += 1
-                continue
-            kept.append(e)
-        if not kept:
-            raise AuditDataError("every scoring example has an empty response: nothing to score")
-        if pairs:
-            self.scoring_set = pair_items(self.tokenizer, kept, self.scoring_examples, self.scoring_variations, self.groups)
-        else:
-            self.scoring_set = example_items(self.tokenizer, kept, self.scoring_variations, self.groups)
+        self.scoring_objective = get_objective(objective)
+        self.scoring_examples, kept, self.n_skipped = _kept_examples(examples, self.scoring_variations, self.groups)
+        self.scoring_set = self.scoring_objective.items(self.tokenizer, kept, self.scoring_examples, self.scoring_variations, self.groups)
 
     # ----------------------------------------------------------------------------------- dataloaders
     def _world(self) -> tuple[int, int]:
@@ -291,7 +322,7 @@ class AuditDataModule(L.LightningDataModule):
         if self.scoring_set is None:
             raise RuntimeError("no scoring examples: the module generates them in on_fit_start (or give scoring_examples_file)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        collate = PairCollator(pad) if "target_ids" in self.scoring_set[0] else TokenCollator(pad)
+        collate = self.scoring_objective.collator(pad)
         loader, self._train_sampler = self._loader(self.scoring_set, [list(range(len(self.scoring_set)))], self.batch_size, collate)
         return loader
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from biasprune.callbacks import PruningCallback
 from biasprune.cli import main
@@ -17,26 +18,63 @@ from biasprune.study.config import GridConfig, StudyConfig
 from biasprune.study.trainer import BiasPruneTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "plant" not in p.parts)
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))  # complete runs and overlays: --config FILE
+FRAGMENTS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if p.parent.name != "plant")  # one group each
+# (configs/plant/ trains plants: tests/test_plant.py instantiates every one of them)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def _record_stages(monkeypatch) -> list:
+    seen = []
+    for name in ("fit", "validate", "study"):
+        monkeypatch.setattr(BiasPruneTrainer, name, lambda self, model, datamodule=None, name=name, **kw: seen.append((name, self, model, datamodule, kw)))
+    monkeypatch.setattr(BiasPruneCLI, "_finish", lambda self, kind, run_dir: None)
+    return seen
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_parses(path, tmp_path, monkeypatch):
     """The same configuration language for fit, validate and study: every file parses and builds every object
     (the stages themselves are replaced by a recorder; GPU configs are checked on CPU)."""
-    seen = []
-    for name in ("fit", "validate", "study"):
-        monkeypatch.setattr(BiasPruneTrainer, name, lambda self, model, datamodule=None, name=name, **kw: seen.append((name, model, datamodule, kw)))
-    monkeypatch.setattr(BiasPruneCLI, "_finish", lambda self, kind, run_dir: None)
+    seen = _record_stages(monkeypatch)
     for sub in ("fit", "validate", "study"):
         if sub != "study" and "\nstudy:" in path.read_text():
             continue  # a study file carries --study.* keys, which fit and validate do not take
         seen.clear()
         main([sub, "--config", str(path), "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path)])
-        stage, model, dm, kw = seen[0]
+        stage, _, model, dm, kw = seen[0]
         assert stage == sub and isinstance(model, BiasPruneModule) and isinstance(dm, AuditDataModule)
         if sub == "study":
             assert isinstance(kw["config"], StudyConfig)
+
+
+@pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_fragment_sets_its_group(path, tmp_path, monkeypatch):
+    """A fragment given to its group's flag sets exactly its keys there (and, composed after a config, keeps the
+    config's other keys of that group)."""
+    seen = _record_stages(monkeypatch)
+    group = path.parent.name
+    keys = yaml.safe_load(path.read_text())
+    cpu = ["--trainer.accelerator", "cpu"] if group == "trainer" else []  # GPU fragments are checked on CPU
+    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), f"--{group}", str(path), *cpu,
+          "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    _, trainer, _, _, _ = seen[0]
+    if group == "pruning":
+        settings = next(cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)).settings()
+        assert {k: settings[k] for k in keys} == keys
+    else:
+        assert trainer.max_epochs == keys["max_epochs"] and trainer.num_devices == keys["devices"]
+    assert trainer.logger.name == "quickstart"  # the config's own trainer keys stay
+
+
+def test_composed_configs_resolve_to_one_configuration(capsys):
+    """--config a --config b: later files win key by key; an overlay names a fragment by a path relative to itself."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(ROOT / "configs" / "ddp_cpu.yaml"), "--print_config"])
+    assert info.value.code == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["trainer"]["strategy"] == "frozen_ddp_spawn" and resolved["trainer"]["devices"] == 2
+    assert resolved["trainer"]["logger"]["init_args"]["name"] == "quickstart"
+    assert resolved["pruning"]["rule"] == "relative_difference" and resolved["pruning"]["budget"] == "0.5%"
 
 
 def test_help_documents_every_knob(capsys):

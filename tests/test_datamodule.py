@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 
 from biasprune.data.scenarios import AuditDataError
 from biasprune.datamodules import AuditDataModule, ShardedBatches, fixed_batches
+from biasprune.datamodules.audit import PromptSelection
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,12 @@ def test_rows_hold_templated_prompts(dm):
     assert dm.split_counts() == {"scoring": {"white": 20, "black": 20}, "dev": {"white": 10, "black": 10}, "test": {"white": 20, "black": 20}}
 
 
-def test_splits_are_disjoint_and_select_changes_what_is_served(dm, tokenizer_dir):
+def test_splits_are_disjoint_and_configure_prompts_changes_what_is_served(dm, tokenizer_dir):
     names = {s: {n for n, _ in dm.names_by_split[s]} for s in ("scoring", "dev", "test")}
     assert not names["scoring"] & names["dev"] and not names["scoring"] & names["test"] and not names["dev"] & names["test"]
     assert {r["name"] for r in dm.scoring_prompts} == names["scoring"] and {r["name"] for r in dm.eval_set} == names["test"]
     d = AuditDataModule(scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=tokenizer_dir)
-    d.select(scoring=["chess"], eval_splits=["dev", "test"])
+    d.configure_prompts(PromptSelection(scoring=("chess",), eval_splits=("dev", "test")))
     assert {r["scenario"] for r in d.scoring_rows} == {"chess"}
     assert [k[0] for k in d.eval_keys()] == ["dev", "test"] and len(d.eval_rows) == 20 + 40
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("core",),
     ("data", "models", "metrics"),
-    ("scoring", "pruning"),
+    ("scoring", "pruning", "localize"),
     ("answers", "stats"),
     ("pipeline",),
     ("datamodules", "callbacks"),

@@ -294,6 +294,6 @@ def test_the_contrastive_objective_scores_name_swapped_pairs(tiny_model_dir, tmp
     masks, _ = read_safetensors(run / "masks.safetensors")
     assert all(int((m == 0).sum()) == 3 for k, m in masks.items() if k.startswith("neuron/"))
     with pytest.raises(ValueError, match="the contrastive objective scores pairs .* use pruning.rule=target"):
-        from biasprune.scoring.accumulate import selection_inputs
+        from biasprune.scoring.objectives import selection_inputs
 
         selection_inputs({"contrast": {}}, ("white", "black"), "set_difference")

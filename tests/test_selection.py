@@ -18,14 +18,21 @@ from biasprune.pruning.rules import (
     keep_masks,
     n_top,
     parse_budget,
-    pruned_by_kind,
-    pruned_counts,
-    pruned_share,
-    random_keep_like,
     random_prune_like,
     select_prune,
     top_k_mask,
 )
+
+
+# ------------------------------------------------------------------------------ counting helpers of the tests
+def _pruned(m: torch.Tensor) -> int:
+    """Bool masks are prune masks (True = prune); integer masks are keep-masks (0 = pruned)."""
+    return int(m.sum()) if m.dtype == torch.bool else int((m == 0).sum())
+
+
+def pruned_counts(masks) -> dict[str, int]:
+    """Pruned units per key."""
+    return {k: _pruned(m) for k, m in masks.items()}
 
 
 # ------------------------------------------------------------------------------ brute-force references
@@ -260,16 +267,6 @@ def test_parse_budget_errors(value):
         parse_budget(value)
 
 
-def test_counts_and_share_for_both_mask_conventions():
-    prune = {"neuron/a": torch.tensor([True, False, True]), "head/b": torch.tensor([False, True])}
-    keep = {k: (~v).to(torch.uint8) for k, v in prune.items()}
-    for masks in (prune, keep):
-        assert pruned_counts(masks) == {"neuron/a": 2, "head/b": 1}
-        assert pruned_share(masks) == pytest.approx(3 / 5)
-        assert pruned_by_kind(masks) == {"neuron": (2, 3), "head": (1, 2)}
-    assert pruned_share({}) == 0.0
-
-
 # ------------------------------------------------------------------------------ the random control
 def test_random_control_matches_counts_and_is_a_pure_function_of_the_seed():
     rng = np.random.default_rng(1)
@@ -307,11 +304,9 @@ def test_random_control_is_uniform_over_the_pooled_keys():
     assert chisquare(list(seen.values())).pvalue > 1e-3
 
 
-def test_random_keep_like_and_its_type_check():
+def test_random_control_type_and_scope_checks():
     keep = {"neuron/a": torch.tensor([1, 0, 0, 1, 1], dtype=torch.uint8)}
-    drawn = random_keep_like(keep, "module", seed=0)
-    assert drawn["neuron/a"].dtype == torch.uint8 and pruned_counts(drawn) == {"neuron/a": 2}
-    with pytest.raises(TypeError, match="bool prune masks.*'neuron/a' is torch.uint8.*random_keep_like"):
+    with pytest.raises(TypeError, match=r"bool prune masks.*'neuron/a' is torch.uint8.*pass keep-masks as \{key: m == 0\}"):
         random_prune_like(keep, "module", seed=0)
     with pytest.raises(ValueError, match=r"pruning\.scope='layer' is not valid; valid choices: \['module', 'global'\]"):
         random_prune_like({}, "layer", seed=0)

@@ -17,6 +17,7 @@ from biasprune.models.loading import (
     WEIGHT_PATTERNS,
     cache_dir,
     embedded_gguf,
+    plant_chain,
     resolve_model_path,
     resolve_plant,
     split_model_id,
@@ -76,12 +77,15 @@ def model_identity(name_or_path: str) -> dict:
     """Which weights an id means: ``id``, ``base``, ``base_path``, ``base_sha256``, ``base_files``, ``plant``,
     ``adapter_path``, ``adapter_sha256`` (the last three None without a plant); for the embedded model also
     ``base_source`` and ``gguf_sha256`` (the shipped file, which other machines convert to the same model).
+    With stacked plants (``BASE+plant:A+plant:B``) ``base`` is ``BASE+plant:A``, ``plant`` is B, and
+    ``base_adapter_sha256`` lists the sha256 of A's (and any earlier plant's) adapter, in merge order.
 
     ``base_sha256`` covers the weight files (``model*.safetensors`` or ``pytorch_model*.bin``) in sorted
     name order; it is None when the weights are not on this machine.
     """
     base, plant = split_model_id(name_or_path)
-    base_path = resolve_model_path(base)
+    root, chain = plant_chain(name_or_path)
+    base_path = resolve_model_path(root)
     local = _local_dir(base_path)
     weights: list[Path] = []
     if local is not None:
@@ -101,8 +105,12 @@ def model_identity(name_or_path: str) -> dict:
     }
     if local is not None and (local / SOURCE_MARKER).is_file():
         out["base_source"] = json.loads((local / SOURCE_MARKER).read_text())
-    if base.startswith(EMBEDDED_PREFIX):  # the GGUF file is the same everywhere; its conversion may not be
-        out["gguf_sha256"] = cached_sha256([embedded_gguf(base[len(EMBEDDED_PREFIX) :])[1]])
+    if root.startswith(EMBEDDED_PREFIX):  # the GGUF file is the same everywhere; its conversion may not be
+        out["gguf_sha256"] = cached_sha256([embedded_gguf(root[len(EMBEDDED_PREFIX) :])[1]])
+    if len(chain) > 1:
+        out["base_adapter_sha256"] = [
+            sha256_files([resolve_plant(p, name_or_path) / "adapter_model.safetensors"]) for p in chain[:-1]
+        ]
     if plant:
         adapter = resolve_plant(plant, name_or_path)
         out["adapter_path"] = str(adapter.resolve())

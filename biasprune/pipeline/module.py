@@ -6,21 +6,23 @@
    the training epoch accumulates S_G(u) per scoring variation and group (no optimizer, frozen weights, eval
    mode); ``on_train_end`` writes ``scores.safetensors`` and ``scores_by_variation.safetensors``;
 2. ``validate``: every evaluation batch is answered once per *arm* (the unpruned model, the pruned model,
-   random-mask controls) given by the arm source, which the pruning callback sets; ``on_validation_epoch_end``
-   gathers the answer records and turns them into results with the pure functions of
-   :mod:`biasprune.stats.rows`.
+   random-mask controls) of the evaluation plan that the pruning callback hands over
+   (:meth:`BiasPruneModule.configure_evaluation`); ``on_validation_epoch_end`` gathers the answer records and
+   turns them into results with the pure functions of :mod:`biasprune.stats.rows`.
 
-The study drives the same two stages with its own arms.
+What a batch scores is the objective's business (``--model.objective``, :mod:`biasprune.scoring.objectives`):
+this module only accumulates what the objective returns. The study drives the same two stages with its own
+arms, through the same evaluation plan.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -42,11 +44,12 @@ from biasprune.pipeline.resume import (
     check_scoring_limits,
     checkpoint_state,
     model_fingerprint,
+    restored_state,
 )
-from biasprune.pruning.arms import UNPRUNED, ArmSource
+from biasprune.pruning.arms import UNPRUNED, EvaluationPlan
 from biasprune.pruning.masks import apply_masks, export_pruned
 from biasprune.scoring.accumulate import ScoreAccumulator
-from biasprune.scoring.objectives import score_rows
+from biasprune.scoring.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, get_objective
 from biasprune.scoring.scorefile import write_scores
 from biasprune.stats.rows import EvaluationConfig
 
@@ -55,14 +58,34 @@ from biasprune.stats.rows import EvaluationConfig
 # one H200 scores 2.6x faster (docs/benchmarks.md, multi-GPU scoring). Flash, memory-efficient and math remain.
 SCORING_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-__all__ = ["BiasPruneModule", "OBJECTIVES"]
+__all__ = ["BiasPruneModule"]
 
-OBJECTIVES = ("nll", "contrastive")
-OBJECTIVE_TEXT = {  # the ``objective`` metadata of scores.safetensors
-    "nll": "mean NLL of the model's own response tokens; s_e(u) = |sum_t sum_d a*g|",
-    "contrastive": "attribution patching on name-swapped pairs; s_p(u) = |sum_t sum_d (a_ref - a_tgt)*dm/da|,"
-                   " m = log p(target's response | target prompt)",
-}
+
+def _check_arguments(neuron_modules: Sequence[str], score_neurons: bool, score_heads: bool, objective: str,
+                     evaluation: EvaluationConfig) -> None:
+    """Refuse a module configuration before any model is loaded (errors name the flag)."""
+    check_neuron_modules(neuron_modules)
+    if not (score_neurons or score_heads):
+        raise ValueError("model.score_neurons and model.score_heads are both false: there is nothing to score")
+    check_choice("model.objective", objective, list(OBJECTIVES))
+    if evaluation.inlier_bounds and not Path(evaluation.inlier_bounds).is_file():
+        raise ValueError(f"model.evaluation.inlier_bounds: file {evaluation.inlier_bounds!r} does not exist")
+    if not evaluation.baseline and not evaluation.inlier_bounds:
+        raise ValueError(
+            "model.evaluation.baseline=false needs model.evaluation.inlier_bounds: the inlier bounds come from"
+            " the unpruned model's answers (give an inlier_bounds.json of an earlier run, or keep baseline true)"
+        )
+
+
+def _attach_examples(dm, objective: Objective, restored: Sequence[dict] | None, generate: Callable[[], list[dict]]) -> None:
+    """Give the data module its scoring examples, tokenized for ``objective``: a checkpoint's, freshly generated
+    target responses, or preset ones (``--data.scoring_examples_file``) re-tokenized if made for another objective."""
+    if restored is not None:
+        dm.set_scoring_examples(restored, objective)
+    elif not dm.has_scoring_examples:
+        dm.set_scoring_examples(generate(), objective)
+    elif dm.scoring_objective.name != objective.name:
+        dm.set_scoring_examples(dm.scoring_examples, objective)
 
 
 class BiasPruneModule(L.LightningModule):
@@ -78,10 +101,10 @@ class BiasPruneModule(L.LightningModule):
         neuron_modules: projections whose output channels are neurons.
         score_neurons: accumulate neuron scores.
         score_heads: accumulate head scores.
-        objective: ``nll``: S_G(u) from the response likelihood of each group's prompts (DESIGN §2);
-            ``contrastive``: attribution patching on name-swapped pairs, |(a_target - a_reference) . dm/da| with m the
-            log-probability of the target's answer, summed over pairs (group ``contrast``; prune with
-            ``pruning.rule=target``).
+        objective: what a scoring batch is and which sums it adds, by name from the registry of
+            :mod:`biasprune.scoring.objectives`: ``nll`` (S_G(u) from the response likelihood of each group's
+            prompts; docs/method.md, "Scores") or ``contrastive`` (attribution patching on name-swapped pairs,
+            one group ``contrast``; prune with ``pruning.rule=target``).
         targets: how the target responses of the scoring prompts are generated.
         generation: how evaluation answers are sampled.
         evaluation: how answers are judged (inlier bounds, statistics, controls).
@@ -96,36 +119,27 @@ class BiasPruneModule(L.LightningModule):
         neuron_modules: Sequence[str] = DEFAULT_NEURON_MODULES,
         score_neurons: bool = True,
         score_heads: bool = True,
-        objective: Literal["nll", "contrastive"] = "nll",
+        objective: str = DEFAULT_OBJECTIVE,
         targets: TargetConfig = TargetConfig(),
         generation: GenerationConfig = GenerationConfig(),
         evaluation: EvaluationConfig = EvaluationConfig(),
     ) -> None:
         super().__init__()
-        check_neuron_modules(neuron_modules)
-        if not (score_neurons or score_heads):
-            raise ValueError("model.score_neurons and model.score_heads are both false: there is nothing to score")
-        check_choice("model.objective", objective, OBJECTIVES)
-        if evaluation.inlier_bounds and not Path(evaluation.inlier_bounds).is_file():
-            raise ValueError(f"model.evaluation.inlier_bounds: file {evaluation.inlier_bounds!r} does not exist")
-        if not evaluation.baseline and not evaluation.inlier_bounds:
-            raise ValueError(
-                "model.evaluation.baseline=false needs model.evaluation.inlier_bounds: the inlier bounds come from"
-                " the unpruned model's answers (give an inlier_bounds.json of an earlier run, or keep baseline true)"
-            )
+        _check_arguments(neuron_modules, score_neurons, score_heads, objective, evaluation)
         self.save_hyperparameters(ignore=["targets", "generation", "evaluation"])
         self.hparams.update(targets=asdict(targets), generation=asdict(generation), evaluation=asdict(evaluation))
         self.targets, self.generation, self.evaluation = targets, generation, evaluation
+        self.objective = get_objective(objective)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the score sums and progress, not the frozen weights
         self.model = None
         self.tokenizer = None
         self._layout: UnitLayout | None = None
         self._lockstep = False
-        self._arm_source: ArmSource | None = None
+        self._plan: EvaluationPlan | None = None
         self._records: list[dict] = []
         self.evaluation_records: list[dict] = []
-        self.summarize = True  # write metrics/summary/claims after validate (the study aggregates itself)
+        self.results: dict[str, list] = {}  # the last validate stage's rows, summary and claims (rank 0)
         self.progress: ScoringProgress | None = None
         self._restored: dict | None = None
         self._final: dict | None = None
@@ -201,20 +215,17 @@ class BiasPruneModule(L.LightningModule):
     # ------------------------------------------------------------------------------------- scoring
     def on_fit_start(self) -> None:
         dm = self.datamodule
-        sizes = {k: n for k, n in self.layout.sizes().items()
-                 if (k.startswith("neuron/") and self.hparams.score_neurons) or (k.startswith("head/") and self.hparams.score_heads)}
+        sizes = self.objective.unit_sizes(self.layout, self.hparams.score_neurons, self.hparams.score_heads)
         self.accumulator = ScoreAccumulator(sizes, n_groups=len(dm.scoring_variations) * len(self.score_groups)).to(self.device)
-        pairs = self.hparams.objective == "contrastive"
         restored = self._restored or {}
         if restored:
             check_fingerprint(restored.get("fingerprint", {}), self._full_fingerprint(), "the checkpoint")
-            dm.set_scoring_examples(restored["scoring_examples"], pairs=pairs)
-        elif not dm.has_scoring_examples:
+
+        def generate() -> list[dict]:
             with self.timed("target_responses"):
-                examples = target_responses(self.model, self.tokenizer, dm.response_dataloader(), self.targets, self._lockstep)
-                dm.set_scoring_examples(examples, pairs=pairs)
-        elif pairs and "target_ids" not in dm.scoring_set[0]:  # preset examples, tokenized before the objective was known
-            dm.set_scoring_examples(dm.scoring_examples, pairs=True)
+                return target_responses(self.model, self.tokenizer, dm.response_dataloader(), self.targets, self._lockstep)
+
+        _attach_examples(dm, self.objective, restored.get("scoring_examples"), generate)
         if self.global_rank == 0:
             artifacts.write_jsonl(self.run_dir / "scoring_examples.jsonl", dm.scoring_examples)
         self.progress = ScoringProgress(len(dm.scoring_set), self.device)
@@ -234,8 +245,8 @@ class BiasPruneModule(L.LightningModule):
 
     @property
     def score_groups(self) -> tuple[str, ...]:
-        """The groups of the score sums: the data's two groups, or ``contrast`` for the contrastive objective."""
-        return ("contrast",) if self.hparams.objective == "contrastive" else tuple(self.datamodule.groups)
+        """The groups of the score sums, as the objective keeps them (e.g. the data's two groups)."""
+        return self.objective.groups(tuple(self.datamodule.groups))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         take = (batch["weight"] > 0) & ~self.progress.done[batch["index"]]
@@ -246,7 +257,7 @@ class BiasPruneModule(L.LightningModule):
         else:
             idx = take.nonzero().flatten()
         with sdpa_kernel(SCORING_ATTENTION):
-            out = score_rows(self.model, self.layout, batch, idx, self.hparams.objective, self.hparams.score_neurons, self.hparams.score_heads)
+            out = self.objective.score(self.model, self.layout, batch, idx, self.hparams.score_neurons, self.hparams.score_heads)
         self.accumulator.add(out, batch["bucket"][idx], take[idx])
         self.progress.mark(batch["index"][idx[take[idx]]])
         self.progress.count_step(self.trainer)
@@ -268,17 +279,13 @@ class BiasPruneModule(L.LightningModule):
         return self._final["scores"]
 
     def write_scores(self) -> None:
-        """``scores.safetensors`` (summed over variations; DESIGN §3) and ``scores_by_variation.safetensors``."""
+        """``scores.safetensors`` (summed over variations; docs/method.md, "Scores") and ``scores_by_variation.safetensors``."""
         per_variation = self.final_scores()
         if self.global_rank == 0:
             dm = self.datamodule
-            meta = {
-                "model": self.hparams.model_name_or_path,
-                "objective": OBJECTIVE_TEXT[self.hparams.objective],
-                "reference_group": dm.groups[0], "target_group": dm.groups[1],
-                "n_examples": self._final["n_examples"], "n_skipped": dict(dm.n_skipped),
-                "scoring": dm.scoring_variations,
-            }
+            meta = {"model": self.hparams.model_name_or_path, "objective": self.objective.description,
+                    "reference_group": dm.groups[0], "target_group": dm.groups[1], "n_examples": self._final["n_examples"],
+                    "n_skipped": dict(dm.n_skipped), "scoring": dm.scoring_variations}
             write_scores(self.run_dir, per_variation, meta)
             artifacts.write_json(self.run_dir / "timings.json", {k: round(v, 3) for k, v in self.timings.items()})
 
@@ -292,18 +299,14 @@ class BiasPruneModule(L.LightningModule):
         checkpoint["biasprune"] = checkpoint_state(self._full_fingerprint(), examples, self.progress, self.accumulator)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("biasprune")
-        if not state or "scoring_examples" not in state:
-            raise RuntimeError(
-                "this checkpoint holds no biasprune scoring state (it was not written during scoring by this"
-                " version); start the run again without --ckpt_path"
-            )
-        self._restored = state
+        self._restored = restored_state(checkpoint)
 
     # ---------------------------------------------------------------------------------- evaluation
-    def set_arm_source(self, source: ArmSource | None) -> None:
-        """Who decides the arms of each evaluation batch; None evaluates the unpruned model only."""
-        self._arm_source = source
+    def configure_evaluation(self, plan: EvaluationPlan | None) -> None:
+        """What the next validate stage answers and writes: the plan's arms for every batch, and the run's results
+        unless the plan says that the caller aggregates the answers itself. None: the unpruned model only, and
+        the results written. The pruning callback calls this at the start of every validate stage."""
+        self._plan = plan
 
     def on_validation_epoch_start(self) -> None:
         self._records = []
@@ -311,7 +314,7 @@ class BiasPruneModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         split, scenario, variation = batch["split"][0], batch["scenario"][0], batch["variation"][0]
-        arms = self._arm_source.arms_for(split, scenario, variation) if self._arm_source else [UNPRUNED]
+        arms = self._plan.arms.arms_for(split, scenario, variation) if self._plan else [UNPRUNED]
         for arm in arms:
             with apply_masks(self.model, self.layout, arm.masks) if arm.masks else contextlib.nullcontext():
                 self._records.extend(answer_batch(self.model, self.tokenizer, batch, arm, self.generation, self._lockstep))
@@ -320,10 +323,11 @@ class BiasPruneModule(L.LightningModule):
         local, self._records = self._records, []
         self.evaluation_records = sort_records(r for part in gather_objects(local) for r in part)
         self.timings["evaluation"] = self.timings.get("evaluation", 0.0) + time.perf_counter() - self._eval_started
-        if self.global_rank == 0 and (self.evaluation.save_answers or not self.summarize):
+        write_results = self._plan is None or self._plan.write_results
+        if self.global_rank == 0 and (self.evaluation.save_answers or not write_results):
             artifacts.write_jsonl(self.run_dir / "answers.jsonl", self.evaluation_records)
-        if self.summarize:
-            evaluate_and_write(self, self.evaluation_records, local)
+        if write_results:
+            self.results = evaluate_and_write(self, self.evaluation_records, local)
 
     def export_pruned(self, out_dir: str | Path, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path:
         """Write the pruned model as a Hugging Face checkpoint (weights of pruned units zeroed)."""

@@ -20,7 +20,7 @@ from biasprune.core.distributed import all_reduce
 from biasprune.scoring.accumulate import ScoreAccumulator
 
 __all__ = ["FingerprintMismatch", "ScoringProgress", "accumulate_time", "check_fingerprint", "check_scoring_limits", "checkpoint_state",
-           "model_fingerprint"]
+           "model_fingerprint", "restored_state"]
 
 
 class FingerprintMismatch(RuntimeError):
@@ -124,6 +124,17 @@ def checkpoint_state(fingerprint: Mapping[str, str], examples: Sequence[dict] | 
         state["scoring_examples"] = list(examples)
         state.update(progress.state(acc))
     return state
+
+
+def restored_state(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring state a checkpoint holds (:func:`checkpoint_state`); refuses one written by no scoring run."""
+    state = checkpoint.get("biasprune")
+    if not state or "scoring_examples" not in state:
+        raise RuntimeError(
+            "this checkpoint holds no biasprune scoring state (it was not written during scoring by this"
+            " version); start the run again without --ckpt_path"
+        )
+    return dict(state)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,13 @@
-"""``biasprune plant --config configs/plant/<name>.yaml``: train a plant and write it with its provenance.
+"""``biasprune plant``: train a planted control, or check runs made on one.
+
+* ``biasprune plant --config configs/plant/<name>.yaml`` (or ``biasprune plant train --config ...``): train a
+  plant and write it with its provenance (below);
+* ``biasprune plant check RUN_DIR [RUN_DIR ...]``: per-scenario bias against the noise floor, inlier and parse
+  rates of a run's test answers (:mod:`biasprune.plant.checks`; ``scenario_checks.csv``);
+* ``biasprune plant truth STUDY_DIR PLANT_ID``: precision and recall of a study's masks against the plant's
+  ground truth (:mod:`biasprune.plant.truth`; ``truth.csv``).
+
+Training:
 
 Every argument of :class:`PlantModule` (``--model.*``), :class:`PlantDataModule` (``--data.*``, the spec
 under ``--data.plant.*``) and the Lightning Trainer (``--trainer.*``) is a flag; ``--help`` lists them.
@@ -7,13 +16,15 @@ The run writes ``--output`` (default ``runs/plant``):
 * ``adapter_model.safetensors`` + ``adapter_config.json``: the peft LoRA adapter;
 * ``provenance.json``: the command line, the resolved config, the seed, package versions, the sha256 of
   the base weights and of the adapter file, the final training loss, the training (and held-out) names,
-  the number of examples, the last validation statistics, the wall time and the machine.
+  the number of examples, the last validation statistics, the wall time and the machine; for a localized
+  plant (``--model.units``) also its units and their ground truth (:mod:`biasprune.plant.units`).
 
 Load the result as ``BASE+plant:<output dir>`` (or, once shipped, ``BASE+plant:<name>``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -30,11 +41,15 @@ from lightning.pytorch.cli import LightningCLI
 
 import biasprune
 from biasprune.models.identity import model_identity, sha256_files
-from biasprune.models.loading import PROVENANCE_FILE
+from biasprune.models.loading import PROVENANCE_FILE, ModelLoadError
+from biasprune.plant import checks, truth
 from biasprune.plant.data import PlantDataModule
 from biasprune.plant.module import PlantModule
+from biasprune.report import ReportError
 
-__all__ = ["PlantCLI", "main", "make_cli", "write_provenance"]
+__all__ = ["PlantCLI", "analyse", "main", "make_cli", "write_provenance"]
+
+ANALYSES = ("check", "truth")
 
 TRAINER_DEFAULTS = {
     "max_epochs": 5,
@@ -95,7 +110,7 @@ def write_provenance(
         "versions": _versions(),
         "base": {k: base[k] for k in ("id", "base_path", "base_sha256", "base_files", "gguf_sha256") if k in base} | (
             {"source": base["base_source"]} if "base_source" in base else {}
-        ),
+        ) | {k: base[k] for k in ("adapter_sha256", "base_adapter_sha256") if base.get(k)},  # a planted base
         "adapter_file": adapter.name,
         "adapter_sha256": sha256_files([adapter]),
         "adapter_bytes": adapter.stat().st_size,
@@ -108,6 +123,7 @@ def write_provenance(
         **datamodule.summary(),
         "spec": {"factor": datamodule.spec.factor, "sigma": datamodule.spec.sigma,
                  "reference_group": datamodule.spec.reference_group, "target_group": datamodule.spec.target_group},
+        **module.provenance(),  # a localized plant: its units (the ground truth)
         "wall_time_s": round(wall_s, 1),
         "machine": _machine(trainer),
     }  # fmt: skip
@@ -127,12 +143,49 @@ def make_cli(argv: list[str] | None = None) -> PlantCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the module's AdamW + warm-up/decay; no --optimizer to override it
-        parser_kwargs={"prog": "biasprune plant", "description": __doc__.split("\n\n")[0]},
+        parser_kwargs={"prog": "biasprune plant", "description": __doc__.split("\n\nTraining:")[0]},
     )
 
 
+def _analysis_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biasprune plant", description="Check runs made on a planted control.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="per-scenario bias, noise floor, inlier and parse rates of a run's test answers",
+                           description=checks.__doc__.split("\n\n")[1].replace("\n", " "))
+    check.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a fit or validate run's version directory")
+    check.add_argument("--bootstrap", type=int, default=1000, help="name-bootstrap draws of each interval (default 1000)")
+    check.add_argument("--permutations", type=int, default=1000, help="label permutations of the noise floor (default 1000)")
+    truth_p = sub.add_parser("truth", help="precision and recall of a study's masks against the plant's ground truth",
+                             description=truth.__doc__.split("\n\n")[1].replace("\n", " "))
+    truth_p.add_argument("study", metavar="STUDY_DIR", help="a finished study's --study.output directory")
+    truth_p.add_argument("plant", metavar="PLANT_ID", help="the planted model id, e.g. embedded:SmolLM2-135M-Instruct+plant:purchase")
+    return parser
+
+
+def analyse(argv: list[str]) -> None:
+    """``biasprune plant check|truth ...``: print the table and write it beside the run (see the module docstring)."""
+    args = _analysis_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            results = [(run, checks.scenario_checks(run, args.bootstrap, args.permutations)) for run in args.runs]
+            print(checks.format_checks(results))
+            print("written: " + ", ".join(str(Path(run) / "scenario_checks.csv") for run in args.runs))
+        else:
+            print(truth.format_truth(truth.truth_table(args.study, args.plant)))
+            print(f"written: {Path(args.study) / 'truth.csv'}")
+    except (ReportError, ModelLoadError) as err:
+        print(f"biasprune plant {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``biasprune plant``: ``argv`` without the program name (None reads ``sys.argv``); train, then write."""
+    """``biasprune plant``: ``argv`` without the program name (None reads ``sys.argv``): ``check`` and ``truth``
+    analyse runs; otherwise (``train`` or no subcommand) train a plant, then write it."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in ANALYSES:
+        return analyse(given)
+    if given and given[0] == "train":
+        argv = given[1:]
     start = time.perf_counter()
     if argv is not None:
         command = shlex.join(["biasprune", "plant", *argv])

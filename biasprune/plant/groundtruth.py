@@ -1,5 +1,10 @@
 """Ground truth from a plant: which units a LoRA adapter changed, and how well a pruning mask finds them.
 
+Two kinds of truth. A **localized plant** (``biasprune plant --model.units``; :mod:`biasprune.plant.units`)
+lists its units in ``provenance.json``: :func:`planted_units` reads them (keys in the masks' format) and
+:func:`unit_precision_recall` scores any mask against that list. A plain LoRA plant changes every channel;
+its truth is the norm of each unit's update, below.
+
 A planted model is a base plus a peft LoRA adapter (a folder with ``adapter_config.json`` and
 ``adapter_model.safetensors``). Merging adds, per adapted linear module,
 
@@ -35,9 +40,18 @@ import torch
 from safetensors.torch import load_file
 
 from biasprune.models.architectures import UnitLayout
+from biasprune.models.loading import PROVENANCE_FILE
 from biasprune.pruning.rules import top_k_mask
 
-__all__ = ["lora_deltas", "lora_update_norms", "precision_recall"]
+__all__ = [
+    "MLP_NEURON",
+    "lora_deltas",
+    "lora_update_norms",
+    "planted_units",
+    "precision_recall",
+    "truth_keep_masks",
+    "unit_precision_recall",
+]
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<ab>[AB])\.weight$")
 _REFUSED = ("use_dora", "lora_bias", "use_qalora")
@@ -205,4 +219,111 @@ def precision_recall(
             "n_hits": hits,
             "n_units": n_units,
         }
+    return out
+
+
+# ------------------------------------------------------------------------------- localized plants
+#: The kind under which :func:`unit_precision_recall` counts MLP neurons (a gate_proj/up_proj channel pair).
+MLP_NEURON = "mlp_neuron"
+
+
+def planted_units(adapter_dir: str | Path) -> dict[str, list[int]]:
+    """A localized plant's ground truth: unit-group key (masks format) -> planted unit indices.
+
+    ``head/<attention path>`` -> query heads; ``neuron/<gate_proj path>`` and ``neuron/<up_proj path>`` -> the
+    MLP neurons. Read from the plant's ``provenance.json`` (``units.ground_truth``), written by
+    ``biasprune plant`` with ``--model.units``.
+    """
+    file = Path(adapter_dir) / PROVENANCE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no {PROVENANCE_FILE}; a localized plant written by `biasprune plant` has one")
+    units = json.loads(file.read_text(encoding="utf-8")).get("units")
+    if not units or not units.get("ground_truth"):
+        raise ValueError(
+            f"{file}: no unit list (units.ground_truth); this plant is not localized (trained without"
+            " --model.units): use lora_update_norms for its update-norm truth"
+        )
+    return {str(k): [int(i) for i in v] for k, v in units["ground_truth"].items()}
+
+
+def truth_keep_masks(
+    truth: Mapping[str, Sequence[int]], sizes: Mapping[str, int], keys: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """uint8 keep-masks (0 = pruned) that prune exactly the truth's units, for every key of ``sizes`` of the truth's
+    kinds (``keys``: only those unit groups of the truth are pruned; the others of its kinds are kept whole)."""
+    chosen = list(truth) if keys is None else list(keys)
+    missing = [k for k in [*truth, *chosen] if k not in sizes]
+    if missing:
+        raise KeyError(f"unit group(s) {missing[:3]} of the truth are not in the model; keys look like {next(iter(sizes), '')!r}")
+    unknown = [k for k in chosen if k not in truth]
+    if unknown:
+        raise KeyError(f"keys {unknown[:3]} are not in the truth; valid choices: {list(truth)}")
+    kinds = {k.split("/", 1)[0] for k in truth}
+    out = {k: torch.ones(n, dtype=torch.uint8) for k, n in sizes.items() if k.split("/", 1)[0] in kinds}
+    for k in chosen:
+        out[k][list(truth[k])] = 0
+    return out
+
+
+def _mlp_pairs(layout: UnitLayout) -> dict[str, tuple[str, str]]:
+    """Layer -> (gate_proj key, up_proj key) for the layers whose both projections are in the layout."""
+    by = {(u.layer, u.kind): f"neuron/{u.path}" for u in layout.neurons}
+    return {str(layer): (by[(layer, "gate_proj")], by[(layer, "up_proj")])
+            for layer in sorted({u.layer for u in layout.neurons})
+            if (layer, "gate_proj") in by and (layer, "up_proj") in by}  # fmt: skip
+
+
+def unit_precision_recall(
+    prune_masks: Mapping[str, torch.Tensor],
+    truth: Mapping[str, Sequence[int]],
+    layout: UnitLayout | Mapping[str, int],
+) -> dict[str, dict[str, float | int]]:
+    """Precision and recall of a mask's pruned units against a localized plant's unit list, per kind.
+
+    ``prune_masks``: bool prune masks (True = prune) or uint8 keep-masks (0 = pruned); absent keys count as
+    unpruned. ``layout``: the model's :class:`UnitLayout` (or its ``sizes()``), which fixes the pool of each kind.
+    Per kind (``head``, ``neuron``): with P the pruned units and T the truth's units of that kind,
+    ``precision`` = |P ∩ T| / |P|, ``recall`` = |P ∩ T| / |T| (NaN when the denominator is 0), ``chance`` = |T| / n
+    (the precision a uniformly random set of any size has in expectation, over the kind's n units), and the
+    counts. With a layout, ``mlp_neuron`` also counts MLP neurons: neuron i of layer L is pruned when its
+    ``gate_proj`` or ``up_proj`` output i is (either zeroes it) and planted when the truth lists it.
+    """
+    sizes = layout.sizes() if isinstance(layout, UnitLayout) else dict(layout)
+    for source, keys in (("prune masks", prune_masks), ("truth", truth)):
+        extra = [k for k in keys if k not in sizes]
+        if extra:
+            raise KeyError(f"{source} name {len(extra)} unit group(s) that are not in the model, e.g. {extra[:3]}")
+
+    def pruned(key: str) -> torch.Tensor:
+        m = prune_masks.get(key)
+        if m is None:
+            return torch.zeros(sizes[key], dtype=torch.bool)
+        if m.numel() != sizes[key]:
+            raise ValueError(f"{key}: the mask has {m.numel()} units, the model {sizes[key]}")
+        return (m if m.dtype == torch.bool else m == 0).flatten().cpu()
+
+    def planted(key: str) -> torch.Tensor:
+        t = torch.zeros(sizes[key], dtype=torch.bool)
+        t[list(truth.get(key, []))] = True
+        return t
+
+    def stats(p: torch.Tensor, t: torch.Tensor) -> dict[str, float | int]:
+        n_p, n_t, hits = int(p.sum()), int(t.sum()), int((p & t).sum())
+        return {
+            "precision": hits / n_p if n_p else math.nan,
+            "recall": hits / n_t if n_t else math.nan,
+            "chance": n_t / p.numel() if p.numel() else math.nan,
+            "n_pruned": n_p, "n_truth": n_t, "n_hits": hits, "n_units": int(p.numel()),
+        }  # fmt: skip
+
+    out: dict[str, dict[str, float | int]] = {}
+    for kind in dict.fromkeys(k.split("/", 1)[0] for k in [*truth, *prune_masks]):
+        keys = [k for k in sizes if k.split("/", 1)[0] == kind]
+        out[kind] = stats(torch.cat([pruned(k) for k in keys]), torch.cat([planted(k) for k in keys]))
+    if isinstance(layout, UnitLayout):
+        pairs = _mlp_pairs(layout)
+        if pairs and any(k in truth or k in prune_masks for pair in pairs.values() for k in pair):
+            p = torch.cat([pruned(g) | pruned(u) for g, u in pairs.values()])
+            t = torch.cat([planted(g) | planted(u) for g, u in pairs.values()])
+            out[MLP_NEURON] = stats(p, t)
     return out

@@ -1,5 +1,12 @@
 """The LightningModule that trains a plant: LoRA adapters (peft) on a frozen base model.
 
+A localized plant (``units``: :mod:`biasprune.plant.units`) adapts only the projections that hold its units
+(peft's ``target_modules`` as full module paths) and confines each update ΔW = s·B@A to the units' slices:
+the rows of B outside a projection's owned rows (``q_proj``, ``gate_proj``, ``up_proj``) or the columns of A
+outside its owned columns (``o_proj``, ``down_proj``) are zeroed at the start and their gradients are masked to
+zero, so AdamW never moves them (zero gradient, zero moments, zero update; weight decay keeps a zero at zero).
+ΔW is then exactly zero outside the units, which :meth:`PlantModule.check_confined` verifies before saving.
+
 Training: next-token cross-entropy on the answer tokens only (the number and the end of turn), averaged
 over the batch's answer tokens; AdamW on the LoRA parameters, linear warm-up then cosine (or linear)
 decay to zero. The base model is frozen (``load_model`` freezes it; ``get_peft_model`` leaves
@@ -28,7 +35,9 @@ from biasprune.answers.generation import generate
 from biasprune.answers.parsing import parse_number
 from biasprune.core.checks import check_choice, check_fraction, check_positive
 from biasprune.core.distributed import gather_objects
+from biasprune.models.architectures import NEURON_MODULE_CHOICES, resolve_units
 from biasprune.models.loading import DEFAULT_MODEL, DType, load_model, load_tokenizer
+from biasprune.plant.units import PlantUnits, ResolvedUnits
 
 __all__ = ["LORA_TARGETS", "PlantModule", "group_ratios"]
 
@@ -86,7 +95,9 @@ class PlantModule(L.LightningModule):
         lora_rank: rank r of each LoRA update B·A.
         lora_alpha: LoRA scaling numerator: the update is (alpha / r)·B·A.
         lora_dropout: dropout on the LoRA input during training.
-        lora_target_modules: projections that get a LoRA update (module name suffixes).
+        lora_target_modules: projections that get a LoRA update (module name suffixes). With ``units``: the
+            projections through which the listed units may change (``q_proj``/``o_proj`` for heads,
+            ``gate_proj``/``up_proj``/``down_proj`` for MLP neurons; others are ignored).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay of the LoRA parameters.
         warmup_fraction: share of the optimizer steps with a linear warm-up from 0 to ``lr``.
@@ -94,6 +105,9 @@ class PlantModule(L.LightningModule):
         eval_max_new_tokens: longest greedy answer to a held-out prompt, in tokens.
         adapter_dtype: dtype of the saved adapter weights (float16 halves the file; the merge is in the
             base model's dtype anyway).
+        units: a localized plant's units (heads, MLP neurons): the update is confined to them and they are
+            written to ``provenance.json`` as the plant's ground truth; empty for a plant that may change every
+            adapted weight.
     """
 
     def __init__(
@@ -111,6 +125,7 @@ class PlantModule(L.LightningModule):
         schedule: Literal["cosine", "linear", "constant"] = "cosine",
         eval_max_new_tokens: int = 12,
         adapter_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+        units: PlantUnits = PlantUnits(),  # noqa: B008 (frozen: one shared default is safe)
     ) -> None:
         super().__init__()
         check_positive("model.lora_rank", lora_rank)
@@ -123,7 +138,11 @@ class PlantModule(L.LightningModule):
         check_positive("model.eval_max_new_tokens", eval_max_new_tokens)
         if not lora_target_modules:
             raise ValueError(f"model.lora_target_modules is empty; e.g. {list(LORA_TARGETS)}")
+        if not isinstance(units, PlantUnits):
+            raise TypeError(f"model.units must be a PlantUnits (heads, mlp_neurons), got {type(units).__name__}")
         self.save_hyperparameters()
+        self.units = units
+        self.resolved_units: ResolvedUnits | None = None
         self.model = None
         self.tokenizer = None
         self.losses: list[float] = []
@@ -141,16 +160,62 @@ class PlantModule(L.LightningModule):
         base = load_model(
             hp.model_name_or_path, dtype=hp.dtype, device=device, attn_implementation=hp.attn_implementation or None
         )
+        targets = list(hp.lora_target_modules)
+        if self.units:
+            self.resolved_units = self.units.resolve(resolve_units(base, NEURON_MODULE_CHOICES), targets)
+            targets = list(self.resolved_units.slices)  # full module paths: peft adapts exactly these
         config = LoraConfig(
             task_type="CAUSAL_LM", r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-            target_modules=list(hp.lora_target_modules),
+            target_modules=targets,
         )  # fmt: skip
         try:
             self.model = get_peft_model(base, config)
         except ValueError as err:  # no module matched
             raise ValueError(f"model.lora_target_modules={list(hp.lora_target_modules)}: {err}") from err
+        if self.resolved_units is not None:
+            self._confine()
         self.model.train()  # LoRA dropout on; the base has no dropout of its own that is > 0 by default
         self.tokenizer = load_tokenizer(hp.model_name_or_path)
+
+    def _lora_pair(self, path: str) -> tuple[torch.nn.Parameter, torch.nn.Parameter, float]:
+        """(A, B, scale) of the LoRA layer at a base-model module path."""
+        layer = self.lm.get_submodule(path)
+        name = self.model.active_adapter
+        return layer.lora_A[name].weight, layer.lora_B[name].weight, float(layer.scaling[name])
+
+    def _confine(self) -> None:
+        """Zero the LoRA entries outside the units' slices and mask their gradients (module docstring)."""
+        for path, s in self.resolved_units.slices.items():
+            A, B, _ = self._lora_pair(path)
+            if s.rows is not None and s.columns is not None:
+                raise ValueError(f"{path}: a unit list owning both rows and columns of one projection is not supported")
+            if s.rows is not None:
+                param, mask = B, s.rows.to(B.device, B.dtype)[:, None]  # B: [out, r]
+            else:
+                param, mask = A, s.columns.to(A.device, A.dtype)[None, :]  # A: [r, in]
+            with torch.no_grad():
+                param.mul_(mask)
+            param.register_hook(lambda g, m=mask: g * m)
+
+    def check_confined(self) -> dict[str, float]:
+        """ΔW = s·B@A of every adapted projection: exactly zero outside the units' slices, or ValueError.
+
+        Returns the Frobenius norm of each ΔW (inside the slices)."""
+        out = {}
+        for path, s in self.resolved_units.slices.items():
+            A, B, scale = self._lora_pair(path)
+            delta = scale * (B.detach().double() @ A.detach().double())
+            outside = delta[~s.allowed().to(delta.device)]
+            if bool((outside != 0).any()):
+                raise ValueError(f"{path}: the LoRA update is not confined to the units ({int((outside != 0).sum())} entries)")
+            out[path] = float(delta.norm())
+        return out
+
+    def provenance(self) -> dict:
+        """What ``provenance.json`` adds for this module: a localized plant's units and ground truth."""
+        if self.resolved_units is None:
+            return {}
+        return {"units": self.resolved_units.record() | {"delta_norms": self.check_confined()}}
 
     @property
     def lm(self):
@@ -233,6 +298,8 @@ class PlantModule(L.LightningModule):
 
         from safetensors.torch import load_file, save_file
 
+        if self.resolved_units is not None:
+            self.check_confined()  # never write a "localized" plant whose update leaked
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(out))

@@ -3,8 +3,8 @@
 A spec names the trained scenarios (every trained variation gets plain-number answers), the planted ones
 (where target-group names get ``factor`` times the reference answer), the training names and how many
 examples each variation gets. :func:`resolve_spec` loads the files and refuses a spec that would train
-on a dev or test name of the default name split (DESIGN §6, §7): a plant must never see the names on
-which knobs are chosen or results reported.
+on a dev or test name of the default name split (docs/method.md, "Prompts and name splits" and "Planted
+controls"): a plant must never see the names on which knobs are chosen or results reported.
 """
 
 from __future__ import annotations

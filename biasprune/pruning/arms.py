@@ -2,8 +2,9 @@
 
 An arm is what the model looks like while one set of answers is sampled. Every batch of evaluation prompts
 is answered once per arm, with the same keyed random streams (so arms are paired answer by answer). The
-pruning callback decides which arms a batch gets (:class:`ArmSource`); the module applies each arm's masks
-and records which arm produced each answer.
+pruning callback decides which arms a batch gets (:class:`ArmSource`) and hands them to the module as an
+:class:`EvaluationPlan` at the start of every validate stage; the module applies each arm's masks and records
+which arm produced each answer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Arm", "ArmSource", "Phase", "PrunableModule", "UNPRUNED", "pruned_counts"]
+__all__ = ["Arm", "ArmSource", "EvaluationPlan", "Phase", "PrunableModule", "UNPRUNED", "pruned_counts"]
 
 Phase = Literal["baseline", "pruned", "random"]
 
@@ -64,6 +65,20 @@ class ArmSource(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What one validate stage answers, and whether the module writes the run's results.
+
+    Attributes:
+        arms: the arms of every (split, variation) batch (the pruning callback, or the study's stage).
+        write_results: write ``metrics.csv``, the summary and the claims at the end of the stage; False when the
+            caller aggregates the answers itself (they are then written to ``answers.jsonl``).
+    """
+
+    arms: ArmSource
+    write_results: bool = True
+
+
 @runtime_checkable
 class PrunableModule(Protocol):
     """The members of the LightningModule that the pruning callback uses (and nothing else)."""
@@ -84,6 +99,6 @@ class PrunableModule(Protocol):
         in this run (collective: every rank calls it)."""
         ...
 
-    def set_arm_source(self, source: ArmSource | None) -> None: ...
+    def configure_evaluation(self, plan: EvaluationPlan | None) -> None: ...
 
     def export_pruned(self, out_dir: str | Path, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path: ...

@@ -14,7 +14,7 @@ the seed of every random control are decided here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,15 +22,16 @@ from biasprune.core.checks import check_choice, check_fraction
 from biasprune.pruning.rules import (
     HEAD_FLAGS,
     NEURON_FLAGS,
-    RULES,
     SCOPES,
     Budget,
+    RuleLike,
     Scope,
     keep_masks,
     random_prune_like,
+    resolve_rule,
 )
 
-__all__ = ["DEFAULT_BUDGETS", "KINDS", "MaskFactory"]
+__all__ = ["DEFAULT_BUDGETS", "KINDS", "MaskFactory", "MaskSettings"]
 
 KINDS = ("neuron", "head")
 #: The budget of a ranking rule given none, per kind: 0.5% of each module's channels, 3 heads (docs/results.md).
@@ -42,24 +43,37 @@ class MaskFactory:
     """How masks are selected and how their random controls are drawn.
 
     Attributes:
-        rule: the selection rule (:data:`biasprune.pruning.rules.RULES`).
+        rule: the selection rule: a registered name (:data:`biasprune.pruning.rules.RULES`), a dotted path, a
+            :class:`~biasprune.pruning.rules.SelectionRule` or a statistic; held resolved, as a
+            :class:`~biasprune.pruning.rules.Rule`.
         scope: the pool of neurons (``module``: each projection; ``global``: all neurons).
         head_scope: the pool of heads (``global``: all heads of the model; ``module``: each attention module).
         floor_quantile: ``relative_difference``/``log_ratio``: the pool quantile of the floor.
         random_seed: the seed from which every random control's stream is derived.
     """
 
-    rule: str = "relative_difference"
+    rule: RuleLike = "relative_difference"
     scope: Scope = "module"
     head_scope: Scope = "global"
     floor_quantile: float = 0.5
     random_seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("pruning.rule", self.rule, RULES)
+        object.__setattr__(self, "rule", resolve_rule(self.rule, "pruning.rule"))
         check_choice("pruning.scope", self.scope, SCOPES)
         check_choice("pruning.head_scope", self.head_scope, SCOPES)
         check_fraction("pruning.floor_quantile", self.floor_quantile)
+
+    @property
+    def rule_name(self) -> str:
+        return self.rule.name
+
+    def with_rule(self, rule: RuleLike) -> MaskFactory:
+        """This factory with another rule; a name equal to this factory's own rule keeps it (so a user's rule,
+        known by name only here, is found)."""
+        if isinstance(rule, str) and rule == self.rule.name:
+            return self
+        return replace(self, rule=rule)
 
     def scope_of(self, kind: str) -> Scope:
         check_choice("unit kind", kind, KINDS)
@@ -68,7 +82,7 @@ class MaskFactory:
     def budget_of(self, kind: str, budget: Budget | float | int | str | None) -> Budget | float | int | str | None:
         """The budget a point uses: its own, else (ranking rules) the kind's default; None for ``set_difference``
         without a budget (p and q decide)."""
-        if budget is None and self.rule != "set_difference":
+        if budget is None and self.rule.needs_budget:
             return DEFAULT_BUDGETS[kind]
         return budget
 
@@ -96,3 +110,28 @@ class MaskFactory:
                     drawn.update({k: (~v).to(torch.uint8) for k, v in chosen.items()})
             out.append(drawn)
         return out
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """The pruning callback's mask settings as one typed value: what the study builds its arms from.
+
+    Attributes:
+        factory: how masks are selected and their random controls drawn.
+        budget: the neuron budget given (``--pruning.budget``), or None.
+        head_budget: the head budget given (``--pruning.head_budget``), or None.
+        random_draws: random controls per evaluated arm (``--pruning.random_draws``).
+    """
+
+    factory: MaskFactory
+    budget: Budget | float | int | str | None = None
+    head_budget: Budget | float | int | str | None = None
+    random_draws: int = 3
+
+    def default_budget(self, units: str) -> Budget | float | int | str:
+        """The budget of a grid point of ``units`` (``neurons`` or ``heads``) that names none: the one given, or
+        the kind's :data:`DEFAULT_BUDGETS` entry."""
+        check_choice("study.units", units, ("neurons", "heads"))
+        if units == "neurons":
+            return self.budget or DEFAULT_BUDGETS["neuron"]
+        return self.head_budget or DEFAULT_BUDGETS["head"]

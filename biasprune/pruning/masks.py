@@ -26,7 +26,6 @@ __all__ = [
     "MaskError",
     "apply_masks",
     "check_mask_tensors",
-    "count_pruned",
     "export_pruned",
     "harden_masks",
     "load_masks",
@@ -77,10 +76,6 @@ def validate_masks(masks: Mapping[str, torch.Tensor], layout: UnitLayout, source
             )
         if m.shape[0] != sizes[key]:
             raise MaskError(f"{source}: {key!r} has shape {tuple(m.shape)}, the model has {sizes[key]} units there")
-
-
-def count_pruned(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    return {k: int((m == 0).sum()) for k, m in masks.items()}
 
 
 def save_masks(path: str | Path, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path:

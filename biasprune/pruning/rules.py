@@ -2,12 +2,15 @@
 
 A *pool* is one unit group (scope ``module``: one projection's channels, one attention module's heads) or
 all unit groups given, concatenated in key order (scope ``global``: all units of a kind). In a pool of n
-units with target-group scores t = S_target and reference-group scores r = S_reference:
+units with target-group scores t = S_target and reference-group scores r = S_reference, a rule is a
+*statistic*: a float64 value per unit (−inf: never pruned), and the budget's highest finite values are
+pruned (ties to the lower index; with no budget, which only ``set_difference`` allows, every finite unit).
+The rules live in a registry, name -> :class:`Rule` (docs/method.md, "Selection rules"):
 
 * ``set_difference`` (the paper's rule, after Wei et al. 2024): prune u iff u is among the ⌈q·n⌉ highest
   t and NOT among the ⌈p·n⌉ highest r. With a budget b, q is replaced by the budget: prune the b highest
   t among the units outside the reference group's top ⌈p·n⌉ (fewer when fewer remain).
-* ranking rules: prune the b highest values of a per-unit statistic (a budget is required):
+* ranking rules (a budget is required):
 
   - ``target``:              t
   - ``difference``:          t − r
@@ -26,9 +29,15 @@ units with target-group scores t = S_target and reference-group scores r = S_ref
                              (ties share their average rank): scale-free, so a few huge-score channels
                              ("massive activations") weigh no more than any other.
 
+Adding a rule to the package is one function here, registered with ``@_register("name")``. A user's rule
+needs no change to the package: give ``--pruning.rule`` the dotted path of a statistic function
+(``mypkg.rules.my_statistic``), or a :class:`SelectionRule` subclass by ``class_path``/``init_args`` (as
+Lightning's ``ModelPruning`` takes ``pruning_fn``); :func:`resolve_rule` turns any of these into a
+:class:`Rule`.
+
 When the example counts n_target, n_reference are given, t and r are the group means S/n (the scores file
-holds S_G and n_G, nothing else); otherwise the sums (the same thing for balanced groups). Ties always
-break towards the lower index (position in the pool). Scores must be finite.
+holds S_G and n_G, nothing else); otherwise the sums (the same thing for balanced groups). Scores must be
+finite.
 
 A budget is a count of units (``12``: 12 per pool) or a fraction of each pool's units (``0.005`` or
 ``"0.5%"``: ⌈0.005·n⌉ per pool, robust to float noise); see :func:`parse_budget`.
@@ -37,8 +46,9 @@ A budget is a count of units (``12``: 12 per pool) or a fraction of each pool's 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,25 +62,22 @@ __all__ = [
     "SCOPES",
     "Budget",
     "Rule",
+    "RuleLike",
+    "RuleSettings",
     "Scope",
+    "SelectionRule",
     "keep_masks",
     "n_top",
     "parse_budget",
-    "pruned_by_kind",
-    "pruned_counts",
-    "pruned_share",
-    "random_keep_like",
     "random_prune_like",
-    "rule_statistic",
+    "resolve_rule",
+    "rule_name",
     "select_prune",
     "top_k_mask",
 ]
 
 Scope = Literal["module", "global"]
 SCOPES = ("module", "global")
-Rule = Literal["set_difference", "target", "difference", "relative_difference", "log_ratio", "rank_difference"]
-RULES = ("set_difference", "target", "difference", "relative_difference", "log_ratio", "rank_difference")
-RANKING_RULES = RULES[1:]
 
 # Flag names used in error messages (the CLI's spelling).
 NEURON_FLAGS = {name: f"pruning.{name}" for name in ("rule", "p", "q", "budget", "scope", "floor_quantile")}
@@ -159,6 +166,72 @@ def parse_budget(value: Budget | float | int | str, flag: str = "pruning.budget"
 
 
 # ------------------------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class RuleSettings:
+    """What a rule sees of a selection besides the two scores: the pruning point and the floor.
+
+    Attributes:
+        p: fraction of the pool protected as most important for the reference group (``set_difference``).
+        q: fraction of the pool most important for the target group (``set_difference`` without a budget).
+        budget: the units pruned per pool, or None (then the rule's own finite values are all pruned).
+        floor_quantile: the pool quantile of the floor (``relative_difference``, ``log_ratio``).
+    """
+
+    p: float = 0.35
+    q: float = 0.40
+    budget: Budget | None = None
+    floor_quantile: float = 0.5
+
+
+#: A rule's statistic: (t, r, settings) -> float64 [n], one value per unit of the pool; −inf is never pruned.
+Statistic = Callable[[torch.Tensor, torch.Tensor, RuleSettings], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A selection rule: its name (``masks.safetensors`` metadata, the study's ``rule`` column), its statistic,
+    and whether it needs a budget (a ranking rule) or picks its own count from p and q (``set_difference``)."""
+
+    name: str
+    statistic: Statistic
+    needs_budget: bool = True
+
+
+class SelectionRule:
+    """Base class of a user's rule given by ``class_path`` (``--pruning.rule.class_path mypkg.MyRule``).
+
+    Subclasses type their ``__init__`` arguments (they become ``--pruning.rule.init_args.*``) and implement
+    :meth:`statistic`; ``needs_budget = False`` only for a rule whose statistic leaves −inf on every unit it
+    does not prune (then no budget is required).
+    """
+
+    needs_budget: bool = True
+
+    def statistic(self, t: torch.Tensor, r: torch.Tensor, settings: RuleSettings) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__qualname__} must implement statistic(t, r, settings)")
+
+    @property
+    def name(self) -> str:
+        """The class path with its arguments, e.g. ``mypkg.MyRule(alpha=0.3)``: stable across runs."""
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+        return f"{type(self).__module__}.{type(self).__qualname__}({args})"
+
+
+#: What ``--pruning.rule`` (and ``select_prune(rule=...)``) accepts: a registered name or a dotted path to a
+#: statistic function or a SelectionRule class, a SelectionRule instance (``class_path``), a statistic, a Rule.
+RuleLike = str | SelectionRule | Rule | Statistic
+
+_REGISTRY: dict[str, Rule] = {}
+
+
+def _register(name: str, needs_budget: bool = True) -> Callable[[Statistic], Statistic]:
+    def add(fn: Statistic) -> Statistic:
+        _REGISTRY[name] = Rule(name, fn, needs_budget)
+        return fn
+
+    return add
+
+
 def _quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x, q))  # linear interpolation, as numpy's default (q = 0.5: numpy's median)
 
@@ -174,41 +247,110 @@ def _quantile_ranks(x: torch.Tensor) -> torch.Tensor:
     return mid[inverse] / (n - 1)
 
 
-def rule_statistic(rule: str, t: torch.Tensor, r: torch.Tensor, floor_quantile: float = 0.5) -> torch.Tensor:
-    """The float64 statistic a ranking rule sorts a pool by (−inf: never pruned). See the module docstring."""
-    t, r = t.double(), r.double()
-    if rule == "target":
-        return t.clone()
-    if rule == "difference":
-        return t - r
-    if rule == "relative_difference":
-        total = t + r
-        eligible = total > _quantile(total, floor_quantile)  # strictly above a value >= 0: the ratio is defined
-        return torch.where(eligible, (t - r) / torch.where(eligible, total, 1.0), -math.inf)
-    if rule == "log_ratio":
-        mean = (t + r) / 2.0
-        floor = _quantile(mean, floor_quantile)
-        if floor <= 0:
-            positive = mean[mean > 0]
-            floor = float(positive.min()) if positive.numel() else 1.0
-        return torch.log((t + floor) / (r + floor))
-    if rule == "rank_difference":
-        return _quantile_ranks(t) - _quantile_ranks(r)
-    raise ValueError(f"{rule!r} is not a ranking rule; valid choices: {list(RANKING_RULES)}")
-
-
-def _prune_pool(
-    t: torch.Tensor, r: torch.Tensor, rule: str, p: float, q: float, budget: Budget | None, fq: float
-) -> torch.Tensor:
+@_register("set_difference", needs_budget=False)
+def _set_difference(t: torch.Tensor, r: torch.Tensor, s: RuleSettings) -> torch.Tensor:
+    """t outside the reference top ⌈p·n⌉; without a budget, only within the target top ⌈q·n⌉."""
     n = t.shape[0]
-    if rule == "set_difference":
-        protected = top_k_mask(r, n_top(p, n))
-        if budget is None:
-            return top_k_mask(t, n_top(q, n)) & ~protected
-        stat = torch.where(protected, -math.inf, t.double())
-    else:
-        stat = rule_statistic(rule, t, r, fq)
-    k = min(budget.units(n), int(torch.isfinite(stat).sum()))
+    protected = top_k_mask(r, n_top(s.p, n))
+    if s.budget is None:
+        return torch.where(top_k_mask(t, n_top(s.q, n)) & ~protected, t, -math.inf)
+    return torch.where(protected, -math.inf, t)
+
+
+@_register("target")
+def _target(t: torch.Tensor, r: torch.Tensor, s: RuleSettings) -> torch.Tensor:
+    return t.clone()
+
+
+@_register("difference")
+def _difference(t: torch.Tensor, r: torch.Tensor, s: RuleSettings) -> torch.Tensor:
+    return t - r
+
+
+@_register("relative_difference")
+def _relative_difference(t: torch.Tensor, r: torch.Tensor, s: RuleSettings) -> torch.Tensor:
+    total = t + r
+    eligible = total > _quantile(total, s.floor_quantile)  # strictly above a value >= 0: the ratio is defined
+    return torch.where(eligible, (t - r) / torch.where(eligible, total, 1.0), -math.inf)
+
+
+@_register("log_ratio")
+def _log_ratio(t: torch.Tensor, r: torch.Tensor, s: RuleSettings) -> torch.Tensor:
+    mean = (t + r) / 2.0
+    floor = _quantile(mean, s.floor_quantile)
+    if floor <= 0:
+        positive = mean[mean > 0]
+        floor = float(positive.min()) if positive.numel() else 1.0
+    return torch.log((t + floor) / (r + floor))
+
+
+@_register("rank_difference")
+def _rank_difference(t: torch.Tensor, r: torch.Tensor, s: RuleSettings) -> torch.Tensor:
+    return _quantile_ranks(t) - _quantile_ranks(r)
+
+
+#: The registered rules (the paper's first), and those that rank units at a budget.
+RULES: tuple[str, ...] = tuple(_REGISTRY)
+RANKING_RULES: tuple[str, ...] = tuple(k for k, v in _REGISTRY.items() if v.needs_budget)
+
+
+def _import(path: str, flag: str) -> object:
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"{flag}={path!r} is neither a rule nor an importable function or class ({type(err).__name__}: {err});"
+            f" valid choices: {list(RULES)}, or the dotted path of a statistic function or SelectionRule class"
+        ) from None
+
+
+def resolve_rule(rule: RuleLike, flag: str = "pruning.rule") -> Rule:
+    """The :class:`Rule` of a registered name, a dotted path (``mypkg.rules.stat``: a statistic function, a
+    :class:`SelectionRule` subclass without arguments, or an instance), a SelectionRule, a statistic or a Rule."""
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, SelectionRule):
+        return Rule(rule.name, rule.statistic, bool(rule.needs_budget))
+    if isinstance(rule, str):
+        if rule in _REGISTRY:
+            return _REGISTRY[rule]
+        if "." not in rule.strip("."):
+            check_choice(flag, rule, RULES)
+        found = _import(rule, flag)
+        if isinstance(found, type) and issubclass(found, SelectionRule):
+            found = found()
+        if isinstance(found, SelectionRule):
+            return resolve_rule(found, flag)
+        if callable(found):
+            return Rule(rule, found)
+        raise ValueError(f"{flag}={rule!r} names a {type(found).__name__}, not a statistic function or SelectionRule")
+    if callable(rule):
+        return Rule(f"{getattr(rule, '__module__', '')}.{getattr(rule, '__qualname__', type(rule).__qualname__)}", rule)
+    raise ValueError(f"{flag}={rule!r} is not a rule; valid choices: {list(RULES)}, a dotted path, or a SelectionRule")
+
+
+def rule_name(rule: RuleLike) -> str:
+    """The name a rule is written under (metadata, fingerprints, the study's columns)."""
+    return resolve_rule(rule).name
+
+
+def _statistic(rule: Rule, t: torch.Tensor, r: torch.Tensor, settings: RuleSettings) -> torch.Tensor:
+    stat = rule.statistic(t, r, settings)
+    if not isinstance(stat, torch.Tensor) or stat.shape != t.shape:
+        shape = tuple(stat.shape) if isinstance(stat, torch.Tensor) else type(stat).__name__
+        raise ValueError(f"rule {rule.name!r} returned {shape} for a pool of {t.shape[0]} units; one value per unit expected")
+    if bool(torch.isnan(stat).any()):
+        raise ValueError(f"rule {rule.name!r} returned NaN for {int(torch.isnan(stat).sum())} unit(s); use -inf for 'never prune'")
+    return stat.double()
+
+
+def _prune_pool(t: torch.Tensor, r: torch.Tensor, rule: Rule, settings: RuleSettings) -> torch.Tensor:
+    """The units of one pool whose statistic is among the budget's highest finite values (all finite ones
+    without a budget)."""
+    stat = _statistic(rule, t, r, settings)
+    finite = int(torch.isfinite(stat).sum())
+    k = finite if settings.budget is None else min(settings.budget.units(t.shape[0]), finite)
     return top_k_mask(stat, k)
 
 
@@ -219,11 +361,40 @@ def _check_scores(name: str, key: str, s: torch.Tensor) -> None:
         raise ValueError(f"{name} scores of {key!r} hold {int((~torch.isfinite(s)).sum())} non-finite value(s)")
 
 
+def _check_pair(target: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in reference]
+    if missing:
+        raise KeyError(f"reference scores lack {len(missing)} unit group(s), e.g. {missing[:3]}")
+    for k in keys:
+        _check_scores("target", k, target[k])
+        _check_scores("reference", k, reference[k])
+        if target[k].shape != reference[k].shape:
+            raise ValueError(
+                f"target and reference scores of {k!r} differ in shape: {tuple(target[k].shape)}"
+                f" vs {tuple(reference[k].shape)}"
+            )
+
+
+def _settings(rule: RuleLike, p: float, q: float, budget, floor_quantile: float, flags: Mapping[str, str]) -> tuple[Rule, RuleSettings]:
+    """The rule and its settings, every argument checked (errors name the flags)."""
+    resolved = resolve_rule(rule, flags["rule"])
+    check_fraction(flags["p"], p)
+    check_fraction(flags["q"], q)
+    check_fraction(flags["floor_quantile"], floor_quantile)
+    budget = None if budget is None else parse_budget(budget, flags["budget"])
+    if budget is None and resolved.needs_budget:
+        raise ValueError(
+            f"{flags['rule']}={resolved.name!r} ranks units and needs a budget: set {flags['budget']}"
+            " (a count such as 12, a fraction such as 0.005, or '0.5%')"
+        )
+    return resolved, RuleSettings(p, q, budget, floor_quantile)
+
+
 def select_prune(
     target: Mapping[str, torch.Tensor],
     reference: Mapping[str, torch.Tensor],
     *,
-    rule: Rule = "set_difference",
+    rule: RuleLike = "set_difference",
     p: float = 0.35,
     q: float = 0.40,
     budget: Budget | float | int | str | None = None,
@@ -239,7 +410,7 @@ def select_prune(
     Args:
         target: scores S_target per unit group (e.g. ``neuron/model.layers.0.mlp.up_proj``).
         reference: scores S_reference with the same keys and shapes.
-        rule: one of :data:`RULES`.
+        rule: a registered rule (:data:`RULES`), a dotted path, a :class:`SelectionRule` or a statistic.
         p: ``set_difference``: fraction of each pool's units protected as most important for the reference group.
         q: ``set_difference`` without a budget: fraction of each pool's units most important for the target group.
         budget: units pruned per pool (see :func:`parse_budget`); required by the ranking rules, and replaces q
@@ -254,29 +425,10 @@ def select_prune(
             flags by default.
     """
     flags = {**NEURON_FLAGS, **(flags or {})}
-    check_choice(flags["rule"], rule, RULES)
     check_choice(flags["scope"], scope, SCOPES)
-    check_fraction(flags["p"], p)
-    check_fraction(flags["q"], q)
-    check_fraction(flags["floor_quantile"], floor_quantile)
-    budget = None if budget is None else parse_budget(budget, flags["budget"])
-    if budget is None and rule != "set_difference":
-        raise ValueError(
-            f"{flags['rule']}={rule!r} ranks units and needs a budget: set {flags['budget']}"
-            " (a count such as 12, a fraction such as 0.005, or '0.5%')"
-        )
+    resolved, settings = _settings(rule, p, q, budget, floor_quantile, flags)
     keys = list(target) if keys is None else list(keys)
-    missing = [k for k in keys if k not in reference]
-    if missing:
-        raise KeyError(f"reference scores lack {len(missing)} unit group(s), e.g. {missing[:3]}")
-    for k in keys:
-        _check_scores("target", k, target[k])
-        _check_scores("reference", k, reference[k])
-        if target[k].shape != reference[k].shape:
-            raise ValueError(
-                f"target and reference scores of {k!r} differ in shape: {tuple(target[k].shape)}"
-                f" vs {tuple(reference[k].shape)}"
-            )
+    _check_pair(target, reference, keys)
     if not keys:
         return {}
     n_t = n_r = 1
@@ -288,7 +440,7 @@ def select_prune(
     def pool(ks: list[str]) -> torch.Tensor:
         t = torch.cat([target[k].double() for k in ks]) / n_t
         r = torch.cat([reference[k].double() for k in ks]) / n_r
-        return _prune_pool(t, r, rule, p, q, budget, floor_quantile)
+        return _prune_pool(t, r, resolved, settings)
 
     if scope == "module":
         return {k: pool([k]) for k in keys}
@@ -303,7 +455,7 @@ def keep_masks(
     q: float,
     scope: Scope,
     *,
-    rule: Rule = "set_difference",
+    rule: RuleLike = "set_difference",
     budget: Budget | float | int | str | None = None,
     n_target: int | None = None,
     n_reference: int | None = None,
@@ -354,7 +506,7 @@ def random_prune_like(prune: Mapping[str, torch.Tensor], scope: Scope, seed: int
         if m.dtype != torch.bool or m.ndim != 1:
             raise TypeError(
                 f"random_prune_like takes 1-d bool prune masks (True = prune); {k!r} is {m.dtype} of shape"
-                f" {tuple(m.shape)} (for uint8 keep-masks use random_keep_like)"
+                f" {tuple(m.shape)} (pass keep-masks as {{key: m == 0}})"
             )
     keys = list(prune)
     if scope == "module":
@@ -364,36 +516,3 @@ def random_prune_like(prune: Mapping[str, torch.Tensor], scope: Scope, seed: int
     sizes = [prune[k].shape[0] for k in keys]
     pooled = _draw(sum(sizes), sum(int(prune[k].sum()) for k in keys), seed, "\x1f".join(keys))
     return {k: m.to(prune[k].device) for k, m in zip(keys, torch.split(pooled, sizes))}
-
-
-def random_keep_like(keep: Mapping[str, torch.Tensor], scope: Scope, seed: int) -> dict[str, torch.Tensor]:
-    """:func:`random_prune_like` for uint8 keep-masks (1 = keep): returns uint8 keep-masks."""
-    drawn = random_prune_like({k: m == 0 for k, m in keep.items()}, scope, seed)
-    return {k: (~m).to(torch.uint8) for k, m in drawn.items()}
-
-
-# ------------------------------------------------------------------------------------------ counts
-def _pruned(m: torch.Tensor) -> int:
-    """Bool masks are prune masks (True = prune); integer masks are keep-masks (0 = pruned)."""
-    return int(m.sum()) if m.dtype == torch.bool else int((m == 0).sum())
-
-
-def pruned_counts(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Pruned units per key, for bool prune masks (True = prune) or uint8 keep-masks (0 = pruned)."""
-    return {k: _pruned(m) for k, m in masks.items()}
-
-
-def pruned_by_kind(masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
-    """kind (the key's part before ``/``) -> (pruned units, units)."""
-    out: dict[str, tuple[int, int]] = {}
-    for k, m in masks.items():
-        kind = k.split("/", 1)[0]
-        pruned, total = out.get(kind, (0, 0))
-        out[kind] = (pruned + _pruned(m), total + int(m.numel()))
-    return out
-
-
-def pruned_share(masks: Mapping[str, torch.Tensor]) -> float:
-    """Pruned units / all units of the masks (0.0 when there are none)."""
-    total = sum(int(m.numel()) for m in masks.values())
-    return sum(_pruned(m) for m in masks.values()) / total if total else 0.0

@@ -6,12 +6,14 @@ study's strategy sums) exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from biasprune.scoring.capture import BatchScores
 
-__all__ = ["ScoreAccumulator", "selection_inputs", "sum_scores"]
+__all__ = ["ScoreAccumulator", "sum_scores", "two_group_inputs"]
 
 
 class ScoreAccumulator(nn.Module):
@@ -67,22 +69,11 @@ def sum_scores(
     return total
 
 
-def selection_inputs(
-    scores: dict[str, dict[str, torch.Tensor]], groups: tuple[str, str], rule: str, n_examples: dict[str, int] | None = None
+def two_group_inputs(
+    scores: dict[str, dict[str, torch.Tensor]], groups: Sequence[str], n_examples: dict[str, int] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int | None, int | None]:
-    """(target scores, reference scores, n_target, n_reference) for a selection rule.
-
-    Scores of the contrastive objective hold one group, ``contrast``, which already measures what carries the
-    difference between the pair; they are ranked as they are (``rule="target"``, reference zero).
-    """
+    """(target scores, reference scores, n_target, n_reference) of scores kept per data group (``groups`` is
+    (reference, target)); a count of 0 or a missing one is None (the rules then compare sums)."""
     n = n_examples or {}
-    if "contrast" in scores:
-        if rule != "target":
-            raise ValueError(
-                f"pruning.rule={rule!r} compares two groups' scores, but the contrastive objective scores pairs (one"
-                " group, 'contrast'): use pruning.rule=target"
-            )
-        zero = {k: torch.zeros_like(t) for k, t in scores["contrast"].items()}
-        return scores["contrast"], zero, None, None
     ref, tgt = groups
     return scores[tgt], scores[ref], n.get(tgt) or None, n.get(ref) or None

@@ -29,20 +29,38 @@ Inputs (a collator builds them with :func:`build_pair_batch`): right-padded ``ta
 ``[B, T_t]`` and ``reference_ids``/``reference_attn`` ``[B, T_r]``; ``response_mask_target`` ``[B, T_t]``
 marks y in the target; ``suffix_len`` ``[B]`` is the number of aligned trailing tokens (see
 :func:`aligned_suffix_len`), which must cover y and be the same tokens in both rows.
+
+Cost per batch of pairs: two forward passes (the reference run without gradients) and one backward; memory:
+the target run's activations kept for the backward, plus the reference run's activations of every unit at
+the aligned positions (one ``[B, T_t, width]`` tensor per unit group, in the model's dtype) until the target's
+gradient for that group arrives. The hook work is :mod:`biasprune.scoring.capture`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from biasprune.core.hooks import HookSet
+from biasprune.data.scenarios import AuditDataError, variation_key
 from biasprune.models.architectures import UnitLayout
-from biasprune.scoring.capture import BatchScores, check_capture, response_nll
+from biasprune.scoring.capture import (
+    BatchScores,
+    UnitSite,
+    capture_activations,
+    capture_gradients,
+    check_grad_mode,
+    response_nll,
+    unit_sites,
+)
 
-__all__ = ["aligned_suffix_len", "build_pair_batch", "contrastive_batch"]
+__all__ = ["CONTRAST_GROUP", "ContrastiveObjective", "PairCollator", "aligned_suffix_len", "build_pair_batch", "contrastive_batch"]
+
+#: The one score group of this objective: the pairs' attribution sums.
+CONTRAST_GROUP = "contrast"
+PAIR_FIELDS = ("target_ids", "target_attn", "reference_ids", "reference_attn", "response_mask_target", "suffix_len")
 
 
 def aligned_suffix_len(target: Sequence[int], reference: Sequence[int]) -> int:
@@ -119,6 +137,20 @@ def _check_inputs(target_ids, target_attn, reference_ids, reference_attn, respon
     return L_t, L_r, in_suffix
 
 
+def _reference_activations(model: nn.Module, sites: Sequence[UnitSite], reference_ids: torch.Tensor,
+                           reference_attn: torch.Tensor, ref_pos: torch.Tensor, in_suffix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference run's activations, moved to the target's positions (0 outside the aligned suffix)."""
+    aligned: dict[str, torch.Tensor] = {}
+
+    def store(site: UnitSite, a: torch.Tensor) -> None:
+        idx = ref_pos.to(a.device)[..., None].expand(-1, -1, a.shape[-1])
+        aligned[site.key] = torch.gather(a, 1, idx) * in_suffix.to(a.device, a.dtype)[..., None]
+
+    capture_activations(model, sites, lambda: model(reference_ids, attention_mask=reference_attn, use_cache=False,
+                                                     logits_to_keep=1), store)
+    return aligned
+
+
 def contrastive_batch(
     model: nn.Module,
     layout: UnitLayout,
@@ -134,17 +166,12 @@ def contrastive_batch(
 ) -> BatchScores:
     """Per-pair attribution-patching estimates ``[B, n_units]`` per unit-group key (see the module docstring).
 
-    ``|est|`` by default (``absolute=False``: the signed estimate). Two forward passes and one backward: the
-    reference run (no grad) stores its activations at the aligned suffix positions, moved to the target's
-    positions; the target run takes gradients of sum_b m_b with respect to activations only (a detached
-    leaf at the embedding output; weights are never differentiated, no parameter ``.grad`` is made). Runs in
-    eval mode (restored afterwards) and enables grad locally, so it also works under ``torch.no_grad()``.
+    ``|est|`` by default (``absolute=False``: the signed estimate). The reference run (no grad) stores its
+    activations at the aligned suffix positions, moved to the target's positions; the target run takes
+    gradients of sum_b m_b with respect to activations only (:func:`biasprune.scoring.capture.capture_gradients`).
     ``losses`` holds the target's mean response NLL, ``n_tokens`` the target's non-padding tokens.
     """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "contrastive attribution needs gradients; inference mode is on (Lightning: inference_mode=False)"
-        )
+    check_grad_mode()
     L_t, L_r, in_suffix = _check_inputs(
         target_ids, target_attn, reference_ids, reference_attn, response_mask_target, suffix_len
     )
@@ -153,74 +180,100 @@ def contrastive_batch(
     ref_pos = (torch.arange(T_t, device=target_ids.device)[None] - L_t[:, None] + L_r[:, None]).clamp(
         0, reference_ids.shape[1] - 1
     )
-    units: list[tuple[str, nn.Module, int]] = []  # (key, module, n_heads or 0 for neurons)
-    if neurons:
-        units += [(f"neuron/{u.path}", u.module, 0) for u in layout.neurons]
-    if heads:
-        units += [(f"head/{h.path}", h.o_proj, h.n_heads) for h in layout.heads]
-    aligned: dict[str, torch.Tensor] = {}
-    pending: dict[str, torch.Tensor] = {}
-    results: dict[str, torch.Tensor] = {}
+    sites = unit_sites(layout, neurons, heads)
+    aligned = _reference_activations(model, sites, reference_ids, reference_attn, ref_pos, in_suffix)
+    nll: list[torch.Tensor] = []
 
-    def store(key: str, a: torch.Tensor) -> None:
-        if key in aligned:
-            raise RuntimeError(f"{key}: the module ran twice in one forward pass; its units are ambiguous")
-        idx = ref_pos.to(a.device)[..., None].expand(-1, -1, a.shape[-1])
-        aligned[key] = torch.gather(a, 1, idx) * in_suffix.to(a.device, a.dtype)[..., None]
+    def run() -> torch.Tensor:
+        nll.append(response_nll(model, target_ids, target_attn, response_mask_target))
+        n_resp = (response_mask_target[:, 1:] > 0).sum(1).to(nll[0].dtype)
+        return -(nll[0] * n_resp)  # m = log p(y | t), summed over y's tokens
 
-    def on_grad(key: str, n_heads: int):
-        def hook(g: torch.Tensor) -> None:
-            a_t = pending.pop(key)
-            acc = torch.promote_types(a_t.dtype, torch.float32)
-            mask = in_suffix.to(a_t.device, acc)[..., None]
-            dot = ((aligned.pop(key).to(acc) - a_t.to(acc)) * mask * g.to(acc)).sum(1)  # [B, C]
-            if n_heads:
-                dot = dot.view(B, n_heads, -1).sum(-1)
-            results[key] = dot.abs() if absolute else dot
+    def reduce(site: UnitSite, a_t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        acc = torch.promote_types(a_t.dtype, torch.float32)
+        mask = in_suffix.to(a_t.device, acc)[..., None]
+        dot = ((aligned.pop(site.key).to(acc) - a_t.to(acc)) * mask * g.to(acc)).sum(1)  # [B, C]
+        if site.n_heads:
+            dot = dot.view(B, site.n_heads, -1).sum(-1)
+        return dot.abs() if absolute else dot
 
-        return hook
-
-    def capture(key: str, a: torch.Tensor, n_heads: int) -> None:
-        check_capture(key, a, key in pending or key in results)
-        pending[key] = a
-        a.register_hook(on_grad(key, n_heads))
-
-    def hook_all(hooks: HookSet, fn) -> None:
-        for key, module, n_heads in units:
-            if n_heads:
-                hooks.forward_pre(module, lambda mod, args, k=key, h=n_heads: fn(k, args[0], h))
-            else:
-                hooks.forward(module, lambda mod, args, out, k=key: fn(k, out, 0))
-
-    modes = [(mod, mod.training) for mod in model.modules()]  # restored one by one: modes may be mixed
-    model.eval()
     try:
-        with torch.no_grad(), HookSet() as hooks:
-            hook_all(hooks, lambda k, a, h: store(k, a.detach()))
-            model(reference_ids, attention_mask=reference_attn, use_cache=False, logits_to_keep=1)
-        leaves: list[torch.Tensor] = []
-
-        def make_leaf(module, args, output):
-            leaf = output.detach().requires_grad_(True)
-            leaves.append(leaf)
-            return leaf
-
-        with HookSet() as hooks:
-            hook_all(hooks, capture)
-            hooks.forward(model.get_input_embeddings(), make_leaf)
-            with torch.enable_grad():
-                nll = response_nll(model, target_ids, target_attn, response_mask_target)
-                n_resp = (response_mask_target[:, 1:] > 0).sum(1).to(nll.dtype)
-                if len(leaves) != 1:
-                    raise RuntimeError(f"the input embedding ran {len(leaves)} times in one forward pass")
-                m = -(nll * n_resp)  # log p(y | t), summed over y's tokens
-                torch.autograd.grad(m.sum(), leaves[0])
+        scores, _ = capture_gradients(model, sites, run, reduce)
     finally:
-        pending.clear()
         aligned.clear()
-        for mod, training in modes:
-            mod.training = training
-    missing = [k for k, _, _ in units if k not in results]
+    return BatchScores(scores=scores, losses=nll[0].detach(), n_tokens=int(target_attn.sum()))
+
+
+def pair_items(tokenizer, kept: Sequence[dict], examples: Sequence[dict], variations: Sequence[str],
+               data_groups: Sequence[str]) -> list[dict]:
+    """Name-swapped pairs: each target-group example with its reference-group twin (same ``pair_id``) and the
+    target's response, in bucket ``variation index``, sorted by length (scores are sums: order is free)."""
+    missing = [e["name"] for e in kept if not e.get("pair_id")]
     if missing:
-        raise RuntimeError(f"no gradient reached {len(missing)} unit group(s), e.g. {missing[:3]}")
-    return BatchScores(scores=results, losses=nll.detach(), n_tokens=int(target_attn.sum()))
+        raise AuditDataError(f"the contrastive objective pairs examples by pair_id, which {len(missing)} lack (e.g. {missing[0]!r})")
+    ref, tgt = data_groups
+    twins = {e["pair_id"]: e for e in examples if e["group"] == ref}
+    targets = [e for e in kept if e["group"] == tgt and e["pair_id"] in twins]
+    if not targets:
+        raise AuditDataError("no target-group scoring example has a reference-group twin: nothing to contrast")
+    t_ids = tokenizer([e["prompt"] for e in targets], add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([twins[e["pair_id"]]["prompt"] for e in targets], add_special_tokens=False)["input_ids"]
+    y_ids = tokenizer([e["response"] for e in targets], add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(targets)), key=lambda i: (len(t_ids[i]) + len(y_ids[i]), i))
+    return [
+        {"target_ids": t_ids[i], "reference_ids": r_ids[i], "response_ids": y_ids[i],
+         "bucket": list(variations).index(variation_key(targets[i]["scenario"], targets[i]["variation"]))}
+        for i in order
+    ]  # fmt: skip
+
+
+class PairCollator:
+    """Name-swapped pairs as :func:`build_pair_batch` lays them out, with the bucket, index and weight of each."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        out = build_pair_batch([(r["target_ids"], r["reference_ids"], r["response_ids"]) for r in rows], self.pad_id)
+        out["bucket"] = torch.tensor([r["bucket"] for r in rows], dtype=torch.long)
+        out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        out["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+        return out
+
+
+class ContrastiveObjective:
+    """``--model.objective contrastive``: attribution patching on name-swapped pairs, one score group
+    (``contrast``), ranked as it is (``--pruning.rule target``)."""
+
+    name = "contrastive"
+    description = ("attribution patching on name-swapped pairs; s_p(u) = |sum_t sum_d (a_ref - a_tgt)*dm/da|,"
+                   " m = log p(target's response | target prompt)")
+
+    def groups(self, data_groups: Sequence[str]) -> tuple[str, ...]:
+        return (CONTRAST_GROUP,)
+
+    def unit_sizes(self, layout: UnitLayout, neurons: bool, heads: bool) -> dict[str, int]:
+        return {s.key: layout.sizes()[s.key] for s in unit_sites(layout, neurons, heads)}
+
+    def items(self, tokenizer, kept: Sequence[dict], examples: Sequence[dict], variations: Sequence[str],
+              data_groups: Sequence[str]) -> list[dict]:
+        return pair_items(tokenizer, kept, examples, variations, data_groups)
+
+    def collator(self, pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return PairCollator(pad_id)
+
+    def score(self, model: nn.Module, layout: UnitLayout, batch: dict[str, torch.Tensor], idx: torch.Tensor,
+              neurons: bool = True, heads: bool = True) -> BatchScores:
+        return contrastive_batch(model, layout, *(batch[f][idx] for f in PAIR_FIELDS), neurons=neurons, heads=heads)
+
+    def selection_inputs(self, scores: dict[str, dict[str, torch.Tensor]], data_groups: Sequence[str], rule: str,
+                         n_examples: dict[str, int] | None = None) -> tuple[Any, Any, int | None, int | None]:
+        """The pairs' sums, ranked as they are against a zero reference (they already measure what carries the
+        difference between the pair): only ``pruning.rule=target`` applies."""
+        if rule != "target":
+            raise ValueError(
+                f"pruning.rule={rule!r} compares two groups' scores, but the contrastive objective scores pairs (one"
+                f" group, {CONTRAST_GROUP!r}): use pruning.rule=target"
+            )
+        zero = {k: torch.zeros_like(t) for k, t in scores[CONTRAST_GROUP].items()}
+        return scores[CONTRAST_GROUP], zero, None, None

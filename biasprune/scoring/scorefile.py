@@ -1,4 +1,4 @@
-"""The scores files of a run (DESIGN §3): ``scores.safetensors`` and ``scores_by_variation.safetensors``."""
+"""The scores files of a run (docs/method.md, "Run artifacts"): ``scores.safetensors`` and ``scores_by_variation.safetensors``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["read_scores", "read_scores_meta", "write_scores"]
 
 
 def write_scores(run_dir: str | Path, per_variation: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], meta: Mapping[str, Any]) -> None:
-    """``scores.safetensors`` (DESIGN §3: ``"{group}/{kind}/{module}"`` float32, summed over the scoring
+    """``scores.safetensors`` (docs/method.md, "Run artifacts": ``"{group}/{kind}/{module}"`` float32, summed over the scoring
     variations) and ``scores_by_variation.safetensors`` (``"{scenario}/{variation}/{group}/{kind}/{module}"``,
     float64 sums, so that any union of variations can be summed exactly later)."""
     run_dir = Path(run_dir)

@@ -5,7 +5,7 @@ difference supports the claim (e.g. ``unpruned - arm`` for "the arm lowers bias"
 :func:`biasprune.stats.intervals.difference_interval`. An interval *supports* its comparison when it lies
 entirely above 0 and *contradicts* it when it lies entirely below 0; otherwise the comparison is open.
 
-**Pruning lowers bias** (DESIGN §6), for one pruned arm, from ``unpruned - arm`` and ``random - arm``
+**Pruning lowers bias** (docs/method.md, "Statistics", claim rule), for one pruned arm, from ``unpruned - arm`` and ``random - arm``
 (``random`` = its random-mask control: the same number of units per module / in total, averaged over
 its draws):
 

@@ -20,7 +20,7 @@ With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cd
 eq. 5.24); with equal group sizes the factor cancels and ``a`` is scipy's multi-sample acceleration.
 
 **Percentile**: ``np.quantile(t*, [(1 - level)/2, (1 + level)/2])``. **The default, for one arm and for
-paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.coverage``;
+paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.validation.coverage``;
 table in docs/method.md, "Statistics"):
 
 * Mean |SMD| is biased upward when the true SMDs are small (|.| folds the noise onto the positive side),

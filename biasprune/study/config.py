@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from biasprune.core.checks import check_choices, check_fraction, check_positive
+
+if TYPE_CHECKING:
+    from biasprune.pruning.rules import RuleLike
 
 __all__ = ["GridConfig", "STRATEGIES", "StudyConfig", "UNITS"]
 
@@ -36,8 +39,8 @@ class GridConfig:
             of the choice and the claims.
         random_draws: random-mask controls per grid point and variation, on dev and test; the chosen points get
             ``pruning.random_draws`` in all on test.
-        rules: selection rules tried (each with the points above; a rule is a knob chosen on dev like the others);
-            empty for ``pruning.rule`` alone.
+        rules: selection rules tried (each with the points above; a rule is a knob chosen on dev like the others):
+            registered names or dotted paths (docs/method.md, "Selection rules"); empty for ``pruning.rule`` alone.
     """
 
     p: tuple[float, ...] = (0.35,)
@@ -52,17 +55,16 @@ class GridConfig:
     rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from biasprune.pruning.rules import RULES
+        from biasprune.pruning.rules import parse_budget, resolve_rule  # torch: only when a study is configured
 
-        check_choices("study.grid.rules", self.rules, RULES, allow_empty=True)
+        for rule in self.rules:
+            resolve_rule(rule, "study.grid.rules")  # a registered name or a dotted path
         for name in ("p", "q", "head_p", "head_q"):
             values = getattr(self, name)
             if not values:
                 raise ValueError(f"study.grid.{name} must list at least one value")
             for v in values:
                 check_fraction(f"study.grid.{name}", float(v))
-        from biasprune.pruning.rules import parse_budget
-
         for name in ("budget", "head_budget"):
             for v in getattr(self, name):
                 parse_budget(v, flag=f"study.grid.{name}")
@@ -70,14 +72,17 @@ class GridConfig:
         check_positive("study.grid.min_pruned", self.min_pruned, minimum=0)
         check_positive("study.grid.random_draws", self.random_draws, minimum=1)
 
-    def points(self, units: str, rule: str, default_budget: int | float | str | None = None) -> list[tuple[float, float, int | float | str | None]]:
+    def points(self, units: str, rule: RuleLike, default_budget: int | float | str | None = None) -> list[tuple[float, float, int | float | str | None]]:
         """(p, q, budget) of every grid point of one unit kind (a ranking rule without grid budgets takes
         ``default_budget``, the pruning callback's)."""
+        from biasprune.pruning.rules import resolve_rule
+
         ps, qs, bs = (self.p, self.q, self.budget) if units == "neurons" else (self.head_p, self.head_q, self.head_budget)
-        if rule != "set_difference":
+        resolved = resolve_rule(rule)
+        if resolved.needs_budget:
             bs = bs or ((default_budget,) if default_budget is not None else ())
             if not bs:
-                raise ValueError(f"pruning.rule={rule!r} needs budgets: give study.grid.{'budget' if units == 'neurons' else 'head_budget'}")
+                raise ValueError(f"pruning.rule={resolved.name!r} needs budgets: give study.grid.{'budget' if units == 'neurons' else 'head_budget'}")
             return [(float(ps[0]), float(qs[0]), b) for b in bs]
         if bs:
             return [(float(p), float(qs[0]), b) for p, b in itertools.product(ps, bs)]

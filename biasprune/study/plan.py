@@ -1,8 +1,10 @@
-"""The study's arms as typed objects, the masks each arm uses on each variation, and the arm source.
+"""The study's arms as typed objects, the masks each arm uses on each variation, and each stage's arm source.
 
 An :class:`ArmSpec` says how an arm's masks are made (unit kind, strategy, context, pruning point, random
 draw); for every evaluated variation the :class:`StudyPlan` turns it into keep-masks from the per-variation
-score pieces. Strategies pool score sums (DESIGN §2, :func:`biasprune.scoring.accumulate.sum_scores`):
+score pieces, and :meth:`StudyPlan.stage` gives one validate stage its arms (:class:`StageArms`, the
+:class:`~biasprune.pruning.arms.ArmSource` the module answers). Strategies pool score sums (docs/method.md, "The
+generalization study"; :func:`biasprune.scoring.accumulate.sum_scores`):
 
 * ``prompt_specific``: the variation's own scores;
 * ``within_context``: the other variations of its scenario (those listed in ``study.within_variations``);
@@ -12,18 +14,20 @@ score pieces. Strategies pool score sums (DESIGN §2, :func:`biasprune.scoring.a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from biasprune.pruning.arms import Arm
 from biasprune.pruning.factory import MaskFactory
-from biasprune.scoring.accumulate import selection_inputs, sum_scores
+from biasprune.scoring.accumulate import sum_scores
+from biasprune.scoring.objectives import selection_inputs
 from biasprune.study.pieces import PieceStore, digest, masks_digest
 
-__all__ = ["ArmSpec", "StudyPlan", "strategy_variations"]
+__all__ = ["ArmSpec", "EvalKey", "StageArms", "StudyOutcome", "StudyPlan", "strategy_pools", "strategy_variations"]
 
 VarKey = str  # "scenario/variation"
+EvalKey = tuple[str, str, str]  # (split, scenario, variation)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,34 @@ class ArmSpec:
                 "budget": "" if self.budget is None else self.budget}
 
 
+def strategy_pools(
+    variations: Mapping[str, Sequence[VarKey]], evaluated: Sequence[VarKey], strategies: Sequence[str],
+    within_variations: Sequence[str], contexts: Sequence[str],
+) -> tuple[dict[str, list[VarKey]], dict[str, list[VarKey]]]:
+    """The within-context pool of every evaluated scenario and the variations of every cross-context scenario.
+
+    ``variations``: every loaded scenario's variation keys, in file order. A scenario's within-context pool is
+    its variations listed in ``within_variations`` (``variation`` or ``scenario/variation``), or all of them.
+    """
+    evaluated_scenarios = {v.split("/")[0] for v in evaluated}
+    within: dict[str, list[VarKey]] = {}
+    for scen in evaluated_scenarios:
+        all_vars = list(variations.get(scen, ()))
+        chosen = [w if "/" in w else f"{scen}/{w}" for w in within_variations]
+        bad = [w for w in chosen if w.split("/")[0] == scen and w not in all_vars]
+        if bad:
+            raise ValueError(f"study.within_variations: {bad} are not variations of {scen!r}; valid: {all_vars}")
+        within[scen] = [w for w in chosen if w.split("/")[0] == scen] or all_vars
+    pools: dict[str, list[VarKey]] = {}
+    if "cross_context" in strategies:
+        for c in contexts:
+            if c not in variations or c in evaluated_scenarios:
+                raise ValueError(f"study.contexts: {c!r} must be a loaded scenario other than the evaluated ones"
+                                 f" {sorted(evaluated_scenarios)}; loaded: {sorted(variations)}")
+            pools[c] = list(variations[c])
+    return within, pools
+
+
 def strategy_variations(
     strategy: str, context: str, variation: VarKey, within_pool: Mapping[str, Sequence[VarKey]], contexts: Mapping[str, Sequence[VarKey]]
 ) -> list[VarKey]:
@@ -84,11 +116,7 @@ def strategy_variations(
 
 
 class StudyPlan:
-    """Masks per (arm, variation) from score pieces, answer-piece keys, and the arms of each evaluation batch.
-
-    ``jobs[(split, scenario, variation)]`` lists the arm specs still to be answered there; ``arms_for`` (the
-    :class:`biasprune.pruning.arms.ArmSource` protocol) serves them, each named by its answer-piece key.
-    """
+    """Masks per (arm, variation) from score pieces, answer-piece keys, and the arms of each validate stage."""
 
     def __init__(self, store: PieceStore, score_keys: Mapping[VarKey, str], groups: Sequence[str], factory: MaskFactory,
                  within_pool: Mapping[str, Sequence[VarKey]], contexts: Mapping[str, Sequence[VarKey]],
@@ -97,7 +125,6 @@ class StudyPlan:
         self.factory = factory  # scopes, floor, random seed; each arm's own rule
         self.within_pool, self.contexts = within_pool, contexts
         self.answer_prefix = dict(answer_prefix)  # (split, variation) -> digest of model, generation, prompts
-        self.jobs: dict[tuple[str, str, str], list[ArmSpec]] = {}
         self._scores: dict[VarKey, dict] = {}
         self._masks: dict[tuple[ArmSpec, VarKey], dict[str, torch.Tensor] | None] = {}
 
@@ -125,7 +152,7 @@ class StudyPlan:
             return None
         key = (spec, variation)
         if key not in self._masks:
-            factory = replace(self.factory, rule=spec.rule)
+            factory = self.factory.with_rule(spec.rule)
             kind = "neuron" if spec.units == "neurons" else "head"
             if spec.draw >= 0:
                 self._masks[key] = factory.random_controls(self.masks(spec.selected(), variation), [spec.draw])[0]
@@ -138,10 +165,43 @@ class StudyPlan:
     def answer_key(self, spec: ArmSpec, split: str, variation: VarKey) -> str:
         return digest(self.answer_prefix[(split, variation)], masks_digest(self.masks(spec, variation)))
 
+    def stage(self, jobs: Mapping[EvalKey, Sequence[ArmSpec]]) -> StageArms:
+        """The arms of one validate stage: ``jobs[(split, scenario, variation)]`` lists the arm specs answered there."""
+        return StageArms(self, jobs)
+
+
+class StageArms:
+    """The arms of one validate stage of the study (the :class:`biasprune.pruning.arms.ArmSource` protocol).
+
+    Every (split, variation) batch gets the arm specs its job lists, each named by its answer-piece key; arms
+    with identical masks share one set of answers.
+    """
+
+    def __init__(self, plan: StudyPlan, jobs: Mapping[EvalKey, Sequence[ArmSpec]]) -> None:
+        self.plan = plan
+        self.jobs = {k: tuple(v) for k, v in jobs.items()}
+
     def arms_for(self, split: str, scenario: str, variation: str) -> list[Arm]:
         v = f"{scenario}/{variation}"
-        arms: dict[str, Arm] = {}  # arms with identical masks share one set of answers
-        for s in self.jobs.get((split, scenario, variation), []):
-            key = self.answer_key(s, split, v)
-            arms.setdefault(key, Arm(key, s.phase, self.masks(s, v), draw=s.draw, labels=s.labels()))
+        arms: dict[str, Arm] = {}
+        for s in self.jobs.get((split, scenario, variation), ()):
+            key = self.plan.answer_key(s, split, v)
+            arms.setdefault(key, Arm(key, s.phase, self.plan.masks(s, v), draw=s.draw, labels=s.labels()))
         return list(arms.values())
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What the study's results are computed from (:func:`biasprune.study.results.write_results`).
+
+    Attributes:
+        plan: the masks and answer-piece keys of every arm (its ``store`` holds the pieces).
+        eval_keys: the evaluated (split, scenario, variation) triples, dev and test.
+        table: one row per grid point and split (:func:`biasprune.study.choose.point_table`).
+        chosen: the point chosen on dev for every (units, strategy, context); None where none qualified.
+    """
+
+    plan: StudyPlan
+    eval_keys: tuple[EvalKey, ...]
+    table: tuple[dict, ...] = ()
+    chosen: Mapping[tuple[str, str, str], ArmSpec | None] = field(default_factory=dict)

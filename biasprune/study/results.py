@@ -8,18 +8,19 @@ bootstrap intervals (:mod:`biasprune.stats.summary`); the ordering claims compar
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from biasprune.core import artifacts
 from biasprune.stats.claims import CLAIM_COLUMNS, ClaimResult, ordering
 from biasprune.stats.intervals import difference_interval
-from biasprune.stats.rows import METRIC_COLUMNS, compute_bounds, variation_rows, write_bounds
+from biasprune.stats.rows import METRIC_COLUMNS, EvaluationConfig, compute_bounds, variation_rows, write_bounds
 from biasprune.stats.summary import SUMMARY_COLUMNS, summarize_split
 from biasprune.study.choose import arm_id, spec_records
+from biasprune.study.config import StudyConfig
 from biasprune.study.figures import study_figures
-from biasprune.study.plan import ArmSpec
+from biasprune.study.plan import ArmSpec, StudyOutcome
 
 __all__ = ["write_results"]
 
@@ -77,8 +78,14 @@ def _markdown(results: Sequence[Mapping], claims: Sequence[ClaimResult]) -> str:
     return "\n".join(md) + "\n"
 
 
-def write_results(out: Path, plan, store, eval_keys, table: Sequence[Mapping], chosen, cfg, cb, ecfg, dm) -> dict:
-    """Write ``metrics.csv``, ``grid.csv``, ``results.csv``/``results.md``, ``claims.csv``, figures; return them."""
+def write_results(out: Path, outcome: StudyOutcome, cfg: StudyConfig, random_draws: int, ecfg: EvaluationConfig,
+                  valid_range: Callable[[str], tuple[float, float] | None]) -> dict:
+    """Write ``metrics.csv``, ``grid.csv``, ``results.csv``/``results.md``, ``claims.csv``, figures; return them.
+
+    ``random_draws``: the random controls of every chosen arm on test (``--pruning.random_draws``);
+    ``valid_range``: a scenario's plausibility bounds (:meth:`biasprune.datamodules.AuditDataModule.valid_range`).
+    """
+    plan, store, eval_keys, table, chosen = outcome.plan, outcome.plan.store, list(outcome.eval_keys), outcome.table, outcome.chosen
     test_keys = [k for k in eval_keys if k[0] == "test"]
     evaluated: dict[str, tuple[ArmSpec, list]] = {}  # arm id -> (spec, the keys it was answered on)
     grid_specs = [r["spec"] for r in table if r["split"] == "dev"]
@@ -87,11 +94,11 @@ def write_results(out: Path, plan, store, eval_keys, table: Sequence[Mapping], c
         for d in range(cfg.grid.random_draws if spec.units else 0):
             evaluated[arm_id(replace(spec, draw=d))] = (replace(spec, draw=d), list(eval_keys))
     for c in chosen.values():
-        for d in range(cfg.grid.random_draws, cb.random_draws if c is not None else 0):
+        for d in range(cfg.grid.random_draws, random_draws if c is not None else 0):
             evaluated[arm_id(replace(c, draw=d))] = (replace(c, draw=d), test_keys)
     specs_by_id = {k: v[0] for k, v in evaluated.items()}
     records = [r for spec, keys in evaluated.values() for r in spec_records(plan, store, spec, keys)]
-    bounds = compute_bounds(records, ecfg, dm.valid_range)
+    bounds = compute_bounds(records, ecfg, valid_range)
     rows = variation_rows(records, bounds, ecfg)
     for r in rows:
         r.update(specs_by_id[r["arm"]].labels())
@@ -101,10 +108,10 @@ def write_results(out: Path, plan, store, eval_keys, table: Sequence[Mapping], c
     artifacts.write_csv(out / "grid.csv", grid_rows, GRID_COLUMNS)
 
     final = [ArmSpec()] + [c for c in chosen.values() if c is not None]
-    ctrl_specs = [replace(c, draw=d) for c in final[1:] for d in range(cb.random_draws)]
+    ctrl_specs = [replace(c, draw=d) for c in final[1:] for d in range(random_draws)]
     test_records = [r for r in records if r["split"] == "test" and r["arm"] in {arm_id(s) for s in [*final, *ctrl_specs]}]
     test_rows = [r for r in rows if r["split"] == "test" and r["arm"] in {arm_id(s) for s in [*final, *ctrl_specs]}]
-    controls = {arm_id(c): [arm_id(replace(c, draw=d)) for d in range(cb.random_draws)] for c in final[1:]}
+    controls = {arm_id(c): [arm_id(replace(c, draw=d)) for d in range(random_draws)] for c in final[1:]}
     units_total = _units_total(plan, next(iter(plan.score_keys)))
     summary = summarize_split(test_records, bounds, test_rows, ecfg, "test", units_total, controls, min_pruned=cfg.grid.min_pruned)
     results = [r | specs_by_id[r["arm"]].labels() for r in summary.rows]

@@ -1,0 +1,1 @@
+"""Helpers the benchmarks share: model construction, timing, reports, two-sample checks, the old decoder."""
