@@ -6,7 +6,8 @@
 Two source trees are installed, without dependencies, into directories under ``--out`` (``pip install --no-deps
 --target``), so that both run with this environment's packages and neither with the other's code: ``before``,
 the git revision ``--before`` (``git archive``; default eaf2c35, the commit these measurements started from),
-and ``after``, this checkout's working tree as it is. Each run is a fresh ``python -m biasprune fit --config
+and ``after``, this checkout's working tree as it is, or the revision ``--after`` (a commit, or the tree id that
+``git merge-tree --write-tree A B`` prints for a merge not yet made). Each run is a fresh ``python -m biasprune fit --config
 configs/quickstart.yaml`` process (extra flags after ``--``) whose run directory lies under ``--out``; the runs
 alternate (before, after, then after, before, ...) so that a burst of load from other processes on a shared
 machine does not fall on one tree only. The converted model must already be in the cache (``BIASPRUNE_CACHE``).
@@ -52,7 +53,7 @@ def install(src: Path, target: Path, log: Path) -> None:
 
 
 def export(revision: str, dest: Path) -> str:
-    """The tree of ``revision`` (``git archive``) in ``dest``; its full commit hash."""
+    """The tree of ``revision`` (``git archive``) in ``dest``; its full commit (or tree) hash."""
     commit = subprocess.run(["git", "rev-parse", revision], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
     data = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(data)) as tar:
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the installs, run directories, logs and quickstart.json")
     parser.add_argument("--before", default="eaf2c35", help="git revision of the 'before' tree (default: eaf2c35)")
+    parser.add_argument("--after", default=None,
+                        help="git revision (or tree id) of the 'after' tree (default: this checkout's working tree as it is)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each tree (alternating; default 1)")
     parser.add_argument("--config", default="configs/quickstart.yaml", help="the job's config, relative to each tree")
     parser.add_argument("--threads", type=int, default=0,
@@ -131,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         for tree in ("before", "after"):
             src = Path(tmp) / tree
             src.mkdir()
-            revision = export(args.before, src) if tree == "before" else working_tree(src)
+            if tree == "before" or args.after:
+                revision = export(args.before if tree == "before" else args.after, src)
+            else:
+                revision = working_tree(src)
             site = out / f"site-{tree}"
             install(src, site, out / "install.log")
             trees[tree] = {"src": src, "site": site, "revision": revision}
