@@ -71,8 +71,8 @@ def two_nodes(launcher: str, args: list[str], cwd: Path = ROOT) -> None:
             for q in procs:
                 q.kill()
             raise
-    for node, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"node {node} exited with {p.returncode}:\n{out[-4000:]}"
+    logs = "".join(f"\n--- node {node} (exit {p.returncode}):\n{out[-3000:]}" for node, (p, out) in enumerate(zip(procs, outputs)))
+    assert all(p.returncode == 0 for p in procs), logs
 
 
 def run_dir(save_dir: Path) -> Path:
