@@ -43,7 +43,7 @@ if [ "$tiny" = 1 ]; then
   base="$work/tiny-model"
   [ -f "$base/config.json" ] || python3 -m benchmarks.helpers.tiny_model "$base"
   args=(--base "$base" --plants "${PLANTS:-base}" --methods "${METHODS:-wanda:relative_difference,atp:target,causal:target}"
-        --budgets "${BUDGETS:-1%}" --head-budgets "${HEAD_BUDGETS:-2}" --samples 1 --random-draws 1 --accelerator cpu
+        --budgets "${BUDGETS:-3%}" --head-budgets "${HEAD_BUDGETS:-2}" --samples 1 --random-draws 1 --accelerator cpu
         --data.scoring "[purchase/car]" --data.evaluation "[purchase/car]" --data.batch_size 8 --data.eval_batch_size 16
         --model.targets.max_new_tokens 4 --model.generation.max_new_tokens 4
         --model.evaluation.bootstrap_samples 50 --model.evaluation.permutation_samples 50)
@@ -82,7 +82,7 @@ if [ "${STUDIES:-0}" = 1 ]; then
     study=(--config "configs/study_$plant.yaml" --study.output "$work/study_$plant" --trainer.logger.init_args.save_dir "$work/runs")
     if [ "$tiny" = 1 ]; then
       study+=(--model.model_name_or_path "$base" --trainer.accelerator cpu --data.evaluation "[purchase/car]"
-              --study.within_variations "[car, bicycle]" --study.contexts "[finance]" --study.grid.budget '["1%"]'
+              --study.within_variations "[car, bicycle]" --study.contexts "[finance]" --study.grid.budget '["3%"]'
               --study.grid.head_budget "[2]" --model.generation.samples 1 --model.generation.max_new_tokens 4
               --model.targets.max_new_tokens 4 --model.evaluation.bootstrap_samples 50 --model.evaluation.permutation_samples 50)
     fi
