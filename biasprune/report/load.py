@@ -31,7 +31,7 @@ from biasprune.core.artifacts import sha256_file
 from biasprune.core.errors import ConfigError
 
 __all__ = ["ReportError", "RunArtifacts", "check_files", "iter_answers", "layer_and_kind", "load_run", "num", "read_masks",
-           "run_state", "text"]
+           "read_table", "run_state", "text"]
 
 KINDS = ("fit", "validate", "study")
 REQUIRED = {"fit": ("manifest.json", "metrics.csv"), "validate": ("manifest.json", "metrics.csv"),
@@ -80,6 +80,11 @@ def _csv(path: Path) -> list[dict[str, str]]:
             return [dict(r) for r in csv.DictReader(fh)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ReportError(f"{path}: cannot read the table ({err})") from err
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV artifact of the run, by column name (a :class:`ReportError` when unreadable)."""
+    return _csv(path)
 
 
 def _json(path: Path) -> object:
