@@ -8,6 +8,10 @@ each batch, i.e. the unpruned model, the pruned model, and ``random_draws`` rand
 number of units per module (neurons) and in total (heads) (docs/method.md, "Answers, arms and metrics"), or the
 plan given to :meth:`PruningCallback.configure_evaluation` (the study's). It needs only the
 :class:`biasprune.pruning.arms.PrunableModule` members of the module.
+
+With ``method="direction"`` the arm under test is not a mask but an affine edit of the residual stream at
+``direction_layers``, estimated from the run's ``direction`` sums (docs/method.md, "Directions"): it is written to
+``direction.safetensors`` and evaluated beside ``random_draws`` random-direction controls of the same size.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from biasprune.core.checks import check_choice, check_fraction, check_positive
 from biasprune.pipeline.resume import check_fingerprint
 from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan, PrunableModule, pruned_counts
+from biasprune.pruning.direction import (
+    DirectionEdit,
+    estimate_direction,
+    load_direction,
+    parse_layers,
+    random_direction,
+)
 from biasprune.pruning.factory import MaskFactory, MaskSettings
 from biasprune.pruning.masks import MaskError, load_masks, save_masks, validate_masks
 from biasprune.pruning.rules import SCOPES, RuleSettings, SelectionRule, parse_budget, rule_name
@@ -34,6 +45,7 @@ from biasprune.scoring.scorefile import read_scores, read_scores_meta
 __all__ = ["PruningCallback"]
 
 UNITS = ("neurons", "heads", "both")
+METHODS = ("masks", "direction")
 
 
 class PruningCallback(Callback):
@@ -64,6 +76,12 @@ class PruningCallback(Callback):
         masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores.
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
         log_histograms: log score histograms per unit kind and group to TensorBoard.
+        method: ``masks`` (prune units: the arm under test is a keep-mask set) or ``direction`` (the arm under test
+            is the difference-of-means edit of the residual stream, estimated from ``model.objective=direction`` or
+            ``direction_name`` sums, with random-direction controls; docs/method.md, "Directions").
+        direction_layers: ``method=direction``: the decoder layers edited: ``early`` (the first quarter), ``all``,
+            one index (``2``), a range (``0-7``) or a list (``1,4``).
+        direction_file: ``method=direction``: evaluate this ``direction.safetensors`` instead of estimating one.
     """
 
     def __init__(
@@ -84,7 +102,16 @@ class PruningCallback(Callback):
         masks_file: str = "",
         export_dir: str = "",
         log_histograms: bool = True,
+        method: Literal["masks", "direction"] = "masks",
+        direction_layers: str = "early",
+        direction_file: str = "",
     ) -> None:
+        check_choice("pruning.method", method, METHODS)
+        parse_layers(direction_layers, 10**6)  # refuse a malformed choice now; the range is checked on the model
+        self.method, self.direction_layers, self.direction_file = method, direction_layers, direction_file
+        self.direction: DirectionEdit | None = load_direction(direction_file) if direction_file else None
+        if direction_file and method != "direction":
+            raise ValueError(f"pruning.direction_file={direction_file!r} needs pruning.method=direction (got {method!r})")
         check_choice("pruning.units", units, UNITS)
         check_choice("pruning.scope", scope, SCOPES)
         check_choice("pruning.head_scope", head_scope, SCOPES)
@@ -129,6 +156,7 @@ class PruningCallback(Callback):
             "head_p": self.head_p, "head_q": self.head_q, "head_budget": self.head_budget, "head_scope": self.head_scope,
             "floor_quantile": self.floor_quantile,
             "random_draws": self.random_draws, "random_seed": self.random_seed, "masks_file": self.masks_file,
+            "method": self.method, "direction_layers": self.direction_layers, "direction_file": self.direction_file,
         }
 
     # ------------------------------------------------------------------------------------ selection
@@ -155,6 +183,14 @@ class PruningCallback(Callback):
             arms += [Arm(f"random/{d}", "random", m, draw=d) for d, m in enumerate(self.random_controls(masks))]
         return arms
 
+    def direction_arms(self, edit: DirectionEdit, baseline: bool = True) -> list[Arm]:
+        """The unpruned model, the direction edit and ``random_draws`` random-direction controls of the same size
+        (seeded like the random masks)."""
+        arms = [UNPRUNED] if baseline else []
+        arms.append(Arm("pruned", "pruned", edit=edit))
+        return arms + [Arm(f"random/{d}", "random", edit=random_direction(edit, self.factory.control_seed(d)), draw=d)
+                       for d in range(self.random_draws)]
+
     def arms_for(self, split: str, scenario: str, variation: str) -> Sequence[Arm]:
         return self._arms
 
@@ -167,6 +203,9 @@ class PruningCallback(Callback):
             check_fingerprint(state_dict["settings"], {k: str(v) for k, v in self.settings().items()}, "the checkpoint (pruning settings)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
+        objective = getattr(getattr(pl_module, "objective", None), "name", "")
+        if self.method == "direction" and not self.direction_file and not objective.startswith("direction"):
+            raise ValueError(f"pruning.method=direction needs model.objective=direction or direction_name (got {objective!r})")
         if self.loaded is not None:
             validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
 
@@ -176,9 +215,41 @@ class PruningCallback(Callback):
         if self._plan is not None:
             pl_module.configure_evaluation(self._plan)
             return
+        if self.method == "direction":
+            edit = self._resolve_direction(trainer, pl_module)
+            self._arms = self.direction_arms(edit, pl_module.evaluation.baseline) if edit is not None else [UNPRUNED]
+            pl_module.configure_evaluation(EvaluationPlan(self))
+            return
         self.masks = self._resolve(trainer, pl_module)
         self._arms = self.arms_from(self.masks, baseline=pl_module.evaluation.baseline)
         pl_module.configure_evaluation(EvaluationPlan(self))
+
+    def _resolve_direction(self, trainer: L.Trainer, pl_module: PrunableModule) -> DirectionEdit | None:
+        """The direction under test: ``direction_file``'s, or estimated from this run's sums and written to
+        ``direction.safetensors`` (and beside the exported model); None when nothing was scored."""
+        n_layers = len(pl_module.layout.heads)
+        if self.direction is not None:
+            parse_layers(list(self.direction.layers), n_layers, flag=f"pruning.direction_file={self.direction_file!r}")
+            return self.direction
+        per_variation = pl_module.final_scores()
+        stored = Path(pl_module.run_dir) / "scores_by_variation.safetensors"
+        if per_variation is None and stored.is_file():
+            per_variation, _ = read_scores(stored)
+        if per_variation is None:
+            return None
+        ref, tgt = trainer.datamodule.groups
+        layers = parse_layers(self.direction_layers, n_layers)
+        meta = {k: str(v) for k, v in self.settings().items()} | {"scoring": ",".join(per_variation),
+                                                                 "model": str(getattr(pl_module, "hparams", {}).get("model_name_or_path", ""))}
+        edit = estimate_direction(sum_scores(per_variation), (ref, tgt), layers, meta)
+        if trainer.global_rank == 0:
+            edit.save(Path(pl_module.run_dir) / "direction.safetensors")
+            if self.export_dir:
+                pl_module.export_pruned(self.export_dir, {}, meta)
+                edit.save(Path(self.export_dir) / "direction.safetensors")
+            rank_zero_info(f"direction edit at layer(s) {list(layers)}; in {Path(pl_module.run_dir) / 'direction.safetensors'}")
+        self.direction = edit
+        return edit
 
     def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
         if self.loaded is not None:

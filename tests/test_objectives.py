@@ -38,10 +38,10 @@ def setup():
 
 # ----------------------------------------------------------------------------------------- registry
 def test_the_registry_holds_the_two_objectives_and_names_bad_ones():
-    assert list(OBJECTIVES) == ["nll", "contrastive"] and DEFAULT_OBJECTIVE == "nll"
+    assert list(OBJECTIVES) == ["nll", "contrastive", "direction", "direction_name"] and DEFAULT_OBJECTIVE == "nll"
     assert all(isinstance(o, Objective) and o.name == k for k, o in OBJECTIVES.items())
     assert get_objective() is OBJECTIVES["nll"] and get_objective("contrastive") is OBJECTIVES["contrastive"]
-    with pytest.raises(ValueError, match=r"model\.objective='wanda' is not valid; valid choices: \['nll', 'contrastive'\]"):
+    with pytest.raises(ValueError, match=r"model\.objective='wanda' is not valid; valid choices: \['nll', 'contrastive', 'direction', 'direction_name'\]"):
         get_objective("wanda")
     with pytest.raises(TypeError, match="object does not implement the Objective protocol"):
         get_objective(object())

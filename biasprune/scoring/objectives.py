@@ -6,7 +6,10 @@ An objective is one implementation of :class:`Objective` over the one capture he
 * ``nll`` (:class:`~biasprune.scoring.gradxact.NLLObjective`): |a · ∂L_e/∂a| of each group's own prompts, the
   paper's gradient x activation (docs/method.md, "Scores");
 * ``contrastive`` (:class:`~biasprune.scoring.contrastive.ContrastiveObjective`): attribution patching on
-  name-swapped pairs (docs/method.md, "Contrastive attribution").
+  name-swapped pairs (docs/method.md, "Contrastive attribution");
+* ``direction`` and ``direction_name`` (:class:`~biasprune.scoring.direction.DirectionObjective`): per-layer
+  residual-stream sums per group over the prompt's tokens but the first, or the name's tokens (forward only;
+  docs/method.md, "Directions").
 
 The module, the data module and the pruning callback use only this protocol, never an objective's name. A scorer
 consumes a batch and returns, per unit-group key, one row per example; the accumulator adds the rows into
@@ -28,6 +31,7 @@ from biasprune.core.checks import check_choice
 from biasprune.models.architectures import UnitLayout
 from biasprune.scoring.capture import BatchScores
 from biasprune.scoring.contrastive import ContrastiveObjective
+from biasprune.scoring.direction import DirectionObjective
 from biasprune.scoring.gradxact import NLLObjective
 
 __all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "Objective", "SelectionInputs", "get_objective", "selection_inputs"]
@@ -79,7 +83,9 @@ class Objective(Protocol):
 
 
 #: The registered objectives; the first is the default.
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (NLLObjective(), ContrastiveObjective())}
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o for o in (NLLObjective(), ContrastiveObjective(), DirectionObjective("prompt"), DirectionObjective("name"))
+}
 DEFAULT_OBJECTIVE = next(iter(OBJECTIVES))
 
 

@@ -42,6 +42,7 @@ METRIC_COLUMNS = (
     "split", "phase", "arm", "draw", "scenario", "variation", "smd", "abs_smd", "smd_ci_low", "smd_ci_high",
     "p_value", "inlier_ratio", "parse_rate", "n_ref", "n_target", "n_names_ref", "n_names_target", "mean_ref",
     "mean_target", "lower", "upper", "bounds_degenerate", "n_answers", "pruned_neurons", "pruned_heads",
+    "edited_layers",
 )
 
 
@@ -202,6 +203,7 @@ def variation_rows(
                 "lower": float(b[0]), "upper": float(b[1]), "bounds_degenerate": _degenerate(b),
                 "n_answers": int(values.size), "smd_ci_low": math.nan, "smd_ci_high": math.nan, "p_value": math.nan,
                 "pruned_neurons": recs[0].get("pruned_neurons", 0), "pruned_heads": recs[0].get("pruned_heads", 0),
+                "edited_layers": recs[0].get("edited_layers", 0),
             }
             if config.bootstrap_samples and not math.isnan(smd):
                 row["smd_ci_low"], row["smd_ci_high"] = bootstrap_smd_ci(v, g, n, n_boot=config.bootstrap_samples, seed=config.seed)

@@ -91,7 +91,8 @@ def summarize_split(records: Sequence[Mapping], bounds: Mapping, rows: Sequence[
     out, claims = [], []
     for a, ans in zip(arms, answers):
         ar = [r for r in split_rows if r["arm"] == a]
-        n_pruned = min((r["pruned_neurons"] + r["pruned_heads"] for r in ar), default=0)
+        # a direction arm changes its edited layers instead of pruning units (docs/method.md, "Directions")
+        n_pruned = min((r["pruned_neurons"] + r["pruned_heads"] + r.get("edited_layers", 0) for r in ar), default=0)
         row = {c: math.nan for c in SUMMARY_COLUMNS} | {"ci_method": "", "ci_note": ""}
         row |= {
             "split": split, "arm": a, "phase": phase[a], "n_variations": len(ar), "n_undefined": sum(math.isnan(r["smd"]) for r in ar),
