@@ -1,0 +1,226 @@
+"""The cross-context transfer matrix: source scenario (where a mask or a direction is estimated) x target scenario
+(where it is answered), on test names (docs/method.md, "Transfer matrix").
+
+One ``Trainer.fit`` scores every variation of the source scenarios once (per-variation sums, as the study does);
+each source's arm is made from the sum of its variations' sums: masks by the pruning callback's rule and budget
+(``--pruning.method masks``), or the difference-of-means edit (``--pruning.method direction``, with
+``--model.objective direction``). One ``Trainer.validate`` answers every target variation on test names with the
+unpruned model, each source's arm and its random controls (masks pruning as many units, or random directions of the
+same size), seeded by the callback's seed rule with the source in the arm's name.
+
+Each cell (source s, target t) is the run's own verdict machinery on the answers to t's variations with the arms of
+s only: the unpruned model, s's arm renamed ``pruned`` and its controls renamed ``random/<d>``
+(:func:`biasprune.stats.summary.summarize_split`). The cell holds the cut in mean |SMD| (unpruned minus arm, the
+deciding measure) with its paired name-bootstrap interval, the arm's inlier and parse ratios over the unpruned
+model's, and the claim's verdict, read as "transfers" (holds), "does not" (does not hold), "cannot tell"
+(inconclusive) or "breaks answers". The diagonal is prompt-specific (the arm answers the scenario it was estimated
+on, on other names); the off-diagonal is cross-context. A row's verdict reads its off-diagonal cells: "transfers"
+when every one holds, "does not" when none holds and at least one does not hold, "cannot tell" otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+
+from biasprune.callbacks.pruning import PruningCallback
+from biasprune.core import artifacts
+from biasprune.core.distributed import barrier
+from biasprune.data.scenarios import variation_key
+from biasprune.datamodules.audit import AuditDataModule, PromptSelection
+from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan
+from biasprune.pruning.direction import estimate_direction, parse_layers, random_direction
+from biasprune.report import plots
+from biasprune.scoring.accumulate import sum_scores
+from biasprune.scoring.objectives import selection_inputs
+from biasprune.scoring.scorefile import read_scores, read_scores_meta
+from biasprune.stats.intervals import arm_interval, difference_interval
+from biasprune.stats.rows import EvaluationConfig, compute_bounds, variation_rows
+from biasprune.stats.summary import summarize_split
+
+__all__ = ["CELL_VERDICTS", "TRANSFER_COLUMNS", "TransferArms", "row_verdicts", "run_transfer", "transfer_cells", "write_transfer"]
+
+CELL_VERDICTS = {"holds": "transfers", "does not hold": "does not", "inconclusive": "cannot tell", "breaks answers": "breaks answers"}
+TRANSFER_COLUMNS = (
+    "method", "source", "target", "cell", "cut", "cut_ci_low", "cut_ci_high", "unpruned_mean_abs_smd", "arm_mean_abs_smd",
+    "inlier_ratio", "parse_rate", "inlier_vs_unpruned", "parse_vs_unpruned", "n_variations", "verdict", "claim", "sentence",
+)
+
+
+@dataclass(frozen=True)
+class TransferArms:
+    """The arms of the transfer stage: the same for every (split, variation)."""
+
+    arms: tuple[Arm, ...]
+
+    def arms_for(self, split: str, scenario: str, variation: str) -> Sequence[Arm]:
+        return self.arms
+
+
+def _source_of(arm: str, sources: Sequence[str]) -> tuple[str, str] | None:
+    """(source, the arm's name within its source: ``pruned`` or ``random/<d>``), or None for another arm."""
+    for s in sources:
+        if arm == s:
+            return s, "pruned"
+        if arm.startswith(f"{s}/random/"):
+            return s, arm[len(s) + 1 :]
+    return None
+
+
+def transfer_cells(records: Sequence[Mapping], bounds: Mapping, config: EvaluationConfig, units_total: Mapping[str, int],
+                   sources: Sequence[str], targets: Sequence[str], method: str, split: str = "test") -> list[dict]:
+    """One row of :data:`TRANSFER_COLUMNS` per (source, target), from the answers of one transfer stage."""
+    cells = []
+    for s in sources:
+        for t in targets:
+            sub = []
+            for r in records:
+                if r["split"] != split or r["scenario"] != t:
+                    continue
+                if r["arm"] == UNPRUNED.name:
+                    sub.append(r)
+                elif (found := _source_of(r["arm"], sources)) is not None and found[0] == s:
+                    sub.append(dict(r, arm=found[1]))
+            cell = {"method": method, "source": s, "target": t, "cell": "prompt-specific" if s == t else "cross-context"}
+            if not sub:
+                cells.append({c: cell.get(c, math.nan) for c in TRANSFER_COLUMNS} | {"verdict": "cannot tell", "claim": "",
+                                                                                      "sentence": f"no answers to {t} on {split} names"})
+                continue
+            rows = variation_rows(sub, bounds, config)
+            summary = summarize_split(sub, bounds, rows, config, split, units_total)
+            by_arm = {r["arm"]: r for r in summary.rows}
+            base, arm = by_arm.get(UNPRUNED.name, {}), by_arm.get("pruned", {})
+            claim = next((c for c in summary.claims if c.claim.endswith("(pruned)")), None)
+            cut = difference_interval(summary.boot, UNPRUNED.name, "pruned") if summary.boot is not None else None
+
+            cell |= {
+                "cut": cut.estimate if cut else math.nan, "cut_ci_low": cut.low if cut else math.nan,
+                "cut_ci_high": cut.high if cut else math.nan,
+                "unpruned_mean_abs_smd": _arm_mean(summary, UNPRUNED.name), "arm_mean_abs_smd": _arm_mean(summary, "pruned"),
+                "inlier_ratio": arm.get("inlier_ratio", math.nan), "parse_rate": arm.get("parse_rate", math.nan),
+                "inlier_vs_unpruned": _ratio(arm, base, "inlier_ratio"), "parse_vs_unpruned": _ratio(arm, base, "parse_rate"),
+                "n_variations": arm.get("n_variations", 0),
+                "verdict": CELL_VERDICTS.get(claim.verdict, "cannot tell") if claim else "cannot tell",
+                "claim": claim.verdict if claim else "", "sentence": claim.sentence if claim else "no claim (no bootstrap)",
+            }
+            cells.append(cell)
+    return cells
+
+
+def _ratio(arm: Mapping, base: Mapping, key: str) -> float:
+    a, b = float(arm.get(key, math.nan)), float(base.get(key, math.nan))
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def _arm_mean(summary, arm: str) -> float:
+    return arm_interval(summary.boot, arm).estimate if summary.boot is not None else math.nan
+
+
+def row_verdicts(cells: Sequence[Mapping]) -> dict[str, str]:
+    """Per source: "transfers" (every off-diagonal cell holds), "does not" (none holds, one does not hold), or
+    "cannot tell"."""
+    out = {}
+    for s in dict.fromkeys(c["source"] for c in cells):
+        off = [c["verdict"] for c in cells if c["source"] == s and c["target"] != s]
+        if off and all(v == "transfers" for v in off):
+            out[s] = "transfers"
+        elif off and "transfers" not in off and "does not" in off:
+            out[s] = "does not"
+        else:
+            out[s] = "cannot tell"
+    return out
+
+
+def write_transfer(out: str | Path, cells: Sequence[Mapping], method: str, experiment=None) -> dict[str, str]:
+    """``transfer_<method>.csv``, ``transfer_<method>.png`` (heatmap of the cuts, verdicts in the cells) and the same
+    figure in TensorBoard when ``experiment`` (a SummaryWriter) is given; returns the row verdicts."""
+    out = Path(out)
+    verdicts = row_verdicts(cells)
+    artifacts.write_csv(out / f"transfer_{method}.csv", [dict(c) for c in cells], TRANSFER_COLUMNS)
+    sources = list(dict.fromkeys(c["source"] for c in cells))
+    targets = list(dict.fromkeys(c["target"] for c in cells))
+    cut = np.full((len(sources), len(targets)), np.nan)
+    text = [["" for _ in targets] for _ in sources]
+    for c in cells:
+        i, j = sources.index(c["source"]), targets.index(c["target"])
+        cut[i, j] = c["cut"]
+        text[i][j] = f"{c['cut']:.2f}\n[{c['cut_ci_low']:.2f}, {c['cut_ci_high']:.2f}]\n{c['verdict']}"
+    fig = plots.transfer_heatmap([f"{s} ({verdicts[s]})" for s in sources], targets, cut, text,
+                                 f"Cut in mean |SMD| by source x target ({method}, test names)")
+    plots.save(fig, out / f"transfer_{method}.png")
+    if experiment is not None and hasattr(experiment, "add_figure"):
+        experiment.add_figure(f"transfer/{method}", fig, global_step=0)
+    artifacts.write_json(out / f"transfer_{method}_rows.json", verdicts)
+    return verdicts
+
+
+def _seed(cb: PruningCallback, source: str, draw: int) -> int:
+    """A random direction's seed: the callback's seed of ``draw`` mixed with the source (sources never share one)."""
+    return cb.factory.control_seed(draw) ^ zlib.crc32(source.encode())
+
+
+def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation, sources: Sequence[str], meta: Mapping) -> list[Arm]:
+    groups = tuple(dm.groups)
+    arms: list[Arm] = [UNPRUNED] if module.evaluation.baseline else []
+    for s in sources:
+        mine = [v for v in per_variation if v.split("/", 1)[0] == s]
+        scores = sum_scores(per_variation, mine)
+        labels = {"source": s}
+        if cb.method == "direction":
+            layers = parse_layers(cb.direction_layers, len(module.layout.heads))
+            edit = estimate_direction(scores, groups, layers, {"scoring": ",".join(mine), "source": s})
+            arms.append(Arm(s, "pruned", edit=edit, labels=labels))
+            arms += [Arm(f"{s}/random/{d}", "random", edit=random_direction(edit, _seed(cb, s, d)), draw=d, labels=labels)
+                     for d in range(cb.random_draws)]
+        else:
+            n = {g: sum(int(meta.get(v, {}).get(g, 0)) for v in mine) for g in groups}
+            masks = cb.select(*selection_inputs(scores, groups, cb.factory.rule_name, n))
+            arms.append(Arm(s, "pruned", masks, labels=labels))
+            arms += [Arm(f"{s}/random/{d}", "random", m, draw=d, labels=labels) for d, m in enumerate(cb.random_controls(masks))]
+    return arms
+
+
+def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sources: Sequence[str] | None = None) -> dict:
+    """Score the sources' variations, answer every target variation on test names with each source's arm, and
+    write the matrix into ``output`` (rank 0). ``sources``: scenarios (default: those of ``--data.evaluation``);
+    the trainer's pruning callback gives the method, the rule, the budgets and the random draws."""
+    found = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
+    if not found:
+        raise ValueError("the transfer matrix needs the pruning callback (--pruning.method, rule, budgets, random_draws)")
+    cb, out = found[0], Path(output)
+    eval_rows = dm.rows(PromptSelection(dm.selection.scoring, ("test",)))[1]
+    targets = list(dict.fromkeys(r["scenario"] for r in eval_rows))
+    sources = list(sources or targets)
+    scoring = tuple(variation_key(name, v.id) for name in sources for v in dm.scenarios[name].variations)
+    selection = PromptSelection(scoring, ("test",))
+    dm.configure_prompts(selection)
+    trainer.fit(module, datamodule=dm)
+    run_dir = Path(trainer.log_dir)
+    per_variation, _ = read_scores(run_dir / "scores_by_variation.safetensors")
+    n_by_var = read_scores_meta(run_dir / "scores_by_variation.safetensors").get("n_examples_by_variation", {})
+    arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var)
+    cb.configure_evaluation(EvaluationPlan(TransferArms(tuple(arms)), write_results=False))
+    try:
+        trainer.validate(module, datamodule=dm)
+    finally:
+        cb.configure_evaluation(None)
+    result: dict = {}
+    if trainer.global_rank == 0:
+        records = module.evaluation_records
+        bounds = compute_bounds(records, module.evaluation, dm.valid_range)
+        units_total = {k: sum(n for key, n in module.layout.sizes().items() if key.startswith(k + "/")) for k in ("neuron", "head")}
+        cells = transfer_cells(records, bounds, module.evaluation, units_total, sources, targets, cb.method)
+        experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_figure")), None)
+        verdicts = write_transfer(out, cells, cb.method, experiment)
+        for s, v in verdicts.items():
+            rank_zero_info(f"transfer ({cb.method}) from {s}: {v}")
+        result = {"cells": cells, "rows": verdicts}
+    barrier()
+    return result
+

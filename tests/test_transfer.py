@@ -1,0 +1,71 @@
+"""The cross-context transfer matrix: row verdicts on constructed cells, and the study's transfer stage end to end on a
+tiny model (both methods' arms answered beside their random controls, the CSV, the heatmap and the row verdicts)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from biasprune.answers.answering import TargetConfig
+from biasprune.answers.generation import GenerationConfig
+from biasprune.callbacks import PruningCallback
+from biasprune.datamodules import AuditDataModule
+from biasprune.pipeline.module import BiasPruneModule
+from biasprune.stats.rows import EvaluationConfig
+from biasprune.study.config import StudyConfig
+from biasprune.study.trainer import BiasPruneTrainer
+from biasprune.study.transfer import CELL_VERDICTS, TRANSFER_COLUMNS, row_verdicts
+
+
+def cells(verdicts):
+    return [{"source": s, "target": t, "verdict": v} for (s, t), v in verdicts.items()]
+
+
+def test_row_verdicts_read_the_off_diagonal_cells():
+    got = row_verdicts(cells({
+        ("a", "a"): "does not", ("a", "b"): "transfers", ("a", "c"): "transfers",      # the diagonal does not count
+        ("b", "a"): "does not", ("b", "b"): "transfers", ("b", "c"): "cannot tell",    # none holds, one does not
+        ("c", "a"): "transfers", ("c", "b"): "cannot tell", ("c", "c"): "transfers",   # mixed
+    }))
+    assert got == {"a": "transfers", "b": "does not", "c": "cannot tell"}
+    assert set(CELL_VERDICTS.values()) == {"transfers", "does not", "cannot tell", "breaks answers"}
+
+
+def names_file(tmp_path, n=16):
+    path = tmp_path / "names.csv"
+    path.write_text("name,group,gender\n" + "".join(
+        f"Person{i} {'Becker' if i % 2 else 'Washington'},{'white' if i % 2 else 'black'},{'man' if i % 4 < 2 else 'woman'}\n"
+        for i in range(n)))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["direction", "masks"])
+def test_the_study_writes_the_transfer_matrix(tiny_model_dir, tmp_path, method):
+    module = BiasPruneModule(tiny_model_dir, dtype="float64", objective="direction" if method == "direction" else "nll",
+                             targets=TargetConfig(max_new_tokens=3), generation=GenerationConfig(samples=2, max_new_tokens=4),
+                             evaluation=EvaluationConfig(bootstrap_samples=30, permutation_samples=30))
+    dm = AuditDataModule(scoring=["chess"], evaluation=["chess", "finance/investments_in_stocks"], tokenizer=tiny_model_dir,
+                         names=names_file(tmp_path), batch_size=4, eval_batch_size=8)
+    cb = PruningCallback(method=method, direction_layers="0", random_draws=2, budget=4, head_budget=1)
+    trainer = BiasPruneTrainer(max_epochs=1, accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path, name="t"),
+                               callbacks=[cb], enable_progress_bar=False, enable_model_summary=False)
+    out = tmp_path / "study"
+    result = trainer.study(module, dm, StudyConfig(output=str(out), transfer=True))
+    rows = list(csv.DictReader(open(out / f"transfer_{method}.csv")))
+    assert tuple(rows[0]) == TRANSFER_COLUMNS
+    assert [(r["source"], r["target"]) for r in rows] == [("chess", "chess"), ("chess", "finance"), ("finance", "chess"), ("finance", "finance")]
+    assert [r["cell"] for r in rows] == ["prompt-specific", "cross-context", "cross-context", "prompt-specific"]
+    for r in rows:
+        assert r["verdict"] in CELL_VERDICTS.values() and r["method"] == method
+        cut, base, arm = float(r["cut"]), float(r["unpruned_mean_abs_smd"]), float(r["arm_mean_abs_smd"])
+        if not math.isnan(cut):
+            assert cut == pytest.approx(base - arm, abs=1e-9)
+    assert result["rows"] == row_verdicts(result["cells"])
+    assert (out / f"transfer_{method}.png").stat().st_size > 0
+    arms = {json.loads(line)["arm"] for line in open(Path(trainer.log_dir) / "answers.jsonl")}
+    assert arms == {"unpruned", "chess", "chess/random/0", "chess/random/1", "finance", "finance/random/0", "finance/random/1"}
