@@ -1,7 +1,8 @@
 """The cross-context transfer matrix: source scenario (where a mask or a direction is estimated) x target scenario
 (where it is answered), on test names (docs/method.md, "Transfer matrix").
 
-One ``Trainer.fit`` scores every variation of the source scenarios once (per-variation sums, as the study does);
+One ``Trainer.fit`` scores the source scenarios' evaluated variations (all of a source's variations when none of
+them is evaluated) once, on scoring names (per-variation sums, as the study does);
 each source's arm is made from the sum of its variations' sums: masks by the pruning callback's rule and budget
 (``--pruning.method masks``), or the difference-of-means edit (``--pruning.method direction``, with
 ``--model.objective direction``). One ``Trainer.validate`` answers every target variation on test names with the
@@ -195,9 +196,13 @@ def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sourc
         raise ValueError("the transfer matrix needs the pruning callback (--pruning.method, rule, budgets, random_draws)")
     cb, out = found[0], Path(output)
     eval_rows = dm.rows(PromptSelection(dm.selection.scoring, ("test",)))[1]
-    targets = list(dict.fromkeys(r["scenario"] for r in eval_rows))
+    evaluated = list(dict.fromkeys(variation_key(r["scenario"], r["variation"]) for r in eval_rows))
+    targets = list(dict.fromkeys(v.split("/", 1)[0] for v in evaluated))
     sources = list(sources or targets)
-    scoring = tuple(variation_key(name, v.id) for name in sources for v in dm.scenarios[name].variations)
+    # a source's arm comes from its evaluated variations (scoring names), or from all its variations when none is
+    # evaluated: the diagonal is then prompt-specific (the same prompts with other names)
+    scoring = tuple(v for s in sources for v in ([w for w in evaluated if w.split("/", 1)[0] == s]
+                                                  or [variation_key(s, x.id) for x in dm.scenarios[s].variations]))
     selection = PromptSelection(scoring, ("test",))
     dm.configure_prompts(selection)
     trainer.fit(module, datamodule=dm)
