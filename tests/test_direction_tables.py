@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from benchmarks.analysis.direction_tables import BEGIN, END, load_runs, render, write_between_markers
-from biasprune.study.transfer import write_transfer
+from biasprune.core.artifacts import write_csv
+from biasprune.study.transfer import LAYER_COLUMNS, choose_layers, write_transfer
 
 SCEN = ("purchase", "finance", "activity", "service")
 
@@ -21,6 +22,11 @@ def archive(root, label, method, verdict_off, cut_off):
               "verdict": "transfers" if s == t else verdict_off, "claim": "", "sentence": ""}
              for s in SCEN for t in SCEN]
     write_transfer(d, cells, method)
+    if method == "direction":
+        _, table = choose_layers([{"source": "purchase", "candidate": c, "cut": 0.5, "arm_mean_abs_smd": a, "random_mean_abs_smd": 0.9,
+                                   "inlier_vs_unpruned": 1.0, "parse_vs_unpruned": 1.0, "verdict": "transfers"}
+                                  for c, a in (("2", 0.3), ("early", 0.2))], 30)
+        write_csv(d / "transfer_direction_layers.csv", table, LAYER_COLUMNS)
     (d / "settings.json").write_text(json.dumps({"model": f"m+plant:{label}", "samples": 4, "random_draws": 2, "layers": "early"}))
 
 
@@ -33,6 +39,7 @@ def test_tables_and_paragraph_come_from_the_archives(tmp_path):
     text = render(runs)
     assert "+0.61 [+0.41, +0.81] **transfers**" in text and "+0.02 [-0.18, +0.22] **does not**" in text
     assert "Rows: from purchase: transfers; from finance: transfers" in text
+    assert "Layers chosen on dev names (arm − random mean |SMD|): purchase: `2` -0.60, `early` -0.70 (chosen)." in text
     assert "reads as \"the method does not find the units\"" in text  # direction meets `all`, masks does not
     doc = tmp_path / "results.md"
     doc.write_text(f"# R\n\nbefore\n{BEGIN}\nold\n{END}\nafter\n")

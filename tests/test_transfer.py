@@ -19,7 +19,7 @@ from biasprune.pipeline.module import BiasPruneModule
 from biasprune.stats.rows import EvaluationConfig
 from biasprune.study.config import StudyConfig
 from biasprune.study.trainer import BiasPruneTrainer
-from biasprune.study.transfer import CELL_VERDICTS, TRANSFER_COLUMNS, row_verdicts
+from biasprune.study.transfer import CELL_VERDICTS, LAYER_COLUMNS, TRANSFER_COLUMNS, choose_layers, row_verdicts
 
 
 def cells(verdicts):
@@ -34,6 +34,21 @@ def test_row_verdicts_read_the_off_diagonal_cells():
     }))
     assert got == {"a": "transfers", "b": "does not", "c": "cannot tell"}
     assert set(CELL_VERDICTS.values()) == {"transfers", "does not", "cannot tell", "breaks answers"}
+
+
+def dev_cell(candidate, arm, rand, inlier=1.0, verdict="transfers"):
+    return {"source": "purchase", "candidate": candidate, "cut": 1.0 - arm, "arm_mean_abs_smd": arm, "random_mean_abs_smd": rand,
+            "inlier_vs_unpruned": inlier, "parse_vs_unpruned": 1.0, "verdict": verdict}
+
+
+def test_choose_layers_takes_the_lowest_over_random_among_qualified_candidates():
+    pick, table = choose_layers([dev_cell("2", 0.30, 0.90), dev_cell("early", 0.10, 0.95, inlier=0.5),  # early: inliers lost
+                                 dev_cell("all", 0.05, 0.90, verdict="breaks answers"), dev_cell("0-1", 0.40, 1.00)], 30)
+    assert pick == "2" and [t["qualifies"] for t in table] == [True, False, False, True] and [t["chosen"] for t in table] == [True, False, False, False]
+    assert tuple(table[0]) == LAYER_COLUMNS and table[0]["layers"] == "2" and table[3]["layers"] == "0,1"
+    # a tie in (arm - random) goes to fewer layers
+    assert choose_layers([dev_cell("0-7", 0.2, 0.8), dev_cell("2", 0.3, 0.9)], 30)[0] == "2"
+    assert choose_layers([dev_cell("all", 0.2, 0.8, inlier=0.1)], 30)[0] is None
 
 
 def names_file(tmp_path, n=16):
@@ -55,7 +70,8 @@ def test_the_study_writes_the_transfer_matrix(tiny_model_dir, tmp_path, method):
     trainer = BiasPruneTrainer(max_epochs=1, accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path, name="t"),
                                callbacks=[cb], enable_progress_bar=False, enable_model_summary=False)
     out = tmp_path / "study"
-    result = trainer.study(module, dm, StudyConfig(output=str(out), transfer=True))
+    layers = ("0", "all") if method == "direction" else ()
+    result = trainer.study(module, dm, StudyConfig(output=str(out), transfer=True, transfer_layers=layers))
     rows = list(csv.DictReader(open(out / f"transfer_{method}.csv")))
     assert tuple(rows[0]) == TRANSFER_COLUMNS
     assert [(r["source"], r["target"]) for r in rows] == [("chess", "chess"), ("chess", "finance"), ("finance", "chess"), ("finance", "finance")]
@@ -67,5 +83,9 @@ def test_the_study_writes_the_transfer_matrix(tiny_model_dir, tmp_path, method):
             assert cut == pytest.approx(base - arm, abs=1e-9)
     assert result["rows"] == row_verdicts(result["cells"])
     assert (out / f"transfer_{method}.png").stat().st_size > 0
+    if method == "direction":  # chosen on dev names, one row per (source, candidate), one chosen per source at most
+        table = list(csv.DictReader(open(out / "transfer_direction_layers.csv")))
+        assert [(r["source"], r["candidate"]) for r in table] == [("chess", "0"), ("chess", "all"), ("finance", "0"), ("finance", "all")]
+        assert all(sum(r["chosen"] == "True" for r in table if r["source"] == s) <= 1 for s in ("chess", "finance"))
     arms = {json.loads(line)["arm"] for line in open(Path(trainer.log_dir) / "answers.jsonl")}
     assert arms == {"unpruned", "chess", "chess/random/0", "chess/random/1", "finance", "finance/random/0", "finance/random/1"}

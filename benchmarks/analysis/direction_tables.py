@@ -36,7 +36,9 @@ def load_runs(root: str | Path) -> dict[tuple[str, str], dict]:
             for k in ("cut", "cut_ci_low", "cut_ci_high", "inlier_vs_unpruned", "parse_vs_unpruned", "unpruned_mean_abs_smd"):
                 c[k] = float(c[k]) if c.get(k) not in (None, "") else math.nan
         settings = json.loads((d / "settings.json").read_text()) if (d / "settings.json").is_file() else {}
-        out[(m.group(1), m.group(2))] = {"cells": cells, "settings": settings}
+        layers = d / f"transfer_{m.group(2)}_layers.csv"
+        chosen = list(csv.DictReader(open(layers))) if layers.is_file() else []
+        out[(m.group(1), m.group(2))] = {"cells": cells, "settings": settings, "layers": chosen}
     return out
 
 
@@ -58,6 +60,16 @@ def matrix_table(cells: list[dict]) -> str:
                        f" (inl ×{_f(c['inlier_vs_unpruned'], False)}, parse ×{_f(c['parse_vs_unpruned'], False)})")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def layers_line(table: list[dict]) -> str:
+    """The dev-name layer choice of a direction run: per source, each candidate's mean |SMD| minus its random control's."""
+    per: dict[str, list[str]] = {}
+    for r in table:
+        over = float(r["over_random"]) if r.get("over_random") not in (None, "") else math.nan
+        mark = " (chosen)" if r["chosen"] == "True" else ("" if r["qualifies"] == "True" else " (not qualified)")
+        per.setdefault(r["source"], []).append(f"`{r['candidate']}` {_f(over)}{mark}")
+    return "Layers chosen on dev names (arm − random mean |SMD|): " + "; ".join(f"{s}: {', '.join(v)}" for s, v in per.items()) + "."
 
 
 def row_verdict_line(cells: list[dict]) -> str:
@@ -136,6 +148,8 @@ def render(runs) -> str:
                        " unpruned model's)\n")
             out.append(matrix_table(run["cells"]))
             out.append(f"\nRows: {row_verdict_line(run['cells'])}.\n")
+            if run.get("layers"):
+                out.append(layers_line(run["layers"]) + "\n")
     if any(label in ("all", "purchase", "format") for label in labels):
         out.append(plant_paragraph(runs))
     return "\n".join(out)

@@ -1,12 +1,13 @@
 """The cross-context transfer matrix of one model and one method, as ``biasprune study --study.transfer true`` runs it:
 
     python -m benchmarks.analysis.transfer_matrix MODEL_ID --method {masks,direction} --out DIR
-        [--evaluation purchase/car,finance/childcare_expenses,...] [--samples 4] [--random-draws 2] [--layers early] [--positions prompt|name]
+        [--evaluation purchase/car,finance/childcare_expenses,...] [--samples 4] [--random-draws 2] [--layers early] [--layer-candidates "2;early"] [--positions prompt|name]
         [--accelerator gpu] [--names FILE] [--max-new-tokens 16] [--eval-batch-size 64]
 
 One fit scores each source scenario's evaluated variations on scoring names (``nll`` for masks, ``direction`` for the
 direction arm), one validate answers every evaluated variation on test names with the unpruned model, each source's
-arm and its random controls; DIR receives ``transfer_<method>.csv``, ``transfer_<method>.png``,
+arm and its random controls (with ``--layer-candidates``, a dev-name stage first chooses each source's direction
+layers among them: ``transfer_direction_layers.csv``); DIR receives ``transfer_<method>.csv``, ``transfer_<method>.png``,
 ``transfer_<method>_rows.json``, ``settings.json`` and the run directory (scores, answers, TensorBoard). The matrix is
 printed at the end. docs/method.md, "Transfer matrix", gives the cell and row rules.
 """
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=4, help="sampled answers per prompt")
     ap.add_argument("--random-draws", type=int, default=2)
     ap.add_argument("--layers", default="early", help="direction: decoder layers edited (early, all, 2, 0-7, 1,4)")
+    ap.add_argument("--layer-candidates", default="",
+                    help="direction: ';'-separated layer choices, one chosen per source on dev names (e.g. '2;early')")
     ap.add_argument("--positions", choices=["prompt", "name"], default="prompt",
                     help="direction: average over the prompt's tokens but the first (objective direction) or the name's tokens (direction_name)")
     ap.add_argument("--budget", default=None, help="masks: neurons pruned per module (default: the callback's)")
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                          budget=args.budget)
     trainer = BiasPruneTrainer(max_epochs=1, accelerator=args.accelerator, devices=1, callbacks=[cb],
                                logger=TensorBoardLogger(out, name="run"), enable_progress_bar=False, enable_model_summary=False)
-    result = trainer.study(module, dm, StudyConfig(output=str(out), transfer=True))
+    candidates = tuple(c.strip() for c in args.layer_candidates.split(";") if c.strip())
+    result = trainer.study(module, dm, StudyConfig(output=str(out), transfer=True, transfer_layers=candidates))
     rows = list(csv.DictReader(open(out / f"transfer_{args.method}.csv")))
     print(f"\ntransfer matrix ({args.method}, {args.model}): cut in mean |SMD| [95% interval] verdict")
     for r in rows:

@@ -20,8 +20,10 @@
 # (purchase/car, purchase/piano, finance/childcare_expenses, activity/<its first>, service/<its first>; scoring names
 # estimate each source scenario's arm from its own evaluated variations), 4 sampled answers of at most 16 tokens per
 # prompt, 2 random controls per source arm, 1,000 bootstrap draws, the package's 100 names (40/20/40 split). The
-# direction arm edits `early` (layers 0-7 of 30), the rule fixed in docs/results.md before the runs; pruning uses the
-# callback's defaults (relative_difference, 0.5% of each module's neurons). Each run has a hard limit of 225 s.
+# direction arm's layers are chosen per source on dev names among `2` and `early` (layers 0-7 of 30) by the rule fixed
+# in docs/results.md before the runs (DIRECTION_CANDIDATES='2;early'; set it empty to edit `early` without the dev
+# stage, which roughly halves a direction run); pruning uses the callback's defaults (relative_difference, 0.5% of
+# each module's neurons). Each run has a hard limit of 225 s. Nothing here was timed on a GPU in this session.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
@@ -45,6 +47,7 @@ if [ "$tiny" = 1 ]; then
   model_id() { echo "$base"; }   # no plant fits a tiny model: the same model stands in for each
   args=(--accelerator cpu --samples 2 --random-draws 1 --max-new-tokens 6 --bootstrap 50 --layers 0-1
         --evaluation purchase/car,finance/childcare_expenses --eval-batch-size 32)
+  candidates="${DIRECTION_CANDIDATES-0;0-1}"
   limit=900
 else
   mkdir -p "$work"
@@ -54,6 +57,7 @@ else
   model_id() { echo "$base+plant:$1"; }
   args=(--accelerator gpu --samples 4 --random-draws 2 --max-new-tokens 16 --bootstrap 1000 --layers early
         --eval-batch-size 128 --batch-size 32)
+  candidates="${DIRECTION_CANDIDATES-2;early}"
   limit=225
 fi
 
@@ -71,8 +75,10 @@ for plant in "${plants[@]}"; do
   for method in "${methods[@]}"; do
     run="$plant-$method"
     rm -rf "$work/$run"
+    extra=()
+    [ "$method" = direction ] && extra=(--layer-candidates "$candidates")
     timeout "$limit" python3 -m benchmarks.analysis.transfer_matrix "$(model_id "$plant")" --method "$method" \
-      --out "$work/$run" "${args[@]}" > "$work/$run.log" 2>&1 &
+      --out "$work/$run" "${args[@]}" ${extra[@]+"${extra[@]}"} > "$work/$run.log" 2>&1 &
     pids[$run]=$!
     [ "$tiny" = 1 ] && { wait "${pids[$run]}"; }   # the CPU runs one at a time
   done
@@ -81,7 +87,7 @@ done
 run=all-names-direction
 rm -rf "$work/$run"
 timeout "$limit" python3 -m benchmarks.analysis.transfer_matrix "$(model_id all)" --method direction --positions name \
-  --out "$work/$run" "${args[@]}" > "$work/$run.log" 2>&1 &
+  --out "$work/$run" "${args[@]}" --layer-candidates "$candidates" > "$work/$run.log" 2>&1 &
 pids[$run]=$!
 status=0
 for plant in "${plants[@]}"; do

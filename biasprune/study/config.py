@@ -110,6 +110,9 @@ class StudyConfig:
             (masks or direction): each scenario of ``transfer_sources`` x each scenario of ``--data.evaluation``, on
             test names (docs/method.md, "Transfer matrix").
         transfer_sources: the source scenarios of the matrix; empty for the scenarios of ``--data.evaluation``.
+        transfer_layers: ``--pruning.method direction``: layer candidates (e.g. ``[2, early, all]``) among which each
+            source's layers are chosen on dev names (its own variations; docs/results.md states the rule); empty:
+            ``--pruning.direction_layers``.
     """
 
     output: str = "runs/study"
@@ -121,6 +124,7 @@ class StudyConfig:
     pieces: str = ""
     transfer: bool = False
     transfer_sources: tuple[str, ...] = ()
+    transfer_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_choices("study.strategies", self.strategies, STRATEGIES)

@@ -23,7 +23,8 @@ class BiasPruneTrainer(L.Trainer):
         if config.transfer:  # the cross-context transfer matrix of --pruning.method (docs/method.md, "Transfer matrix")
             from biasprune.study.transfer import run_transfer
 
-            return run_transfer(self, model, datamodule, config.output, config.transfer_sources)
+            return run_transfer(self, model, datamodule, config.output, config.transfer_sources, config.transfer_layers,
+                                config.grid.inlier_floor)
         from biasprune.study.run import run_study
 
         return run_study(self, model, datamodule, config)

@@ -50,6 +50,7 @@ __all__ = ["CELL_VERDICTS", "TRANSFER_COLUMNS", "TransferArms", "row_verdicts", 
 CELL_VERDICTS = {"holds": "transfers", "does not hold": "does not", "inconclusive": "cannot tell", "breaks answers": "breaks answers"}
 TRANSFER_COLUMNS = (
     "method", "source", "target", "cell", "cut", "cut_ci_low", "cut_ci_high", "unpruned_mean_abs_smd", "arm_mean_abs_smd",
+    "random_mean_abs_smd",
     "inlier_ratio", "parse_rate", "inlier_vs_unpruned", "parse_vs_unpruned", "n_variations", "verdict", "claim", "sentence",
 )
 
@@ -104,6 +105,7 @@ def transfer_cells(records: Sequence[Mapping], bounds: Mapping, config: Evaluati
                 "cut": cut.estimate if cut else math.nan, "cut_ci_low": cut.low if cut else math.nan,
                 "cut_ci_high": cut.high if cut else math.nan,
                 "unpruned_mean_abs_smd": _arm_mean(summary, UNPRUNED.name), "arm_mean_abs_smd": _arm_mean(summary, "pruned"),
+                "random_mean_abs_smd": _arm_mean(summary, tuple(a for a in by_arm if a.startswith("random/"))),
                 "inlier_ratio": arm.get("inlier_ratio", math.nan), "parse_rate": arm.get("parse_rate", math.nan),
                 "inlier_vs_unpruned": _ratio(arm, base, "inlier_ratio"), "parse_vs_unpruned": _ratio(arm, base, "parse_rate"),
                 "n_variations": arm.get("n_variations", 0),
@@ -119,8 +121,40 @@ def _ratio(arm: Mapping, base: Mapping, key: str) -> float:
     return a / b if b and not math.isnan(b) else math.nan
 
 
-def _arm_mean(summary, arm: str) -> float:
-    return arm_interval(summary.boot, arm).estimate if summary.boot is not None else math.nan
+def _arm_mean(summary, arm: str | tuple[str, ...]) -> float:
+    """Mean |SMD| of an arm (or the average of several: the random draws) in a cell's bootstrap."""
+    if summary.boot is None or (isinstance(arm, tuple) and not arm):
+        return math.nan
+    return arm_interval(summary.boot, arm).estimate
+
+
+LAYER_COLUMNS = ("source", "candidate", "layers", "cut", "arm_mean_abs_smd", "random_mean_abs_smd", "over_random",
+                 "inlier_vs_unpruned", "parse_vs_unpruned", "verdict", "qualifies", "chosen")
+
+
+def choose_layers(dev: Sequence[Mapping], n_layers: int, inlier_floor: float = 0.8) -> tuple[str | None, list[dict]]:
+    """The direction's layers for one source, from its dev cells (one per candidate, on the source's own variations).
+
+    The rule (fixed before the runs; docs/results.md): a candidate qualifies if its dev verdict is not "breaks
+    answers" and its dev inlier ratio is at least ``inlier_floor`` x the unpruned model's; among those, the lowest
+    dev mean |SMD| minus its random-direction control's; ties go to fewer layers, then to the earlier candidate.
+    Returns the chosen candidate (None when none qualifies) and the table of every candidate."""
+    table = []
+    for i, c in enumerate(dev):
+        over = c["arm_mean_abs_smd"] - c["random_mean_abs_smd"]
+        ok = (c["verdict"] != "breaks answers" and not math.isnan(c["inlier_vs_unpruned"]) and c["inlier_vs_unpruned"] >= inlier_floor
+              and not math.isnan(over))
+        layers = parse_layers(c["candidate"], n_layers)
+        table.append({"source": c["source"], "candidate": c["candidate"], "layers": ",".join(map(str, layers)), "cut": c["cut"],
+                      "arm_mean_abs_smd": c["arm_mean_abs_smd"], "random_mean_abs_smd": c["random_mean_abs_smd"],
+                      "over_random": over, "inlier_vs_unpruned": c["inlier_vs_unpruned"], "parse_vs_unpruned": c["parse_vs_unpruned"],
+                      "verdict": c["verdict"], "qualifies": ok, "chosen": False, "_key": (over, len(layers), i)})
+    ok = [t for t in table if t["qualifies"]]
+    best = min(ok, key=lambda t: t["_key"]) if ok else None
+    for t in table:
+        t.pop("_key")
+        t["chosen"] = t is best
+    return (best["candidate"] if best else None), table
 
 
 def row_verdicts(cells: Sequence[Mapping]) -> dict[str, str]:
@@ -166,7 +200,10 @@ def _seed(cb: PruningCallback, source: str, draw: int) -> int:
     return cb.factory.control_seed(draw) ^ zlib.crc32(source.encode())
 
 
-def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation, sources: Sequence[str], meta: Mapping) -> list[Arm]:
+def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation, sources: Sequence[str], meta: Mapping,
+                 layers: Mapping[str, Sequence[str]] | None = None) -> list[Arm]:
+    """The unpruned model and, per source, its arm and random controls. ``layers``: direction layer candidates per
+    source; a source with several is given one arm ``<source>@<candidate>`` per candidate (the dev stage)."""
     groups = tuple(dm.groups)
     arms: list[Arm] = [UNPRUNED] if module.evaluation.baseline else []
     for s in sources:
@@ -174,11 +211,14 @@ def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation
         scores = sum_scores(per_variation, mine)
         labels = {"source": s}
         if cb.method == "direction":
-            layers = parse_layers(cb.direction_layers, len(module.layout.heads))
-            edit = estimate_direction(scores, groups, layers, {"scoring": ",".join(mine), "source": s})
-            arms.append(Arm(s, "pruned", edit=edit, labels=labels))
-            arms += [Arm(f"{s}/random/{d}", "random", edit=random_direction(edit, _seed(cb, s, d)), draw=d, labels=labels)
-                     for d in range(cb.random_draws)]
+            candidates = list((layers or {}).get(s) or [cb.direction_layers])
+            for cand in candidates:
+                name = s if len(candidates) == 1 else f"{s}@{cand}"
+                chosen = parse_layers(cand, len(module.layout.heads))
+                edit = estimate_direction(scores, groups, chosen, {"scoring": ",".join(mine), "source": s, "layers_rule": cand})
+                arms.append(Arm(name, "pruned", edit=edit, labels=labels))
+                arms += [Arm(f"{name}/random/{d}", "random", edit=random_direction(edit, _seed(cb, name, d)), draw=d, labels=labels)
+                         for d in range(cb.random_draws)]
         else:
             n = {g: sum(int(meta.get(v, {}).get(g, 0)) for v in mine) for g in groups}
             masks = cb.select(*selection_inputs(scores, groups, cb.factory.rule_name, n))
@@ -187,10 +227,25 @@ def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation
     return arms
 
 
-def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sources: Sequence[str] | None = None) -> dict:
+def _answer(trainer, module, dm: AuditDataModule, cb: PruningCallback, scoring: Sequence[str], split: str, arms: Sequence[Arm]):
+    """One validate stage of ``arms`` on ``split`` names; (records, bounds) on every rank (the records are gathered)."""
+    dm.configure_prompts(PromptSelection(tuple(scoring), (split,)))
+    cb.configure_evaluation(EvaluationPlan(TransferArms(tuple(arms)), write_results=False))
+    try:
+        trainer.validate(module, datamodule=dm)
+    finally:
+        cb.configure_evaluation(None)
+    records = module.evaluation_records
+    return records, compute_bounds(records, module.evaluation, dm.valid_range)
+
+
+def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sources: Sequence[str] | None = None,
+                 layer_candidates: Sequence[str] = (), inlier_floor: float = 0.8) -> dict:
     """Score the sources' variations, answer every target variation on test names with each source's arm, and
     write the matrix into ``output`` (rank 0). ``sources``: scenarios (default: those of ``--data.evaluation``);
-    the trainer's pruning callback gives the method, the rule, the budgets and the random draws."""
+    the trainer's pruning callback gives the method, the rule, the budgets and the random draws. With
+    ``layer_candidates`` (direction only), each source's layers are first chosen on dev names on its own
+    variations by :func:`choose_layers` (``transfer_<method>_layers.csv``)."""
     found = [cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)]
     if not found:
         raise ValueError("the transfer matrix needs the pruning callback (--pruning.method, rule, budgets, random_draws)")
@@ -203,23 +258,37 @@ def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sourc
     # evaluated: the diagonal is then prompt-specific (the same prompts with other names)
     scoring = tuple(v for s in sources for v in ([w for w in evaluated if w.split("/", 1)[0] == s]
                                                   or [variation_key(s, x.id) for x in dm.scenarios[s].variations]))
-    selection = PromptSelection(scoring, ("test",))
-    dm.configure_prompts(selection)
+    if layer_candidates and cb.method != "direction":
+        raise ValueError(f"study.transfer_layers={list(layer_candidates)} needs pruning.method=direction (got {cb.method!r})")
+    n_layers = len(module.layout.heads) if module.model is not None else None
+    if n_layers:
+        for cand in layer_candidates:
+            parse_layers(cand, n_layers, flag="study.transfer_layers")
+    dm.configure_prompts(PromptSelection(scoring, ("test",)))
     trainer.fit(module, datamodule=dm)
     run_dir = Path(trainer.log_dir)
     per_variation, _ = read_scores(run_dir / "scores_by_variation.safetensors")
     n_by_var = read_scores_meta(run_dir / "scores_by_variation.safetensors").get("n_examples_by_variation", {})
-    arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var)
-    cb.configure_evaluation(EvaluationPlan(TransferArms(tuple(arms)), write_results=False))
-    try:
-        trainer.validate(module, datamodule=dm)
-    finally:
-        cb.configure_evaluation(None)
+    units_total = {k: sum(n for key, n in module.layout.sizes().items() if key.startswith(k + "/")) for k in ("neuron", "head")}
+    chosen: dict[str, list[str]] | None = None
+    if layer_candidates:
+        dev_arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, {s: list(layer_candidates) for s in sources})
+        records, bounds = _answer(trainer, module, dm, cb, scoring, "dev", dev_arms)
+        chosen, table = {}, []
+        for s in sources:
+            names = [f"{s}@{c}" for c in layer_candidates] if len(layer_candidates) > 1 else [s]
+            dev = transfer_cells(records, bounds, module.evaluation, units_total, names, [s], cb.method, split="dev")
+            pick, rows = choose_layers([dict(c, source=s, candidate=cand) for c, cand in zip(dev, layer_candidates)],
+                                       len(module.layout.heads), inlier_floor)
+            chosen[s] = [pick or cb.direction_layers]
+            table += rows
+        if trainer.global_rank == 0:
+            artifacts.write_csv(out / f"transfer_{cb.method}_layers.csv", table, LAYER_COLUMNS)
+            rank_zero_info("direction layers chosen on dev names: " + ", ".join(f"{s}: {c[0]}" for s, c in chosen.items()))
+    arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, chosen)
+    records, bounds = _answer(trainer, module, dm, cb, scoring, "test", arms)
     result: dict = {}
     if trainer.global_rank == 0:
-        records = module.evaluation_records
-        bounds = compute_bounds(records, module.evaluation, dm.valid_range)
-        units_total = {k: sum(n for key, n in module.layout.sizes().items() if key.startswith(k + "/")) for k in ("neuron", "head")}
         cells = transfer_cells(records, bounds, module.evaluation, units_total, sources, targets, cb.method)
         experiment = next((lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_figure")), None)
         verdicts = write_transfer(out, cells, cb.method, experiment)
