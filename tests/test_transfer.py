@@ -16,6 +16,7 @@ from biasprune.answers.generation import GenerationConfig
 from biasprune.callbacks import PruningCallback
 from biasprune.datamodules import AuditDataModule
 from biasprune.pipeline.module import BiasPruneModule
+from biasprune.report import build_report
 from biasprune.stats.rows import EvaluationConfig
 from biasprune.study.config import StudyConfig
 from biasprune.study.trainer import BiasPruneTrainer
@@ -87,5 +88,11 @@ def test_the_study_writes_the_transfer_matrix(tiny_model_dir, tmp_path, method):
         table = list(csv.DictReader(open(out / "transfer_direction_layers.csv")))
         assert [(r["source"], r["candidate"]) for r in table] == [("chess", "0"), ("chess", "all"), ("finance", "0"), ("finance", "all")]
         assert all(sum(r["chosen"] == "True" for r in table if r["source"] == s) <= 1 for s in ("chess", "finance"))
+    (out / "manifest.json").write_text(json.dumps({"kind": "study", "model": {"id": "tiny"}}))
+    html, _ = build_report(out)  # the report shows the matrix with the random control beside each cell
+    assert "Transfer matrix" in html and "random control" in html and f"transfer matrix {method}" in html
+    assert all(r["verdict"] in html for r in rows)
+    if method == "direction":
+        assert "Direction layers chosen on dev names" in html
     arms = {json.loads(line)["arm"] for line in open(Path(trainer.log_dir) / "answers.jsonl")}
     assert arms == {"unpruned", "chess", "chess/random/0", "chess/random/1", "finance", "finance/random/0", "finance/random/1"}

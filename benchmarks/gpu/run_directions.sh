@@ -46,7 +46,8 @@ if [ "$tiny" = 1 ]; then
   [ -f "$base/config.json" ] || python3 -m benchmarks.helpers.tiny_model "$base" || exit 1
   model_id() { echo "$base"; }   # no plant fits a tiny model: the same model stands in for each
   args=(--accelerator cpu --samples 2 --random-draws 1 --max-new-tokens 6 --bootstrap 50 --layers 0-1
-        --evaluation purchase/car,finance/childcare_expenses --eval-batch-size 32)
+        --evaluation purchase/car,finance/childcare_expenses --eval-batch-size 32
+        --names biasprune/resources/names/audit40.csv)
   candidates="${DIRECTION_CANDIDATES-0;0-1}"
   limit=900
 else

@@ -35,7 +35,10 @@ def build_report(run_dir: str | Path) -> tuple[str, list[tuple[str, str, bytes]]
 def _build(art: RunArtifacts) -> tuple[str, list[tuple[str, str, bytes]]]:
     from biasprune.report.pages import run_page
     from biasprune.report.study import study_page
+    from biasprune.report.transfer import has_transfer, transfer_page
 
+    if art.kind == "study" and has_transfer(art.run_dir):
+        return transfer_page(art)
     return study_page(art) if art.kind == "study" else run_page(art)
 
 

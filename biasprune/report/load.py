@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ReportError", "RunArtifacts", "iter_answers", "layer_and_kind", "load_run", "num", "read_masks", "text"]
+__all__ = ["ReportError", "RunArtifacts", "iter_answers", "layer_and_kind", "load_run", "num", "read_masks", "read_table", "text"]
 
 KINDS = ("fit", "validate", "study")
 REQUIRED = {"fit": ("manifest.json", "metrics.csv"), "validate": ("manifest.json", "metrics.csv"),
@@ -56,6 +56,11 @@ def _csv(path: Path) -> list[dict[str, str]]:
             return [dict(r) for r in csv.DictReader(fh)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ReportError(f"{path}: cannot read the table ({err})") from err
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """A CSV file of a run as rows of strings (:class:`ReportError` when unreadable)."""
+    return _csv(path)
 
 
 def _json(path: Path) -> object:
@@ -122,7 +127,10 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     kind = str(manifest.get("kind", ""))
     if kind not in KINDS:
         raise ReportError(f"{d / 'manifest.json'}: field 'kind' is {kind!r}; valid choices: {list(KINDS)}")
-    missing = [f for f in REQUIRED[kind] if not (d / f).is_file()]
+    required = REQUIRED[kind]
+    if kind == "study" and any(not p.name.endswith("_layers.csv") for p in d.glob("transfer_*.csv")):
+        required = ("manifest.json",)  # a transfer study (--study.transfer) writes its matrices, no results table
+    missing = [f for f in required if not (d / f).is_file()]
     if missing:
         raise ReportError(f"run directory {str(d)!r} (a {kind} run) lacks {missing}; the run did not finish writing its results")
     summary_file = d / ("results.csv" if kind == "study" else "summary.csv")
@@ -130,7 +138,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     timings = _json(d / "timings.json") if (d / "timings.json").is_file() else {}
     return RunArtifacts(
         run_dir=d, kind=kind, manifest=manifest,
-        metrics=_csv(d / "metrics.csv"),
+        metrics=_csv(d / "metrics.csv") if (d / "metrics.csv").is_file() else [],
         summary=_csv(summary_file) if summary_file.is_file() else [],
         claims=_csv(d / "claims.csv") if (d / "claims.csv").is_file() else [],
         grid=_csv(d / "grid.csv") if (d / "grid.csv").is_file() else [],
