@@ -107,7 +107,7 @@ class PruningCallback(Callback):
         direction_file: str = "",
     ) -> None:
         check_choice("pruning.method", method, METHODS)
-        parse_layers(direction_layers, 10**6)  # refuse a malformed choice now; the range is checked on the model
+        parse_layers(direction_layers, 4096)  # refuse a malformed choice now; the range is checked on the model
         self.method, self.direction_layers, self.direction_file = method, direction_layers, direction_file
         self.direction: DirectionEdit | None = load_direction(direction_file) if direction_file else None
         if direction_file and method != "direction":

@@ -16,6 +16,8 @@ from biasprune.answers.generation import GenerationConfig
 from biasprune.callbacks import PruningCallback
 from biasprune.datamodules import AuditDataModule
 from biasprune.pipeline.module import BiasPruneModule
+from biasprune.pruning.direction import load_direction
+from biasprune.pruning.masks import load_masks
 from biasprune.report import build_report
 from biasprune.stats.rows import EvaluationConfig
 from biasprune.study.config import StudyConfig
@@ -84,6 +86,14 @@ def test_the_study_writes_the_transfer_matrix(tiny_model_dir, tmp_path, method):
             assert cut == pytest.approx(base - arm, abs=1e-9)
     assert result["rows"] == row_verdicts(result["cells"])
     assert (out / f"transfer_{method}.png").stat().st_size > 0
+    for source in ("chess", "finance"):  # each source's arm saved with its provenance
+        saved = out / "arms" / f"{source}.safetensors"
+        if method == "direction":
+            edit = load_direction(saved)
+            assert edit.metadata["source"] == source and edit.metadata["method"] == "direction" and edit.metadata["model"] == tiny_model_dir
+        else:
+            masks, meta = load_masks(saved)
+            assert masks and meta["source"] == source
     if method == "direction":  # chosen on dev names, one row per (source, candidate), one chosen per source at most
         table = list(csv.DictReader(open(out / "transfer_direction_layers.csv")))
         assert [(r["source"], r["candidate"]) for r in table] == [("chess", "0"), ("chess", "all"), ("finance", "0"), ("finance", "all")]

@@ -36,7 +36,8 @@ from biasprune.core.distributed import barrier
 from biasprune.data.scenarios import variation_key
 from biasprune.datamodules.audit import AuditDataModule, PromptSelection
 from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan
-from biasprune.pruning.direction import estimate_direction, parse_layers, random_direction
+from biasprune.pruning.direction import DirectionEdit, estimate_direction, parse_layers, random_direction
+from biasprune.pruning.masks import save_masks
 from biasprune.report import plots
 from biasprune.scoring.accumulate import sum_scores
 from biasprune.scoring.objectives import selection_inputs
@@ -286,6 +287,18 @@ def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sourc
             artifacts.write_csv(out / f"transfer_{cb.method}_layers.csv", table, LAYER_COLUMNS)
             rank_zero_info("direction layers chosen on dev names: " + ", ".join(f"{s}: {c[0]}" for s, c in chosen.items()))
     arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, chosen)
+    if trainer.global_rank == 0:  # each source's arm with its provenance: <output>/arms/<source>.safetensors
+        meta = {k: str(v) for k, v in cb.settings().items()} | {"model": str(module.hparams.get("model_name_or_path", "")),
+                                                                "reference_group": dm.groups[0], "target_group": dm.groups[1]}
+        for arm in arms:
+            if arm.phase != "pruned":
+                continue
+            path = out / "arms" / f"{arm.name}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if arm.edit is not None:
+                DirectionEdit(arm.edit.layers, arm.edit.units, arm.edit.targets, arm.edit.pooled, {**meta, **arm.edit.metadata}).save(path)
+            else:
+                save_masks(path, arm.masks, meta | {"source": arm.name})
     records, bounds = _answer(trainer, module, dm, cb, scoring, "test", arms)
     result: dict = {}
     if trainer.global_rank == 0:
