@@ -13,6 +13,7 @@ from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import biasprune.pipeline.parallel  # noqa: F401  (registers the frozen strategies)
 from biasprune.answers.answering import TargetConfig
 from biasprune.core.artifacts import read_jsonl
 from biasprune.datamodules import AuditDataModule
@@ -259,3 +260,28 @@ def test_fit_with_the_direction_method_evaluates_the_edit_beside_random_directio
                 callbacks=[PruningCallback(method="direction")]).fit(
             BiasPruneModule(tiny_model_dir, dtype="float64"), datamodule=AuditDataModule(
                 scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=tiny_model_dir, batch_size=4))
+
+
+def test_two_processes_give_the_same_direction_sums(tiny_model_dir, tmp_path):
+    """The residual-stream sums and position counts are sums over examples: 2 gloo processes (odd shards) equal 1."""
+    from biasprune.callbacks import PruningCallback
+
+    path = tmp_path / "names.csv"
+    path.write_text("name,group,gender\n" + "".join(
+        f"Person{i} {'Becker' if i % 2 else 'Washington'},{'white' if i % 2 else 'black'},{'man' if i % 4 < 2 else 'woman'}\n"
+        for i in range(20)))
+    sums = {}
+    for devices, strategy in ((1, "auto"), (2, "frozen_ddp_spawn")):
+        module = BiasPruneModule(tiny_model_dir, dtype="float64", objective="direction", targets=TargetConfig(max_new_tokens=3))
+        dm = AuditDataModule(scoring=["purchase/car"], evaluation=["purchase/car"], tokenizer=tiny_model_dir, batch_size=3,
+                             names=str(path), split_fractions=(0.4, 0.2, 0.4))
+        t = Trainer(max_epochs=1, accelerator="cpu", devices=devices, strategy=strategy, logger=TensorBoardLogger(tmp_path, name=f"d{devices}"),
+                    callbacks=[PruningCallback(method="direction", random_draws=0)], enable_progress_bar=False, enable_model_summary=False)
+        t.logger.version  # noqa: B018  (pin the version before processes are spawned, as the CLI does)
+        t.fit(module, datamodule=dm)
+        sums[devices], _ = read_scores(f"{t.log_dir}/scores_by_variation.safetensors")
+    one, two = sums[1]["purchase/car"], sums[2]["purchase/car"]
+    for g in one:
+        assert set(one[g]) == set(two[g]) and "positions" in one[g]
+        for k in one[g]:
+            torch.testing.assert_close(two[g][k], one[g][k], rtol=1e-9, atol=1e-9, msg=f"{g}/{k}")
