@@ -30,7 +30,7 @@ from biasprune.stats.rows import EvaluationConfig
 from biasprune.study.config import StudyConfig
 from biasprune.study.trainer import BiasPruneTrainer
 
-PLANT_EVALUATION = "purchase/car,purchase/piano,finance/childcare_expenses,activity,service"
+PLANT_EVALUATION = "purchase/car,purchase/piano,finance/childcare_expenses,activity/skiing,service/tax_preparation"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@
 # .device and .whl in carry).
 #
 # Reduced to share a call with another script (at most ~4 minutes on one H100): evaluation on 5 variations
-# (purchase/car, purchase/piano, finance/childcare_expenses, activity/<its first>, service/<its first>; scoring names
+# (purchase/car, purchase/piano, finance/childcare_expenses, activity/skiing, service/tax_preparation; scoring names
 # estimate each source scenario's arm from its own evaluated variations), 4 sampled answers of at most 16 tokens per
 # prompt, 2 random controls per source arm, 1,000 bootstrap draws, the package's 100 names (40/20/40 split). The
 # direction arm's layers are chosen per source on dev names among `2` and `early` (layers 0-7 of 30) by the rule fixed
