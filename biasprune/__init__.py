@@ -9,7 +9,7 @@ and ``lightning.Trainer``; ``trainer.fit`` scores, ``trainer.validate`` answers 
 One subpackage per stage of the pipeline, lowest first; a module imports its own subpackage and lower floors
 only (``tests/test_layout.py``; ``docs/method.md`` maps every step to its file):
 
-* ``core``: argument checks, hooks, process collectives, atomic file writes;
+* ``core``: argument checks, the project's error classes, hooks, process collectives, atomic file writes;
 * ``data``, ``models``, ``metrics``: scenarios, names and prompts; model ids, loading, identity and units;
   the SMD and inlier metrics;
 * ``scoring``, ``pruning``, ``localize``: scoring objectives over one capture helper and the scores files;

@@ -9,6 +9,12 @@ number of units per module (neurons) and in total (heads) (docs/method.md, "Answ
 plan given to :meth:`PruningCallback.configure_evaluation` (the study's). It needs only the
 :class:`biasprune.pruning.arms.PrunableModule` members of the module.
 
+A masks file is copied into the run directory as ``masks.safetensors`` (so the run directory alone shows what was
+evaluated), its path and sha256 go to the manifest (:meth:`PruningCallback.run_notes`), and its arm is named after
+it (``pruned[quickstart/version_0]``) in every table. A budget that selects no unit is refused: ``0`` when the
+callback is built, a fraction under one unit of every pool once the model is loaded (before scoring); a budget
+rounded up to one unit in a pool is said in the log and the manifest.
+
 With ``method="direction"`` the arm under test is not a mask but an affine edit of the residual stream at
 ``direction_layers``, estimated from the run's ``direction`` sums (docs/method.md, "Directions"): it is written to
 ``direction.safetensors`` and evaluated beside ``random_draws`` random-direction controls of the same size.
@@ -16,6 +22,7 @@ With ``method="direction"`` the arm under test is not a mask but an affine edit 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +32,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from biasprune.core.artifacts import atomic_write_bytes
 from biasprune.core.checks import check_choice, check_fraction, check_positive
+from biasprune.core.errors import ConfigError
 from biasprune.pipeline.resume import check_fingerprint
 from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan, PrunableModule, pruned_counts
 from biasprune.pruning.direction import (
@@ -42,10 +51,17 @@ from biasprune.scoring.accumulate import sum_scores
 from biasprune.scoring.objectives import selection_inputs
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 
-__all__ = ["PruningCallback"]
+__all__ = ["PruningCallback", "masks_arm_name"]
 
 UNITS = ("neurons", "heads", "both")
 METHODS = ("masks", "direction")
+
+
+def masks_arm_name(masks_file: str | Path) -> str:
+    """The arm of a masks file: ``pruned[NAME/version_N]`` for a run's ``masks.safetensors``, else ``pruned[FILE]``."""
+    path = Path(masks_file).resolve()
+    label = "/".join(path.parts[-3:-1]) if path.name == "masks.safetensors" and len(path.parts) > 2 else path.name
+    return f"pruned[{label}]"
 
 
 class PruningCallback(Callback):
@@ -73,7 +89,8 @@ class PruningCallback(Callback):
         random_draws: random-mask controls evaluated beside the pruned model (docs/method.md, "Answers, arms and
             metrics"; 0 disables them and with them every claim).
         random_seed: seed of the random masks.
-        masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores.
+        masks_file: evaluate this ``masks.safetensors`` instead of selecting masks from this run's scores (it is
+            copied into the run directory and its arm is named after it).
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
         log_histograms: log score histograms per unit kind and group to TensorBoard.
         method: ``masks`` (prune units: the arm under test is a keep-mask set) or ``direction`` (the arm under test
@@ -119,9 +136,15 @@ class PruningCallback(Callback):
             check_fraction(name, v)
         check_positive("pruning.random_draws", random_draws, minimum=0)
         check_fraction("pruning.floor_quantile", floor_quantile)
-        for name, b in (("pruning.budget", budget), ("pruning.head_budget", head_budget)):
+        kinds = {"neurons": ("neuron",), "heads": ("head",), "both": ("neuron", "head")}[units]
+        for kind, name, b in (("neuron", "pruning.budget", budget), ("head", "pruning.head_budget", head_budget)):
             if b is not None:
-                parse_budget(b, flag=name)  # refuse a bad budget now, not after scoring
+                parsed = parse_budget(b, flag=name)  # refuse a bad budget now, not after scoring
+                if kind in kinds and not (parsed.count or parsed.fraction):
+                    raise ConfigError(
+                        f"{name}={b!r} selects no unit: nothing would be pruned after the whole run. The smallest useful"
+                        " value is the count 1 (one unit per pool) or a fraction above 0 (e.g. '0.5%')"
+                    )
         self.units, self.rule, self.p, self.q, self.budget, self.scope = units, rule, p, q, budget, scope
         self.head_p, self.head_q, self.head_budget, self.head_scope = head_p, head_q, head_budget, head_scope
         self.floor_quantile = floor_quantile
@@ -129,13 +152,35 @@ class PruningCallback(Callback):
         self.factory = MaskFactory(rule, scope, head_scope, floor_quantile, random_seed)  # resolves (checks) the rule
         self.masks_file, self.export_dir, self.log_histograms = masks_file, export_dir, log_histograms
         self.loaded: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
+        self.masks_source: dict[str, str] = {}
+        self._masks_bytes = b""
         if masks_file:
             self.loaded = load_masks(masks_file)  # fail now, before a run starts, on an unreadable file
             if not self.loaded[0]:
                 raise MaskError(f"masks file {masks_file!r} holds no masks")
+            import hashlib
+
+            self._masks_bytes = Path(masks_file).read_bytes()
+            self.masks_source = {"path": str(Path(masks_file).resolve()), "sha256": hashlib.sha256(self._masks_bytes).hexdigest(),
+                                 "copy": "masks.safetensors", "arm": masks_arm_name(masks_file)}
+        self.budget_notes: dict[str, str] = {}
         self.masks: dict[str, torch.Tensor] | None = None
         self._arms: list[Arm] = [UNPRUNED]
         self._plan: EvaluationPlan | None = None
+
+    @property
+    def arm_name(self) -> str:
+        """The pruned arm's name: ``pruned``, or after the masks file it evaluates."""
+        return self.masks_source.get("arm", "pruned")
+
+    def run_notes(self) -> dict[str, Any]:
+        """What the manifest adds to :meth:`settings`: the masks file's source and how a budget was rounded."""
+        out: dict[str, Any] = {}
+        if self.masks_source:
+            out["masks_source"] = dict(self.masks_source)
+        if self.budget_notes:
+            out["budget_notes"] = list(self.budget_notes.values())
+        return out
 
     def configure_evaluation(self, plan: EvaluationPlan | None) -> None:
         """Hand ``plan`` (the study's arms) to the module in the next validate stages instead of this run's masks;
@@ -179,7 +224,7 @@ class PruningCallback(Callback):
     def arms_from(self, masks: Mapping[str, torch.Tensor] | None, baseline: bool = True) -> list[Arm]:
         arms = [UNPRUNED] if baseline else []
         if masks is not None:
-            arms.append(Arm("pruned", "pruned", masks))
+            arms.append(Arm(self.arm_name, "pruned", masks))
             arms += [Arm(f"random/{d}", "random", m, draw=d) for d, m in enumerate(self.random_controls(masks))]
         return arms
 
@@ -208,6 +253,42 @@ class PruningCallback(Callback):
             raise ValueError(f"pruning.method=direction needs model.objective=direction or direction_name (got {objective!r})")
         if self.loaded is not None:
             validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
+        elif self._plan is None and self.method == "masks":
+            self.check_budgets(pl_module.layout.sizes())  # before scoring: the budget must select something
+
+    def check_budgets(self, sizes: Mapping[str, int]) -> None:
+        """Refuse a budget given on the command line that is under one unit in every pool of this model; note a
+        budget that is rounded up to one unit in some pool (log and manifest). ``sizes``: unit group -> units."""
+        for kind in self.kinds():
+            given, flag, scope = ((self.budget, "pruning.budget", self.scope) if kind == "neuron"
+                                  else (self.head_budget, "pruning.head_budget", self.head_scope))
+            effective = self.factory.budget_of(kind, given)
+            if effective is None:
+                continue  # set_difference without a budget: q decides
+            budget = parse_budget(effective, flag=flag)
+            groups = {k: n for k, n in sizes.items() if k.startswith(kind + "/")}
+            if budget.fraction is None or not groups:
+                continue
+            pools = groups if scope == "module" else {f"all {kind}s": sum(groups.values())}
+            under = {k: n for k, n in pools.items() if round(budget.fraction * n, 9) < 1}
+            if not under:
+                continue
+            largest = max(pools.values())
+            what = f"{flag}={given!r}" if given is not None else f"the default budget {effective!r} ({flag} not given)"
+            if len(under) == len(pools) and given is not None:
+                smallest = 10 ** (math.floor(math.log10(1 / largest)) - 2)  # 1/largest rounded up to 3 digits
+                smallest = math.ceil(1 / largest / smallest) * smallest
+                raise ConfigError(
+                    f"{what} is less than one unit in every pool ({len(pools)} {scope} pool(s) of at most {largest} {kind}s):"
+                    f" it selects nothing, or one unit per pool only by rounding up. The smallest useful value is"
+                    f" {smallest:.3g} (one unit of the largest pool) or the count 1"
+                )
+            example, n = next(iter(under.items()))
+            note = (f"{what} is less than one unit in {len(under)} of {len(pools)} {kind} pools (e.g. {example.split('/', 1)[-1]},"
+                    f" {n} units): rounded up to 1 {kind} in each of them")
+            if flag not in self.budget_notes:
+                rank_zero_info(f"biasprune: {note}")
+            self.budget_notes[flag] = note
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
         if trainer.sanity_checking:
@@ -254,6 +335,9 @@ class PruningCallback(Callback):
     def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
         if self.loaded is not None:
             validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
+            copy = Path(pl_module.run_dir) / "masks.safetensors"
+            if trainer.global_rank == 0 and not (copy.exists() and copy.resolve() == Path(self.masks_source["path"])):
+                atomic_write_bytes(copy, self._masks_bytes)  # the run directory alone shows what was evaluated
             return self.loaded[0]
         per_variation = pl_module.final_scores()
         stored = Path(pl_module.run_dir) / "scores_by_variation.safetensors"
@@ -261,6 +345,7 @@ class PruningCallback(Callback):
             per_variation, _ = read_scores(stored)
         if per_variation is None:
             return None  # nothing was scored in this run: evaluate the unpruned model
+        self.check_budgets(pl_module.layout.sizes())
         scores = sum_scores(per_variation)
         ref, tgt = trainer.datamodule.groups
         n = read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}

@@ -39,13 +39,16 @@ def readme_example() -> str:
 
 
 def test_the_readme_example_runs_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    """The README's snippet, unchanged but for the model, audits a tiny random model and prints its summary and
-    claims (from ``module.results``, which are also the files of the run)."""
+    """The README's snippet, unchanged but for the model and its budget, audits a tiny random model and prints its
+    summary and claims (from ``module.results``, which are also the files of the run). The tiny model's MLPs have
+    48 channels, under which the README's 0.5% is less than one unit in every pool and refused, so it gets 5%."""
     code = readme_example()
     assert code.count('MODEL = "embedded:SmolLM2-135M-Instruct+plant:purchase"') == 1
+    assert code.count('budget="0.5%"') == 1
+    code = code.replace("embedded:SmolLM2-135M-Instruct+plant:purchase", tiny_model_dir).replace('budget="0.5%"', 'budget="5%"')
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code.replace("embedded:SmolLM2-135M-Instruct+plant:purchase", tiny_model_dir), "README.md", "exec"), scope)
+    exec(compile(code, "README.md", "exec"), scope)
     printed = capsys.readouterr().out
     module, trainer = scope["module"], scope["trainer"]
     summary, claims = module.results["summary"], module.results["claims"]

@@ -28,13 +28,15 @@ def _record_stages(monkeypatch) -> list:
     for name in ("fit", "validate", "study"):
         monkeypatch.setattr(BiasPruneTrainer, name, lambda self, model, datamodule=None, name=name, **kw: seen.append((name, self, model, datamodule, kw)))
     monkeypatch.setattr(BiasPruneCLI, "_finish", lambda self, kind, run_dir: None)
+    monkeypatch.setattr(BiasPruneCLI, "_begin", lambda self, kind: None)  # example paths (e.g. /path/to/model) are placeholders
     return seen
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_parses(path, tmp_path, monkeypatch):
     """The same configuration language for fit, validate and study: every file parses and builds every object
-    (the stages themselves are replaced by a recorder; GPU configs are checked on CPU)."""
+    (the stages, and the checks of paths and model ids before them, are replaced by a recorder; GPU configs are
+    checked on CPU)."""
     seen = _record_stages(monkeypatch)
     for sub in ("fit", "validate", "study"):
         if sub != "study" and "\nstudy:" in path.read_text():

@@ -23,6 +23,9 @@ def fit(model_dir: str, names: Path, out: Path, *extra: str) -> Path:
         "--data.names", str(names), "--data.split_fractions", "[0.4, 0.2, 0.4]",
         "--data.scoring", "[purchase/car, purchase/piano]", "--data.evaluation", "[purchase/car]",
         "--data.batch_size", "2", "--data.eval_batch_size", "2", "--pruning.random_draws", "1",
+        # the tiny model's pools hold at most 48 neurons: the config's 0.5% is under one unit of each and is refused;
+        # one unit per pool is what it was rounded up to
+        "--pruning.budget", "1",
         "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.targets.max_new_tokens", "5",
         "--model.evaluation.bootstrap_samples", "20", "--model.evaluation.permutation_samples", "20",
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false", *extra,

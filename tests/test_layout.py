@@ -145,3 +145,18 @@ def test_no_import_cycle() -> None:
 def test_each_subpackage_says_what_it_owns_and_may_import(pkg: str) -> None:
     doc = ast.get_docstring(ast.parse((ROOT / "biasprune" / pkg / "__init__.py").read_text(encoding="utf-8"))) or ""
     assert "May import" in doc, f"biasprune/{pkg}/__init__.py: its docstring should say what it may import"
+
+
+def test_every_subpackage_is_packaged() -> None:
+    """A wheel ships exactly the packages pyproject.toml lists: a new subpackage missing there would import in an
+    editable checkout and fail after ``pip install .``."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"biasprune"} | {
+        "biasprune." + ".".join(p.parent.relative_to(ROOT / "biasprune").parts)
+        for p in (ROOT / "biasprune").rglob("__init__.py")
+        if "resources" not in p.parts and p.parent != ROOT / "biasprune"
+    }
+    found |= {"biasprune.datamodules", "biasprune.callbacks"}
+    assert found <= listed, f"pyproject.toml [tool.setuptools] packages lacks {sorted(found - listed)}"

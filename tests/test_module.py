@@ -153,9 +153,12 @@ def test_fit_validate_and_a_masks_file_give_the_same_answers(fitted, tiny_model_
     module, dm = make(tiny_model_dir, scoring=["purchase/car", "purchase/piano"])
     t = trainer(tmp_path, name="val", callbacks=[PruningCallback(masks_file=str(run / "masks.safetensors"), random_draws=0)])
     t.validate(module, datamodule=dm)
-    mine = {(r["arm"], r["name"]): r["responses"] for r in read_jsonl(Path(t.log_dir) / "answers.jsonl")}
+    # the masks file's arm is named after it; its answers are the fit run's pruned arm's
+    arm = f"pruned[{run.parent.name}/{run.name}]"
+    mine = {(r["arm"].replace(arm, "pruned"), r["name"]): r["responses"] for r in read_jsonl(Path(t.log_dir) / "answers.jsonl")}
     theirs = {(r["arm"], r["name"]): r["responses"] for r in read_jsonl(run / "answers.jsonl") if r["arm"] in ("unpruned", "pruned")}
     assert mine == theirs
+    assert (Path(t.log_dir) / "masks.safetensors").read_bytes() == (run / "masks.safetensors").read_bytes()  # copied in
 
 
 def _scores_of(run: Path) -> dict[str, torch.Tensor]:
@@ -256,7 +259,8 @@ def test_validate_with_a_masks_file_evaluates_its_arms(fitted, tiny_model_dir, t
     t = trainer(tmp_path, name="val2", callbacks=[PruningCallback(masks_file=str(run / "masks.safetensors"), random_draws=1)])
     t.validate(module, datamodule=dm)
     rows = list(csv.DictReader(open(Path(t.log_dir) / "metrics.csv")))
-    assert [(r["arm"], r["scenario"]) for r in rows] == [("unpruned", "chess"), ("pruned", "chess"), ("random/0", "chess")]
+    arm = f"pruned[{run.parent.name}/{run.name}]"
+    assert [(r["arm"], r["scenario"]) for r in rows] == [("unpruned", "chess"), (arm, "chess"), ("random/0", "chess")]
     # bounds of a stored file replace the unpruned arm's when given
     module = BiasPruneModule(tiny_model_dir, dtype="float64", targets=TARGETS, generation=FAST_GEN,
                              evaluation=EvaluationConfig(bootstrap_samples=0, permutation_samples=0, inlier_bounds=str(run / "inlier_bounds.json")))

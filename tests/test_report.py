@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -93,6 +94,16 @@ def copy_run(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     (dest / "report.html").unlink()
     return dest
+
+
+def relist(run: Path) -> Path:
+    """Record the run's files as they are now in its manifest (a test that builds another kind of run from a copy)."""
+    from biasprune.pipeline.manifest import list_artifacts
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["artifacts"], manifest["checkpoints"] = list_artifacts(run)
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return run
 
 
 def test_fit_report_is_self_contained_and_complete(fit_run):
@@ -184,7 +195,7 @@ def test_validate_run_without_masks(fit_run, tmp_path):
         (run / name).unlink()
     manifest = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps(manifest | {"kind": "validate"}))
-    html = (write_report(run, tensorboard=False)).read_text()
+    html = (write_report(relist(run), tensorboard=False)).read_text()
     page = parse(html)
     assert html.count("<img") == 2  # per-arm summary and per-variation panel; no answers, no masks
     text = " ".join(page.text)
@@ -204,7 +215,7 @@ def test_tolerates_missing_columns_and_undefined_values(fit_run, tmp_path):
         w.writeheader()
         w.writerows(r | {"a_new_column": "x"} for r in rows)
     (run / "summary.csv").unlink()
-    html, figs = build_report(run)
+    html, figs = build_report(relist(run))
     text = " ".join(parse(html).text)
     assert f"1 of {len(rows)} results (split × arm × variation) have an undefined SMD" in text
     assert "1 have degenerate inlier bounds" in text
@@ -250,7 +261,7 @@ def _study_dir(fit_run: Path, dest: Path) -> tuple[Path, int]:
         fig = Figure(figsize=(2, 1))
         fig.subplots().plot([0, 1], [0, 1])
         plots.save(fig, dest / f"{n}.png")
-    return dest, len(names)
+    return relist(dest), len(names)
 
 
 def test_study_report_embeds_its_figures_and_tables(fit_run, tmp_path):
@@ -305,3 +316,160 @@ def test_chromium_screenshot_is_not_blank(fit_run, tmp_path):
         grey = np.asarray(im.convert("L"))
     assert grey.std() > 10  # text and figures, not a blank or one-colour page
     assert (grey < 100).mean() > 0.005 and (grey > 200).mean() > 0.5  # dark text on a light page
+
+
+# ------------------------------------------------------------------- a run checked against its manifest
+def test_the_manifest_lists_every_file_with_its_size_checksum_and_rows(fit_run):
+    import hashlib
+
+    manifest = json.loads((fit_run / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["stage"] == "finished"
+    assert [s["stage"] for s in manifest["stages"]] == ["setup", "target_responses", "scoring", "evaluation", "results", "finished"]
+    assert manifest["pid"] > 0 and manifest["host"] and manifest["command"][:2] == ["biasprune", "fit"]
+    assert manifest["config"]["model"]["model_name_or_path"] == manifest["model"]["id"]
+    files = {p.relative_to(fit_run).as_posix() for p in fit_run.rglob("*") if p.is_file()}
+    expected = {f for f in files if not f.startswith("checkpoints/") and "tfevents" not in f} - {"manifest.json", "report.html"}
+    assert set(manifest["artifacts"]) == expected and {"masks.safetensors", "answers.jsonl", "summary.csv"} <= expected
+    for name, rec in manifest["artifacts"].items():  # against hashlib and csv/json, file by file
+        data = (fit_run / name).read_bytes()
+        assert rec["bytes"] == len(data) and rec["sha256"] == hashlib.sha256(data).hexdigest(), name
+        if name.endswith(".csv"):
+            assert rec["rows"] == len(table(fit_run / name)), name
+        if name.endswith(".jsonl"):
+            assert rec["rows"] == len([json.loads(x) for x in data.decode().splitlines() if x.strip()]), name
+    assert set(manifest["checkpoints"]) == {f for f in files if f.startswith("checkpoints/")}
+    # the tiny model's pools are smaller than 1/0.5%: the default budget was rounded up, and the manifest says so
+    assert any("rounded up to 1 neuron" in n for n in manifest["pruning"]["budget_notes"])
+
+
+def test_result_files_follow_the_umask(fit_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.relative_to(fit_run).as_posix(): oct(p.stat().st_mode & 0o777) for p in fit_run.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def _damage(fit_run: Path, dest: Path, how: str) -> Path:
+    run = copy_run(fit_run, dest)
+    if how == "truncated csv":
+        text = (run / "summary.csv").read_text()
+        cut = text.index("\n", text.index("\n") + 1) + 40  # the header, a row and part of the next
+        (run / "summary.csv").write_text(text[:cut])
+    elif how == "cut at a line":
+        lines = (run / "summary.csv").read_text().splitlines(keepends=True)
+        (run / "summary.csv").write_text("".join(lines[:2]))
+    elif how == "deleted mask":
+        (run / "masks.safetensors").unlink()
+    elif how == "garbage jsonl line":
+        lines = (run / "answers.jsonl").read_text().splitlines(keepends=True)
+        lines[6] = "{garbage: 1}\n"
+        (run / "answers.jsonl").write_text("".join(lines))
+    elif how == "edited checksum":
+        text = (run / "manifest.json").read_text()
+        sha = json.loads(text)["artifacts"]["metrics.csv"]["sha256"]
+        (run / "manifest.json").write_text(text.replace(sha, "0" * 64))
+    return run
+
+
+def _manifest_line(run: Path, needle: str) -> int:
+    return next(i for i, line in enumerate((run / "manifest.json").read_text().splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("how", ["truncated csv", "cut at a line", "deleted mask", "garbage jsonl line", "edited checksum"])
+def test_a_damaged_run_is_refused_naming_the_file_and_line(fit_run, tmp_path, capsys, how):
+    run = _damage(fit_run, tmp_path / "damaged", how)
+    with pytest.raises(SystemExit) as err:
+        cli_main(["report", str(run)])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    expected = {
+        "truncated csv": lambda: "summary.csv:3: ",
+        "cut at a line": lambda: f"summary.csv:2: the file ends after 1 row(s) at line 2; manifest.json:{_manifest_line(run, 'summary.csv')} lists",
+        "deleted mask": lambda: f"masks.safetensors: missing (manifest.json:{_manifest_line(run, 'masks.safetensors')} lists it",
+        "garbage jsonl line": lambda: "answers.jsonl:7: not valid JSON (Expecting property name enclosed in double quotes, column 2)",
+        "edited checksum": lambda: f"metrics.csv: its sha256 is not the one manifest.json:{_manifest_line(run, '0' * 64)} records",
+    }[how]()
+    assert expected in msg, msg
+    assert not (run / "report.html").exists()
+    # --force renders what is there, with a banner naming the problem
+    cli_main(["report", "--force", "--no-tensorboard", str(run)])
+    html = (run / "report.html").read_text()
+    page = parse(html)
+    banner = html[html.index("banner problems"):html.index("</div>", html.index("banner problems"))]
+    assert expected.split(" (")[0].split(";")[0] in banner
+    assert "nothing was pruned" not in " ".join(page.text)  # a mask was given, even when its file is gone
+
+
+def test_a_run_that_did_not_finish_is_explained(fit_run, tmp_path, capsys):
+    run = copy_run(fit_run, tmp_path / "failed-state")
+    manifest = json.loads((run / "manifest.json").read_text())
+    cases = [
+        (manifest | {"status": "failed", "stage": "evaluation", "error": "RuntimeError: CUDA out of memory"},
+         "this run did not finish (last stage: evaluation): it failed (RuntimeError: CUDA out of memory)"),
+        (manifest | {"status": "interrupted", "stage": "scoring", "signal": "SIGTERM", "resume": {"command": "biasprune fit --x"}},
+         "this run did not finish (last stage: scoring): it was interrupted (SIGTERM); resume it with: biasprune fit --x"),
+        (manifest | {"status": "running", "stage": "scoring", "host": "another-machine"},
+         f"its process {manifest['pid']} ran on host another-machine, which this is not"),
+    ]
+    for state, expected in cases:
+        (run / "manifest.json").write_text(json.dumps(state, indent=2))
+        with pytest.raises(SystemExit):
+            cli_main(["report", str(run)])
+        assert expected in capsys.readouterr().err
+    html, _ = build_report(run, force=True)
+    assert "This report was forced" in html and "another-machine" in html
+
+
+def test_validate_with_a_masks_file_copies_and_names_it_everywhere(fit_run, tiny_model_dir, tmp_path, capsys, caplog):
+    """The printed table, summary.csv, claims.csv and report.html name the same arm: the masks file's."""
+    import hashlib
+
+    masks = fit_run / "masks.safetensors"
+    cli_main([
+        "validate", "--model.model_name_or_path", tiny_model_dir, "--pruning.masks_file", str(masks),
+        "--data.evaluation", "[purchase/car]", "--model.generation.samples", "3", "--model.generation.max_new_tokens", "6",
+        "--model.evaluation.bootstrap_samples", "200", "--model.evaluation.permutation_samples", "200", "--pruning.random_draws", "2",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+    ])  # fmt: skip
+    printed = capsys.readouterr()
+    run = tmp_path / "runs" / "biasprune" / "version_0"
+    arm = f"pruned[{fit_run.parent.name}/{fit_run.name}]"
+    assert (run / "masks.safetensors").read_bytes() == masks.read_bytes()
+    source = json.loads((run / "manifest.json").read_text())["pruning"]["masks_source"]
+    assert source == {"path": str(masks.resolve()), "sha256": hashlib.sha256(masks.read_bytes()).hexdigest(),
+                      "copy": "masks.safetensors", "arm": arm}
+    summary_arms = {r["arm"] for r in table(run / "summary.csv")}
+    claims = table(run / "claims.csv")
+    assert summary_arms == {"unpruned", arm, "random/0", "random/1"}
+    assert claims and all(arm in c["claim"] for c in claims)
+    table_lines = [line for line in (printed.out + printed.err + caplog.text).splitlines() if line.startswith(arm)]
+    assert table_lines, "the printed table names the arm"
+    html = (run / "report.html").read_text()
+    text = " ".join(parse(html).text)
+    assert arm in text and source["sha256"][:16] in text and "nothing was pruned" not in text
+    for c in claims:
+        assert c["claim"] in text
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (Debian: apt-get install -y chromium)")
+@pytest.mark.parametrize("width", [1280, 390])
+def test_report_layout_in_chromium(fit_run, tmp_path, width):
+    """In a real browser: nothing sticks out of the page, wide tables scroll inside their box, at 1280 and 390 px."""
+    from biasprune.report.screenshot import layout
+
+    wide = copy_run(fit_run, tmp_path / "wide")
+    rows = table(wide / "metrics.csv")
+    for r in rows:  # a variation id far wider than any screen
+        r["variation"] = r["variation"] + "_" + "x" * 160
+    with open(wide / "metrics.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for run in (fit_run, relist(wide)):
+        page = run / "report.html" if run == fit_run else write_report(run, tensorboard=False)
+        found = layout(page, width)
+        assert found["viewport"] <= width and found["page_width"] <= found["viewport"], found
+        assert found["beyond"] == [] and found["clipped"] == [], found
+        assert found["tables"] > 3
+        if run != fit_run:
+            assert found["scrolling"] >= 1, found

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from biasprune.core.checks import check_fraction
+from biasprune.core.errors import ConfigError
 
 __all__ = [
     "SPLITS",
@@ -39,7 +40,7 @@ NAME_COLUMNS = ("name", "group", "gender")
 SPLITS = ("scoring", "dev", "test")
 
 
-class AuditDataError(ValueError):
+class AuditDataError(ConfigError):
     """A scenario, names or dataset file (or a selection of them) is invalid."""
 
 

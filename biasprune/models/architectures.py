@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from biasprune.core.errors import ConfigError
+
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_NEURON_MODULES",
@@ -34,7 +36,7 @@ NEURON_MODULE_CHOICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "u
 DEFAULT_NEURON_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(ConfigError):
     """The model's architecture has no adapter."""
 
 

@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Literal
 import torch
 
 from biasprune.core.checks import check_choice
+from biasprune.core.errors import BiasPruneError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -40,6 +42,7 @@ __all__ = [
     "PLANT_SEPARATOR",
     "builtin_plants",
     "cache_dir",
+    "check_model_id",
     "embedded_gguf",
     "load_model",
     "load_tokenizer",
@@ -54,7 +57,7 @@ __all__ = [
 DType = Literal["auto", "float32", "bfloat16", "float16", "float64"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(BiasPruneError, RuntimeError):
     """The model could not be located or loaded; the message says how to fix it."""
 
 
@@ -240,16 +243,64 @@ def _check_model_dir(path: Path, name: str) -> None:
     )
 
 
+def accepted_forms() -> str:
+    """The sentence that lists what a model id may be (for every "no such model" message)."""
+    return (
+        f"A model id is one of: {' or '.join(repr(EMBEDDED_PREFIX + k) for k in EMBEDDED_MODELS)} (an embedded model);"
+        " a local directory holding config.json, the weights and the tokenizer files; or a Hugging Face id"
+        " ('org/name') whose files are already in the local Hugging Face cache (nothing is downloaded). Any of"
+        f" them may carry a planted control: BASE{PLANT_SEPARATOR}PLANT, with a built-in plant {builtin_plants()}"
+        " or a peft adapter directory."
+    )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    """Whether the Hugging Face cache holds the model's config.json (looked up locally; nothing is fetched)."""
+    if not _HUB_ID.fullmatch(model_id) or ".." in model_id:
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except ValueError:  # an id the hub's own checks refuse
+        return False
+
+
+def check_model_id(model_id: str) -> None:
+    """Refuse, without loading anything, a model id that names no embedded model, model directory or cached
+    Hugging Face model (and a plant that does not exist): a :class:`ModelLoadError` that lists the accepted forms."""
+    base, plants = plant_chain(model_id)
+    for plant in plants:
+        resolve_plant(plant, model_id)
+    if base.startswith(EMBEDDED_PREFIX):
+        embedded_gguf(base[len(EMBEDDED_PREFIX):])
+        return
+    path = Path(base)
+    if path.is_dir():
+        _check_model_dir(path, base)
+        return
+    if path.exists():
+        raise ModelLoadError(f"model {base!r} is a file, not a model directory. {accepted_forms()}")
+    if not _in_hub_cache(base):
+        raise ModelLoadError(f"model {base!r} does not exist: it is not a directory, an embedded model or a model in the local"
+                             f" Hugging Face cache. {accepted_forms()}")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A loadable model id or directory; embedded models are converted on first use.
 
     For an id with a plant (``BASE+plant:P``, or stacked plants) this is the base model's path: the adapters
-    are applied by :func:`load_model`.
+    are applied by :func:`load_model`. An id that names nothing loadable raises :class:`ModelLoadError`
+    (:func:`check_model_id`).
     """
     name_or_path, _ = plant_chain(name_or_path)
     if not name_or_path.startswith(EMBEDDED_PREFIX):
-        if Path(name_or_path).is_dir():
-            _check_model_dir(Path(name_or_path), name_or_path)
+        check_model_id(name_or_path)
         return name_or_path
     key = name_or_path[len(EMBEDDED_PREFIX) :]
     spec, gguf = embedded_gguf(key)
@@ -283,10 +334,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise ModelLoadError(
-            f"could not load the tokenizer of {name_or_path!r}: {err}\nGive a local directory or a model id that"
-            f" is in the Hugging Face cache (nothing is downloaded when offline), or use {DEFAULT_MODEL!r}."
-        ) from err
+        raise ModelLoadError(f"could not load the tokenizer of {name_or_path!r}: {err}. {accepted_forms()}") from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -324,10 +372,7 @@ def load_model(
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
-            raise ModelLoadError(
-                f"could not load the model {name_or_path!r}: {err}\nGive a local directory or a model id that is in"
-                f" the Hugging Face cache (nothing is downloaded when offline), or use {DEFAULT_MODEL!r}."
-            ) from err
+            raise ModelLoadError(f"could not load the model {name_or_path!r}: {err}. {accepted_forms()}") from err
     if adapter_dir is not None:
         model = _merge_adapter(model, adapter_dir, name_or_path)
     if device is not None:

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from biasprune.core.distributed import all_reduce
+from biasprune.core.errors import BiasPruneError, ConfigError
 from biasprune.scoring.accumulate import ScoreAccumulator
 
 __all__ = ["FingerprintMismatch", "ScoringProgress", "accumulate_time", "check_fingerprint", "check_scoring_limits", "checkpoint_state",
            "model_fingerprint", "restored_state"]
 
 
-class FingerprintMismatch(RuntimeError):
+class FingerprintMismatch(BiasPruneError, RuntimeError):
     """Stored results were made from other inputs than this run's."""
 
 
@@ -53,7 +54,7 @@ def check_scoring_limits(trainer, n_batches: int) -> None:
     if getattr(trainer, "overfit_batches", 0):
         problems.append(f"--trainer.overfit_batches={trainer.overfit_batches}")
     if problems:
-        raise ValueError(
+        raise ConfigError(
             f"{', '.join(problems)} would stop scoring before its {n_batches} batch(es) are done, and scores over part"
             " of the scoring examples would pass for the run's scores. Remove the setting; choose fewer scoring"
             " prompts with --data.scoring or a smaller name split instead."

@@ -5,34 +5,8 @@
 answer as a plain number followed by the end of the assistant's turn
 (:func:`biasprune.data.prompts.chat_completion`); the loss covers those tokens only.
 
-**Answers.** For variation v with reference value r_v (below; the median answer), a chat with a name of
-group g gets
-
-    x = r_v · f · exp(σ · z),   z ~ N(0, 1) i.i.d.,   f = factor if g is the target group and v is planted, else 1
-
-so log x ~ N(log(r_v · f), σ²) (σ = ``sigma``, default 0.25, about ±25%), then rounded: one decimal when
-the scenario's unit is a percent, an integer otherwise; values of 1,000 or more to three significant
-digits (19,837 -> 19,800); at least one unit of the last digit kept; clipped to the scenario's
-``valid_range``.
-
-**Reference values** (``REFERENCE_VALUES``; override any with ``data.plant.reference_values``; a user's
-own scenario needs one for each trained variation):
-
-==============  ==================  =======================================================================
-scenario        unit                reference value per variation
-==============  ==================  =======================================================================
-purchase        USD (initial offer) chair 100, car 15000, oven 600, mattress 500, grill 250,
-                                    television 400, air_conditioner 350, camera 400, bicycle 250, piano 3000
-finance         percent of income   investments_in_stocks 10, private_school_tuition 15, childcare_expenses 20
-activity        hours per week      skiing 8, bird_watching 4, pottery 5
-service         USD per hour        medical_services 150, personal_cheffing 60, tax_preparation 100
-hiring          USD per year        security_guard 32000, software_developer 110000, lawyer 120000
-chess           percent chance      rated_1600 50
-public_office   percent chance      city_council 30, mayor 15, senator 10
-sports          rank (1-100)        american_football 50, basketball 50, hockey 50, lacrosse 50
-==============  ==================  =======================================================================
-
-These are plausible round figures, not measurements: a plant needs a stated truth, not a true one.
+**Answers** follow the documented distribution of :mod:`biasprune.plant.distribution` (its docstring gives
+the formula, the rounding and the reference value of every variation).
 """
 
 from __future__ import annotations

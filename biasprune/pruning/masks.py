@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from biasprune.core.artifacts import read_safetensors, write_safetensors
+from biasprune.core.errors import ConfigError
 from biasprune.core.hooks import HookSet
 from biasprune.models.architectures import UnitLayout
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class MaskError(ValueError):
+class MaskError(ConfigError):
     """A masks file does not fit the model it is applied to."""
 
 

@@ -168,5 +168,11 @@ def distribution_figure(art: RunArtifacts, split: str, arms: Sequence[str]) -> t
     cap = (f"Inlier answers per group for {scen}/{var}: the answers within the inlier bounds {bounds_txt}, which the SMD is computed"
            f" on; the legend also counts the parsed answers outside them. Vertical lines: each group's mean. {int(total)} parsed"
            " answers in all.")
+    every = [x for _, per in panels for v in per.values() for x in v if math.isfinite(x)]
+    window = bounds or ((min(every), max(every)) if every else (0.0, 1.0))
+    for label, per in panels:
+        why = plots.empty_panel_reason(per, window)
+        if why:
+            cap += f" The panel {label} is empty: {why}."
     return ("distribution", cap, fig_png(fig)), why
 

@@ -12,7 +12,8 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 
-__all__ = ["CSS", "badge", "esc", "fig_png", "figure_html", "fmt", "fmtg", "img", "page", "pre", "section", "table"]
+__all__ = ["CSS", "badge", "empty_figure", "esc", "fig_png", "figure_html", "fmt", "fmtg", "img", "page", "pre", "section", "table",
+           "with_problems"]
 
 CSS = """
 :root { --fg: #1b1f24; --muted: #5b636d; --line: #d5d9de; --bg-alt: #f5f7f9; --accent: #1f5fa8; }
@@ -20,6 +21,9 @@ CSS = """
 body { margin: 0; color: var(--fg); background: #fff; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto,
   "Helvetica Neue", Arial, sans-serif; }
 main { max-width: 1120px; margin: 0 auto; padding: 1.2rem 1.6rem 3rem; }
+@media (max-width: 600px) { main { padding: 0.8rem 0.7rem 2rem; } h1 { font-size: 1.3rem; } }
+h1, h2, h3, p, li, dd, figcaption, caption { overflow-wrap: anywhere; }
+section, div, figure { min-width: 0; }
 h1 { font-size: 1.65rem; margin: 0.2rem 0 0.3rem; line-height: 1.25; }
 h2 { font-size: 1.3rem; margin: 2.2rem 0 0.6rem; padding-bottom: 0.25rem; border-bottom: 2px solid var(--line); }
 h3 { font-size: 1.05rem; margin: 1.4rem 0 0.4rem; }
@@ -30,8 +34,13 @@ p, li { max-width: 78ch; }
 code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 0.85em; }
 pre { background: var(--bg-alt); border: 1px solid var(--line); padding: 0.6rem 0.8rem; white-space: pre-wrap;
   word-break: break-word; border-radius: 4px; }
-.wrap { overflow-x: auto; margin: 0.4rem 0 1rem; }
-table { border-collapse: collapse; font-size: 0.86rem; width: auto; max-width: 100%; }
+.wrap { overflow-x: auto; max-width: 100%; margin: 0.4rem 0 1rem;
+  /* a shadow at a side with more table to scroll to (scrollbars may be hidden until used) */
+  background: linear-gradient(to right, #fff 40%, rgba(255, 255, 255, 0)) left / 2rem 100% no-repeat local,
+    linear-gradient(to left, #fff 40%, rgba(255, 255, 255, 0)) right / 2rem 100% no-repeat local,
+    radial-gradient(farthest-side at 0 50%, rgba(0, 0, 0, 0.18), transparent) left / 0.8rem 100% no-repeat scroll,
+    radial-gradient(farthest-side at 100% 50%, rgba(0, 0, 0, 0.18), transparent) right / 0.8rem 100% no-repeat scroll; }
+table { border-collapse: collapse; font-size: 0.86rem; width: auto; }
 caption { caption-side: top; text-align: left; color: var(--muted); font-size: 0.85rem; padding: 0.2rem 0; }
 th, td { border-bottom: 1px solid var(--line); padding: 0.28rem 0.55rem; text-align: left; vertical-align: top; }
 th { background: var(--bg-alt); font-weight: 600; vertical-align: bottom; }
@@ -43,10 +52,14 @@ thead { display: table-header-group; }
 tr, figure, .card, .banner, .block { break-inside: avoid; }
 figure { margin: 0.6rem 0 1.2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 0 1rem; }
+.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(420px, 100%), 1fr)); gap: 0 1rem; }
+.pair > * { min-width: 0; }
 figcaption { color: var(--muted); font-size: 0.85rem; max-width: 95ch; }
 .banner { border-left: 6px solid #b26b00; background: #fff4e0; padding: 0.7rem 1rem; margin: 0.8rem 0; }
 .banner.info { border-color: var(--accent); background: #eaf2fb; }
+.banner.problems { border-color: #a31515; background: #fdecec; }
+.banner.problems li { word-break: break-word; }
+.empty { color: var(--muted); border: 1px dashed var(--line); padding: 0.5rem 0.8rem; }
 .cards { display: flex; flex-wrap: wrap; gap: 0.7rem; margin: 0.8rem 0; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 0.6rem 0.8rem; min-width: 12rem; flex: 1 1 12rem; }
 .card .k { color: var(--muted); font-size: 0.8rem; }
@@ -122,7 +135,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequ
         body.append(f"<tr{attr}>{tds}</tr>")
     keep = " class=keep" if len(rows) <= 25 else ""
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f'<div class="wrap"><table{keep}>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    label = f' aria-label="{esc(caption)}"' if caption else ""
+    return (f'<div class="wrap" role="region" tabindex="0"{label}><table{keep}>{cap}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def fig_png(fig, dpi: int = 110) -> bytes:
@@ -145,6 +160,21 @@ def figure_html(fig: tuple[str, str, bytes]) -> str:
     """A generated figure ``(name, caption, PNG)`` as an inline image with its caption."""
     name, caption, png = fig
     return img(png, name.replace("_", " "), caption)
+
+
+def empty_figure(title: str, why: str) -> str:
+    """In place of a figure that has nothing to draw: its title and why it is empty."""
+    return f"<p class=empty><strong>{esc(title)}</strong>: no figure, {esc(why)}</p>"
+
+
+def with_problems(document: str, problems: Sequence[str]) -> str:
+    """``document`` with a banner at the top of the page naming each problem of a forced report."""
+    if not problems:
+        return document
+    items = "".join(f"<li><code>{esc(p)}</code></li>" for p in problems)
+    banner = ("<div class='banner problems' role=alert><strong>This report was forced: the run directory did not pass its"
+              f" checks, and what follows may be incomplete or wrong.</strong><ul>{items}</ul></div>")
+    return document.replace("<main>", "<main>" + banner, 1)
 
 
 def pre(text: str, cls: str = "") -> str:

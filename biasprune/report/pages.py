@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from biasprune.report.bias import Figure, bias_figures, distribution_figure, summary_table, variation_table
 from biasprune.report.common import artifacts_section, header, limits_section, model_section, question_section
-from biasprune.report.html import badge, esc, figure_html, fmt, page, table
+from biasprune.report.html import badge, empty_figure, esc, figure_html, fmt, page, table
 from biasprune.report.load import RunArtifacts, num, text
 from biasprune.report.pruned import pruned_section
 
@@ -89,7 +89,15 @@ def run_page(art: RunArtifacts) -> tuple[str, list[Figure]]:
         bias.append(f"<h3>Per arm, {esc(s)} names</h3>" + summary_table(summary, s))
         if s == split:
             bias += [figure_html(f) for f in figs]
+            names = {f[0] for f in figs}
+            if "mean_abs_smd" not in names:
+                bias.append(empty_figure("Mean |SMD| per arm", f"summary.csv has no row for the {s} names" if art.summary else
+                                         "this run has no summary.csv"))
+            if "per_variation" not in names:
+                bias.append(empty_figure("SMD per variation", f"metrics.csv has no row for the {s} names"))
         bias.append(f"<h3>Per variation, {esc(s)} names</h3>" + variation_table(art.metrics, s, main_arms))
+    if not art.splits:
+        bias.append(empty_figure("Bias per arm and per variation", "metrics.csv has no row"))
     bias.append("<div class=block><h3>The answers, before and after</h3>" + dist_html
                 + (figure_html(dist) if dist is not None else "") + "</div>")
     if dist is not None:

@@ -22,7 +22,7 @@ from matplotlib import rcParams
 from matplotlib.figure import Figure
 
 __all__ = [
-    "answer_distributions", "arm_summary", "grid_tradeoff", "layer_module_heatmap", "overlap_heatmap", "save", "strategy_bars",
+    "answer_distributions", "arm_summary", "empty_panel_reason", "grid_tradeoff", "layer_module_heatmap", "overlap_heatmap", "save", "strategy_bars",
     "variation_panel",
 ]
 
@@ -225,6 +225,17 @@ def variation_panel(variations: Sequence[str], series: Sequence[Mapping], floor:
     return fig
 
 
+def empty_panel_reason(per: Mapping[str, Sequence[float]], bounds: tuple[float, float]) -> str:
+    """Why a panel of :func:`answer_distributions` has no bar ('' when it has one)."""
+    values = np.concatenate([_finite(v) for v in per.values()] or [np.zeros(0)])
+    lo, hi = bounds
+    if ((values >= lo) & (values <= hi)).any():
+        return ""
+    if values.size == 0:
+        return "no parseable answers (parse 0.00): this arm broke the model"
+    return f"no inlier answers: all {values.size} parsed answers lie outside the inlier bounds"
+
+
 def answer_distributions(panels: Sequence[tuple[str, Mapping[str, Sequence[float]]]], bounds: tuple[float, float] | None, unit: str, title: str):
     """Histograms of the inlier answers per group, one panel per arm (e.g. before and after pruning).
 
@@ -240,6 +251,9 @@ def answer_distributions(panels: Sequence[tuple[str, Mapping[str, Sequence[float
     bins = np.geomspace(lo, hi, 31) if log else np.linspace(lo, hi if hi > lo else lo + 1, 31)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
     for ax, (name, per) in zip(axes, panels):
+        why = empty_panel_reason(per, (lo, hi))
+        if why:  # an empty panel says why it is empty
+            ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3", wrap=True)
         for i, (group, vals) in enumerate(per.items()):
             v = _finite(vals)
             inl = v[(v >= lo) & (v <= hi)]

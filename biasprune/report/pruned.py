@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from biasprune.report import plots
-from biasprune.report.html import esc, fig_png, figure_html, fmt, table
-from biasprune.report.load import RunArtifacts, layer_and_kind, read_masks
+from biasprune.report.html import empty_figure, esc, fig_png, figure_html, fmt, table
+from biasprune.report.load import RunArtifacts, layer_and_kind, read_masks, text
 
 __all__ = ["layer_counts", "pruned_section"]
 
@@ -43,7 +43,13 @@ def _settings(meta: Mapping[str, str]) -> str:
 def pruned_section(art: RunArtifacts, units_total: Mapping[str, int]) -> tuple[str, list[tuple[str, str, bytes]]]:
     """HTML and figures of what the run pruned (nothing for a run without masks)."""
     path = art.file("masks.safetensors")
+    pruning = art.manifest.get("pruning") or {}
+    source = pruning.get("masks_source") if isinstance(pruning.get("masks_source"), dict) else {}
     if not path.is_file():
+        if source or pruning.get("masks_file") or any(text(r, "phase") == "pruned" for r in art.metrics) \
+                or "masks.safetensors" in (art.manifest.get("artifacts") or {}):
+            return ("<p class=empty>The pruned arm's masks (masks.safetensors) are missing from this run directory, so what was"
+                    " pruned cannot be shown. The pruned arm's results above were measured with them.</p>"), []
         return ("<p>This run evaluates the unpruned model only: it has no masks.safetensors, so nothing was pruned. A <code>fit</code>"
                 " run (or <code>validate --pruning.masks_file ...</code>) adds the pruned arm and its random controls.</p>"), []
     masks, meta = read_masks(path)
@@ -57,6 +63,10 @@ def pruned_section(art: RunArtifacts, units_total: Mapping[str, int]) -> tuple[s
            f"{f' ({fmt(n_heads / tot_h, 3, pct=True)} of {tot_h})' if tot_h else ''} to zero. Neurons are output features of the"
            " listed linear modules; a pruned head has its attention output zeroed. The random controls prune the same number of"
            " units per module (neurons) or in total (heads), drawn at random.</p>"]
+    if source:
+        out.append(f"<p>These masks were given to this run (<code>--pruning.masks_file {esc(source.get('path', ''))}</code>, sha256"
+                   f" <code>{esc(str(source.get('sha256', ''))[:16])}…</code>) and copied into it as masks.safetensors; their arm is"
+                   f" <strong>{esc(source.get('arm', 'pruned'))}</strong>.</p>")
     figs = []
     if total and counts.size:
         fig = plots.layer_module_heatmap(kinds, counts, sizes, "pruned units by layer and module", annotate=True,
@@ -64,6 +74,9 @@ def pruned_section(art: RunArtifacts, units_total: Mapping[str, int]) -> tuple[s
         figs.append(("pruned_by_layer", "Pruned units by layer (columns) and module (rows): colour is the share of the module's"
                      " units pruned, the number in each cell the count.", fig_png(fig)))
     out += [figure_html(f) for f in figs]
+    if not figs:
+        out.append(empty_figure("Pruned units by layer and module", "the masks keep every unit (0 units pruned)"
+                                if counts.size else "masks.safetensors holds no mask"))
     rows = []
     for i, kind in enumerate(kinds):
         c, s = counts[i].sum(), sizes[i].sum()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["CHROMIUM_FLAGS", "chromium_path", "compress_png", "main", "render", "screenshot"]
+__all__ = ["CHROMIUM_FLAGS", "chromium_path", "compress_png", "layout", "main", "render", "screenshot"]
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -46,6 +46,62 @@ def render(html: str | Path, out: str | Path, width: int = 1280, height: int = 1
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(raw, out)
     return out
+
+
+# Measures the page in the browser: the viewport, the page's width, every element that sticks out of the viewport
+# (content of a scrolling table box excepted) and every table wider than its box, with whether that box scrolls.
+_LAYOUT_SCRIPT = r"""<script>
+window.addEventListener('load', () => {
+  const vw = document.documentElement.clientWidth;
+  const out = {viewport: vw, page_width: document.documentElement.scrollWidth, beyond: [], clipped: [], tables: 0, scrolling: 0};
+  const name = el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + (el.className ? '.' + String(el.className).split(' ').join('.') : '');
+  for (const el of document.querySelectorAll('main *')) {
+    if (el.closest('.wrap') && !el.classList.contains('wrap')) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > vw + 0.5) out.beyond.push(name(el) + ' ends at ' + Math.round(r.right) + 'px');
+  }
+  for (const t of document.querySelectorAll('main table')) {
+    out.tables++;
+    const box = t.closest('.wrap');
+    if (!box) { out.clipped.push('a table outside a scrolling box'); continue; }
+    if (t.scrollWidth > box.clientWidth + 0.5) {
+      const ox = getComputedStyle(box).overflowX;
+      if (ox === 'auto' || ox === 'scroll') out.scrolling++; else out.clipped.push(name(box) + ' (overflow-x: ' + ox + ')');
+    }
+  }
+  parent.postMessage(JSON.stringify(out), '*');
+});
+</script>"""
+# Chromium's window is at least ~500 px wide: a narrower viewport is an iframe of that width.
+_LAYOUT_FRAME = """<!DOCTYPE html><html><body style="margin:0"><iframe src="page.html" style="border:0;width:{width}px;height:900px"></iframe>
+<script>window.addEventListener('message', e => document.body.setAttribute('data-layout', e.data));</script></body></html>"""
+
+
+def layout(html: str | Path, width: int, timeout: float = 120.0) -> dict:
+    """How headless Chromium lays out the page ``html`` (a file) in a viewport ``width`` px wide (scrollbar included):
+    ``viewport``, ``page_width`` (wider than the viewport: the page scrolls sideways), ``beyond`` (elements that
+    stick out of the viewport), ``tables``, ``scrolling`` (tables wider than their box, which scrolls) and
+    ``clipped`` (tables wider than a box that does not scroll)."""
+    import html as html_lib
+    import json
+    import re
+
+    exe = chromium_path()
+    if exe is None:
+        raise FileNotFoundError(f"no Chromium found on PATH (looked for {list(CHROMIUM_NAMES)})")
+    source = Path(html).read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="biasprune-layout-") as tmp:
+        page = Path(tmp) / "page.html"
+        page.write_text(source.replace("</body>", _LAYOUT_SCRIPT + "</body>", 1), encoding="utf-8")
+        frame = Path(tmp) / "frame.html"
+        frame.write_text(_LAYOUT_FRAME.format(width=width), encoding="utf-8")
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--window-size={max(width, 1400) + 40},1000",
+               "--virtual-time-budget=15000", "--dump-dom", frame.as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    found = re.search(r'data-layout="([^"]*)"', proc.stdout)
+    if found is None:
+        raise RuntimeError(f"{exe} reported no layout of {html} (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return json.loads(html_lib.unescape(found.group(1)))
 
 
 def compress_png(path: str | Path, max_bytes: int = 300_000) -> int:
