@@ -52,10 +52,10 @@ def test_the_readme_example_runs_on_a_tiny_model(tiny_model_dir, tmp_path, monke
     printed = capsys.readouterr().out
     module, trainer = scope["module"], scope["trainer"]
     summary, claims = module.results["summary"], module.results["claims"]
-    assert [r["arm"] for r in summary] == ["unpruned", "pruned", "random/0", "random/1", "random/2"]
-    assert claims and all(c.verdict in ("holds", "does not hold", "inconclusive") for c in claims)
+    assert [r["arm"] for r in summary] == ["unpruned", "pruned", *(f"random/{d}" for d in range(5))]  # fit's default: 5 draws
+    assert claims and all(c.verdict in ("holds", "does not hold", "inconclusive", "breaks answers") for c in claims)
     for row in summary:
-        assert f"{row['arm']:<10} mean |SMD| {row['mean_abs_smd']:.3f}" in printed
+        assert f"{row['arm']:<10} scale-free |SMD| {row['mean_abs_rank_smd']:.3f}" in printed and f"paper |SMD| {row['mean_abs_smd']:.3f}" in printed
     run = (tmp_path / trainer.log_dir).resolve()
     assert run.is_relative_to((tmp_path / "runs" / "notebook").resolve())
     for name in ("summary.csv", "claims.csv", "metrics.csv", "masks.safetensors", "scores.safetensors"):

@@ -175,7 +175,7 @@ def test_ordering_needs_steps() -> None:
 def constructed(
     unpruned: float, pruned: float, random: float, spread: float = 0.05, n_boot: int = 1000
 ) -> PairedBootstrap:
-    """Draws around given centres; the random draws share the pruned arm's noise half-way (paired)."""
+    """Draws around given centres (one variation); the random draws share the pruned arm's noise half-way (paired)."""
     rng = np.random.default_rng(0)
     noise = rng.normal(0, spread, (3, n_boot))
     draws = np.array([unpruned, pruned, random])[:, None] + noise
@@ -183,10 +183,9 @@ def constructed(
     jack = np.array([unpruned, pruned, random])[:, None] + rng.normal(0, spread / 5, (3, 20))
     return PairedBootstrap(
         labels=("unpruned", "pruned", "random"),
-        estimate=np.array([unpruned, pruned, random]),
         smd=np.array([[unpruned], [pruned], [random]]),
-        draws=draws,
-        jackknife=jack,
+        abs_draws=draws[:, :, None],
+        abs_jackknife=jack[:, :, None],
         name_groups=np.repeat([0, 1], 10),
         seed=0,
     )

@@ -76,7 +76,8 @@ def test_composed_configs_resolve_to_one_configuration(capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["trainer"]["strategy"] == "frozen_ddp_spawn" and resolved["trainer"]["devices"] == 2
     assert resolved["trainer"]["logger"]["init_args"]["name"] == "quickstart"
-    assert resolved["pruning"]["rule"] == "relative_difference" and resolved["pruning"]["budget"] == "0.5%"
+    assert resolved["pruning"]["rule"] == "relative_difference" and resolved["pruning"]["budget"] == "auto"
+    assert resolved["pruning"]["auto_budgets"] == ["0.25%", "0.5%", "1%"] and resolved["pruning"]["random_draws"] == 5
 
 
 def test_help_documents_every_knob(capsys):

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import biasprune.pipeline.parallel  # noqa: F401  (registers the frozen strategies)
 from biasprune.answers.answering import TargetConfig
+from biasprune.callbacks import PruningCallback
 from biasprune.core.artifacts import read_jsonl
 from biasprune.datamodules import AuditDataModule
 from biasprune.models.architectures import decoder_layers
@@ -136,6 +137,8 @@ def test_layer_choices_and_their_errors():
         parse_layers("late", 30)
     with pytest.raises(ValueError, match="outside the model's 30 layers"):
         parse_layers("30", 30)
+    with pytest.raises(ValueError, match=r"pruning.budget=auto .* with pruning.method=direction nothing is pruned"):
+        PruningCallback(method="direction", budget="auto")
 
 
 # --------------------------------------------------------------------------------------------- the edit
@@ -200,6 +203,13 @@ def test_the_random_control_moves_the_pooled_mean_as_far_and_is_seeded(model):
         m = edit.pooled.double()
         moved = m + (e.targets.double() - (m * e.units.double()).sum(-1)).unsqueeze(-1) * e.units.double()
         torch.testing.assert_close((moved - m).norm(dim=-1), edit.shift().double(), rtol=1e-5, atol=1e-6)
+    cb = PruningCallback(method="direction", random_draws=2, random_seed=3)  # seeded by (split, arm, draw), as random masks
+    dev, test, again = (cb.direction_arms(edit, split) for split in ("dev", "test", "test"))
+    assert [a.name for a in test] == ["unpruned", "pruned", "random/0", "random/1"]
+    for d in (0, 1):
+        seed = cb.factory.control_seed("test", "pruned", d)
+        assert torch.equal(test[2 + d].edit.units, random_direction(edit, seed).units)
+        assert torch.equal(test[2 + d].edit.units, again[2 + d].edit.units) and not torch.equal(test[2 + d].edit.units, dev[2 + d].edit.units)
 
 
 # ------------------------------------------------------------------------------------- file and export
@@ -232,7 +242,6 @@ def test_fit_with_the_direction_method_evaluates_the_edit_beside_random_directio
     import csv
 
     from biasprune.answers.generation import GenerationConfig
-    from biasprune.callbacks import PruningCallback
     from biasprune.stats.rows import EvaluationConfig
 
     module = BiasPruneModule(tiny_model_dir, dtype="float64", objective="direction", targets=TargetConfig(max_new_tokens=3),
@@ -250,7 +259,7 @@ def test_fit_with_the_direction_method_evaluates_the_edit_beside_random_directio
     assert load_direction(tmp_path / "export" / "direction.safetensors").layers == (0, 1)
     arms = {r["arm"]: r for r in csv.DictReader(open(f"{run}/summary.csv"))}
     assert {"unpruned", "pruned"} <= set(arms) and float(arms["pruned"]["random_draws"]) == 2
-    assert arms["pruned"]["excluded"] != "prunes nothing"
+    assert arms["pruned"]["excluded"] != "prunes nothing" and float(arms["pruned"]["edited_layers"]) == 2
     rows = list(csv.DictReader(open(f"{run}/metrics.csv")))
     assert {r["edited_layers"] for r in rows if r["arm"] == "pruned"} == {"2"}
     assert {r["edited_layers"] for r in rows if r["arm"].startswith("random/")} == {"2"}

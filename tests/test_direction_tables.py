@@ -17,14 +17,15 @@ def archive(root, label, method, verdict_off, cut_off):
     d.mkdir(parents=True)
     cells = [{"method": method, "source": s, "target": t, "cell": "prompt-specific" if s == t else "cross-context",
               "cut": 0.8 if s == t else cut_off, "cut_ci_low": 0.5 if s == t else cut_off - 0.2, "cut_ci_high": 1.1 if s == t else cut_off + 0.2,
-              "unpruned_mean_abs_smd": 1.2, "arm_mean_abs_smd": 0.4, "inlier_ratio": 0.9, "parse_rate": 1.0,
+              "unpruned_mean_abs_rank_smd": 1.2, "arm_mean_abs_rank_smd": 0.4, "inlier_ratio": 0.9, "parse_rate": 1.0,
               "inlier_vs_unpruned": 0.97, "parse_vs_unpruned": 1.0, "n_variations": 2,
               "verdict": "transfers" if s == t else verdict_off, "claim": "", "sentence": ""}
              for s in SCEN for t in SCEN]
     write_transfer(d, cells, method)
     if method == "direction":
-        _, table = choose_layers([{"source": "purchase", "candidate": c, "cut": 0.5, "arm_mean_abs_smd": a, "random_mean_abs_smd": 0.9,
-                                   "inlier_vs_unpruned": 1.0, "parse_vs_unpruned": 1.0, "verdict": "transfers"}
+        _, table = choose_layers([{"source": "purchase", "candidate": c, "cut": 0.5, "arm_mean_abs_rank_smd": a, "random_mean_abs_rank_smd": 0.9,
+                                   "inlier_vs_unpruned": 1.0, "parse_vs_unpruned": 1.0, "inlier_ratio_vs_unpruned": 0.0,
+                                   "parse_rate_vs_unpruned": 0.0, "verdict": "transfers"}
                                   for c, a in (("2", 0.3), ("early", 0.2))], 30)
         write_csv(d / "transfer_direction_layers.csv", table, LAYER_COLUMNS)
     (d / "settings.json").write_text(json.dumps({"model": f"m+plant:{label}", "samples": 4, "random_draws": 2, "layers": "early"}))

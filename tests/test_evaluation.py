@@ -117,9 +117,14 @@ def test_summary_lists_a_family_that_was_never_evaluated():
     lines = text.splitlines()
     assert f"{arm}    [no grid point qualified on dev names]" in lines  # the arm column, then the reason
     header = next(line for line in lines if line.startswith("arm "))
+    titles = lines[lines.index(header) - 1]
     unpruned = next(line for line in lines if line.startswith("unpruned "))
-    assert header.index("mean |SMD|") + len("mean |SMD|") == len(arm) + 2 + 11  # the column after the longest arm
+    assert header.index("mean") + len("mean") == len(arm) + 2 + 7  # the column after the longest arm
+    start = len(arm) + 2
+    assert titles[start:start + 34].strip() == "scale-free |SMD|" and titles[start + 36:start + 70].strip() == "paper |SMD|"
     assert unpruned[: len(arm) + 2].rstrip() == "unpruned"
+    value = unpruned[len(arm) + 2: len(arm) + 2 + 7].strip()
+    assert value == f"{summary[0]['mean_abs_rank_smd']:.3f}"  # the scale-free mean under its title
 
 
 def test_claims_and_controls_on_constructed_answers():
@@ -132,7 +137,9 @@ def test_claims_and_controls_on_constructed_answers():
     by_arm = {r["arm"]: r for r in s.rows}
     assert by_arm["unpruned"]["mean_abs_smd"] > 2 and by_arm["pruned"]["mean_abs_smd"] < 1
     assert by_arm["pruned"]["random_draws"] == 3 and by_arm["pruned"]["random_mean_abs_smd"] > 2
-    assert by_arm["unpruned"]["null_p95"] < by_arm["unpruned"]["mean_abs_smd"]  # far above the noise floor
+    assert by_arm["unpruned"]["null_mean_abs_smd_p95"] < by_arm["unpruned"]["mean_abs_smd"]  # far above the noise floor
+    assert by_arm["unpruned"]["null_mean_abs_rank_smd_p95"] < by_arm["unpruned"]["mean_abs_rank_smd"]
+    assert by_arm["pruned"]["utility"] == "non-inferior" and by_arm["pruned"]["inlier_ratio_vs_unpruned_ci_low"] > -0.1
     (claim,) = s.claims
     assert claim.verdict == "holds" and claim.claim == "pruning lowers bias (pruned)"
     # the same pruned arm without random controls cannot be claimed

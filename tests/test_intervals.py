@@ -207,7 +207,7 @@ def test_argument_errors() -> None:
         contrast_interval(boot, {})
 
 
-# ---- coverage (small sizes, loose tolerance; benchmarks/validation/coverage.py runs the design's sizes) ---------------
+# ---- coverage (small sizes, loose tolerance; benchmarks/validation/calibration_intervals.py runs the design's sizes) ---------------
 
 
 def _coverage(deltas: tuple[float, ...], reps: int, method: str) -> tuple[float, float, float]:

@@ -89,9 +89,15 @@ def test_fit_writes_the_contract_artifacts(fitted):
     assert [(r["split"], r["arm"], r["phase"]) for r in rows] == [
         ("test", "unpruned", "baseline"), ("test", "pruned", "pruned"), ("test", "random/0", "random"), ("test", "random/1", "random")]
     summary = {r["arm"]: r for r in csv.DictReader(open(run / "summary.csv"))}
-    assert summary["pruned"]["random_draws"] == "2" and float(summary["pruned"]["null_p95"]) > 0
+    assert summary["pruned"]["random_draws"] == "2" and float(summary["pruned"]["null_mean_abs_rank_smd_p95"]) > 0
     assert {r["claim"] for r in csv.DictReader(open(run / "claims.csv"))} == {"pruning lowers bias (pruned)"}
     assert json.loads((run / "inlier_bounds.json").read_text())["bounds"].keys() == {"purchase/car"}
+    heads_pruned = [(k, i) for k, m in masks.items() if k.startswith("head/") for i in (m == 0).nonzero().flatten().tolist()]
+    assert (run / "name_attention.csv").is_file() == bool(heads_pruned)  # the mechanism artifact, when heads are pruned
+    if heads_pruned:
+        mech = list(csv.DictReader(open(run / "name_attention.csv")))
+        assert len(mech) == sum(h.n_heads for h in layout.heads)
+        assert sorted((r["key"], int(r["head"])) for r in mech if r["pruned"] == "1") == sorted(heads_pruned)
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     answers = read_jsonl(run / "answers.jsonl")
     assert len(answers) == 4 * 40 and {a["arm"] for a in answers} == {"unpruned", "pruned", "random/0", "random/1"}
@@ -182,7 +188,7 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path):
     assert answers[0] == answers[1]
     rows = [list(csv.DictReader(open(run / "metrics.csv"))) for run in (runs[1], runs[2])]
     assert len(rows[0]) == len(rows[1])
-    for a, b in zip(*rows):  # synced torchmetrics merge per-rank moments: equal up to the last bits
+    for a, b in zip(*rows):  # the rows of the gathered records: the same numbers whatever the world size
         for k in a:
             try:
                 assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-9, nan_ok=True), k
@@ -301,3 +307,46 @@ def test_the_contrastive_objective_scores_name_swapped_pairs(tiny_model_dir, tmp
         from biasprune.scoring.objectives import selection_inputs
 
         selection_inputs({"contrast": {}}, ("white", "black"), "set_difference")
+
+
+def test_random_controls_are_drawn_per_split(fitted):
+    """Seeds by (split, arm, draw): the dev and test controls of the pruned arm never share a mask."""
+    run, _, _ = fitted
+    masks, _ = read_safetensors(run / "masks.safetensors")
+    cb = PruningCallback(units="both", random_draws=2)
+    dev, test = cb.arms_from(masks, "dev"), cb.arms_from(masks, "test")
+    assert [a.name for a in dev] == [a.name for a in test] == ["unpruned", "pruned", "random/0", "random/1"]
+    for d, t in zip(dev[2:], test[2:]):
+        assert any(not torch.equal(d.masks[k], t.masks[k]) for k in masks)
+        assert all(int((d.masks[k] == 0).sum()) == int((t.masks[k] == 0).sum()) == int((masks[k] == 0).sum()) for k in masks)
+    assert any(not torch.equal(test[2].masks[k], test[3].masks[k]) for k in masks)
+
+
+def test_budget_auto_chooses_on_dev_names(tiny_model_dir, tmp_path):
+    """fit with --pruning.budget auto: a dev stage compares the candidates with their own random controls, the choice
+    goes into the masks and the manifest's settings, and the reported stage answers the test names only."""
+    from biasprune.study.auto import CHOICE_FILE
+    from biasprune.study.trainer import BiasPruneTrainer
+
+    names = names_file(tmp_path, n=40)
+    module, dm = make(tiny_model_dir, names=names, eval_cfg=EvaluationConfig(bootstrap_samples=50, permutation_samples=0,
+                                                                            utility_margin=1.0, max_undefined_share=1.0))
+    cb = PruningCallback(rule="relative_difference", budget="auto", auto_budgets=("1%", "5%"), auto_rules=("relative_difference", "target"),
+                         random_draws=1)
+    assert [point["budget"] for point in cb.candidates()] == ["1%", "5%", "1%", "5%"] and cb.auto
+    t = BiasPruneTrainer(max_epochs=1, logger=TensorBoardLogger(tmp_path, name="auto"), enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1, callbacks=[cb])
+    run = fit_and_validate(t, module, dm)
+    table = list(csv.DictReader(open(run / CHOICE_FILE)))
+    assert [r["point"] for r in table] == ["relative_difference budget=1%", "relative_difference budget=5%", "target budget=1%",
+                                           "target budget=5%"]
+    assert {r["split"] for r in table} == {"dev"} and sum(r["chosen"] == "True" for r in table) == 1
+    chosen = next(r for r in table if r["chosen"] == "True")
+    assert cb.chosen == {"rule": chosen["rule"], "budget": chosen["budget"], "head_budget": None}
+    _, meta = read_safetensors(run / "masks.safetensors")
+    assert json.loads(meta["chosen"]) == cb.chosen
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {r["split"] for r in rows} == {"test"} and {r["arm"] for r in rows} == {"unpruned", "pruned", "random/0"}
+    # the chosen point is the one with the lowest scale-free mean |SMD| minus its random control's among those that qualify
+    qualify = [r for r in table if r["utility"] == "non-inferior" and r["all_defined"] == "True" and float(r["min_pruned"]) >= 1]
+    assert chosen == min(qualify, key=lambda r: (float(r["vs_random_rank_smd"]), float(r["mean_pruned"])))

@@ -47,8 +47,17 @@ def _smd(v: np.ndarray, g: np.ndarray) -> float:
     return (a.mean() - b.mean()) / pooled
 
 
+def _normal_scores(v: np.ndarray) -> np.ndarray:
+    """Blom normal scores of the parsed answers by scipy (ties share their mean rank); NaN stays NaN."""
+    from scipy.stats import norm, rankdata
+
+    out, ok = np.full(v.shape, math.nan), np.isfinite(v)
+    out[ok] = norm.ppf((rankdata(v[ok]) - 3 / 8) / (ok.sum() + 1 / 4))
+    return out
+
+
 def _expected(records, arm, scenario):
-    """mean |SMD|, min |SMD|, inlier ratio, parse rate over the scenario's variations, by hand."""
+    """Per bias measure (scale-free, paper) mean and min |SMD|; inlier ratio, parse rate over the scenario's variations, by hand."""
     per_var = []
     for scen, var in VARIATIONS:
         if scen != scenario:
@@ -59,9 +68,11 @@ def _expected(records, arm, scenario):
         lo, hi = BOUNDS[f"{scen}/{var}"]
         flat = vals.ravel()
         inl = (flat >= lo) & (flat <= hi)
-        per_var.append((abs(_smd(flat[inl], groups[inl])), inl.mean(), np.isfinite(flat).mean()))
+        scores = _normal_scores(flat)
+        ok = np.isfinite(scores)
+        per_var.append((abs(_smd(scores[ok], groups[ok])), abs(_smd(flat[inl], groups[inl])), inl.mean(), np.isfinite(flat).mean()))
     a = np.array(per_var)
-    return a[:, 0].mean(), a[:, 0].min(), a[:, 1].mean(), a[:, 2].mean()
+    return {"rank_smd": (a[:, 0].mean(), a[:, 0].min()), "smd": (a[:, 1].mean(), a[:, 1].min())}, a[:, 2].mean(), a[:, 3].mean()
 
 
 def test_plant_check_matches_an_independent_computation(tmp_path, capsys):
@@ -74,15 +85,17 @@ def test_plant_check_matches_an_independent_computation(tmp_path, capsys):
     rows = list(csv.DictReader(open(run / "scenario_checks.csv")))
     assert [(r["scenario"], r["arm"]) for r in rows] == [(s, a) for s in ("purchase", "finance") for a in ("unpruned", "pruned")]
     for r in rows:
-        mean, low, inlier, parse = _expected(records, r["arm"], r["scenario"])
-        assert float(r["mean_abs_smd"]) == pytest.approx(mean, rel=1e-9)
-        assert float(r["min_abs_smd"]) == pytest.approx(low, rel=1e-9)
+        measures, inlier, parse = _expected(records, r["arm"], r["scenario"])
+        for m, (mean, low) in measures.items():
+            assert float(r[f"{m}_mean_abs"]) == pytest.approx(mean, rel=1e-9), m
+            assert float(r[f"{m}_min_abs"]) == pytest.approx(low, rel=1e-9), m
+            assert (r[f"{m}_within_floor"] == "True") == (float(r[f"{m}_mean_abs"]) <= float(r[f"{m}_null_p95"]))
+            assert float(r[f"{m}_ci_low"]) <= float(r[f"{m}_ci_high"])
+            assert f"{float(r[f'{m}_mean_abs']):>22.3f}" in printed
+        assert measures["rank_smd"][0] != pytest.approx(measures["smd"][0])  # two measures, not one twice
         assert float(r["inlier_ratio"]) == pytest.approx(inlier, rel=1e-12)
         assert float(r["parse_rate"]) == pytest.approx(parse, rel=1e-12)
         assert int(r["n_variations"]) == (2 if r["scenario"] == "purchase" else 1)
-        assert (r["within_floor"] == "True") == (float(r["mean_abs_smd"]) <= float(r["null_p95"]))
-        assert float(r["ci_low"]) <= float(r["ci_high"])
-        assert f"{float(r['mean_abs_smd']):>10.3f}" in printed
     assert "random/0" not in printed and "scenario_checks.csv" in printed
 
 

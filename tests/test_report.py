@@ -112,23 +112,24 @@ def test_fit_report_is_self_contained_and_complete(fit_run):
     assert not external(page.urls)
     assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
     assert "url(" not in html and "@import" not in html
-    # Every image is inline, and the page has every figure: the per-arm summary, the per-variation panel, the
-    # answer distribution and the layer x module heat map.
+    # Every image is inline, and the page has every figure: the per-arm summary and the per-variation panel of each bias
+    # measure (scale-free and the paper's), the answer distribution and the layer x module heat map.
     imgs = [u for u in page.urls if u.startswith("data:image/png;base64,")]
-    assert len(imgs) == html.count("<img") == 4
+    assert len(imgs) == html.count("<img") == 6
     assert html.count("<svg") == 0
     # Every variation of the run, with its SMD as in metrics.csv, and the sections in the order a reviewer asks.
     text = " ".join(page.text)
     rows = table(fit_run / "metrics.csv")
     for r in rows:
         assert f"{r['scenario']}/{r['variation']}" in text
-        assert f"{float(r['smd']):.3f}" in text
+        assert f"{float(r['smd']):.3f}" in text and f"{float(r['rank_smd']):.3f}" in text
     heads = [t for t in ("The question", "The model", "Bias before and after", "What was pruned", "Claims", "Limits", "Artifacts")]
     positions = [html.index(f">{h}") for h in heads]
     assert positions == sorted(positions)
     # The headline numbers are summary.csv's; the claim's sentence is claims.csv's; every artifact is linked.
     summary = {r["arm"]: r for r in table(fit_run / "summary.csv")}
-    assert f"{float(summary['unpruned']['mean_abs_smd']):.3f}" in text
+    assert f"{float(summary['unpruned']['mean_abs_smd']):.3f}" in text and f"{float(summary['unpruned']['mean_abs_rank_smd']):.3f}" in text
+    assert "utility" in text and summary["pruned"]["utility"] in text
     assert f"{float(summary['pruned']['mde']):.2f}" in text
     claim = table(fit_run / "claims.csv")[0]
     assert claim["sentence"] in text
@@ -197,7 +198,7 @@ def test_validate_run_without_masks(fit_run, tmp_path):
     (run / "manifest.json").write_text(json.dumps(manifest | {"kind": "validate"}))
     html = (write_report(relist(run), tensorboard=False)).read_text()
     page = parse(html)
-    assert html.count("<img") == 2  # per-arm summary and per-variation panel; no answers, no masks
+    assert html.count("<img") == 4  # per bias measure, the per-arm summary and per-variation panel; no answers, no masks
     text = " ".join(page.text)
     assert "has no masks.safetensors, so nothing was pruned" in text
     assert "answers.jsonl is not in this run" in text
@@ -209,7 +210,7 @@ def test_tolerates_missing_columns_and_undefined_values(fit_run, tmp_path):
     run = copy_run(fit_run, tmp_path / "old")
     rows = table(run / "metrics.csv")
     rows[0] |= {"smd": "nan", "abs_smd": "nan", "bounds_degenerate": "True"}
-    keep = [c for c in rows[0] if c not in ("smd_ci_low", "smd_ci_high", "p_value", "n_answers")] + ["a_new_column"]
+    keep = [c for c in rows[0] if c not in ("smd_ci_low", "smd_ci_high", "smd_p_value", "n_answers")] + ["a_new_column"]
     with open(run / "metrics.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keep, extrasaction="ignore")
         w.writeheader()
@@ -217,9 +218,10 @@ def test_tolerates_missing_columns_and_undefined_values(fit_run, tmp_path):
     (run / "summary.csv").unlink()
     html, figs = build_report(relist(run))
     text = " ".join(parse(html).text)
-    assert f"1 of {len(rows)} results (split × arm × variation) have an undefined SMD" in text
+    undefined_rank = sum(1 for r in rows if r["rank_smd"] in ("", "nan"))
+    assert f"Of {len(rows)} results (split × arm × variation), {undefined_rank} an undefined scale-free SMD, 1 an undefined paper SMD" in text
     assert "1 have degenerate inlier bounds" in text
-    assert [f[0] for f in figs] == ["per_variation", "distribution", "pruned_by_layer"]
+    assert [f[0] for f in figs] == ["per_variation", "per_variation_smd", "distribution", "pruned_by_layer"]
 
 
 def test_planted_control_is_labelled_at_the_top(fit_run, tmp_path):
@@ -269,7 +271,7 @@ def test_study_report_embeds_its_figures_and_tables(fit_run, tmp_path):
     out = write_report(study)
     html = out.read_text()
     page = parse(html)
-    assert html.count("<img") == n_png + 2  # the study's PNGs and the per-arm and per-variation figures
+    assert html.count("<img") == n_png + 4  # the study's PNGs and, per bias measure, the per-arm and per-variation figures
     text = " ".join(page.text)
     for r in table(study / "metrics.csv"):
         assert f"{r['scenario']}/{r['variation']}" in text
@@ -473,3 +475,17 @@ def test_report_layout_in_chromium(fit_run, tmp_path, width):
         assert found["tables"] > 3
         if run != fit_run:
             assert found["scrolling"] >= 1, found
+
+
+def test_results_tables_of_a_fit_run(fit_run):
+    """benchmarks.analysis.results_tables on a fit run: per scenario and arm, both measures against their floors, and its claim."""
+    from benchmarks.analysis.results_tables import render
+
+    sections = render([fit_run])
+    assert set(sections) == {"checks"}
+    text = sections["checks"]
+    claim = table(fit_run / "claims.csv")[0]
+    assert claim["sentence"] in text and f"**{claim['verdict']}**" in text
+    lines = [line for line in text.splitlines() if line.startswith("| biasprune |")]
+    assert {line.split(" | ")[3] for line in lines} == {"unpruned", "pruned"}  # random draws are the controls, not rows
+    assert all(line.count(" [") == 2 for line in lines)  # both bias measures with their intervals

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
@@ -24,14 +23,15 @@ from biasprune.pipeline.module import BiasPruneModule
 from biasprune.stats.rows import EvaluationConfig
 from biasprune.study import GridConfig, StudyConfig
 from biasprune.study import run as run_mod
-from biasprune.study.choose import choose_points
+from biasprune.study.choose import GRID_COLUMNS, choose_points
 from biasprune.study.plan import ArmSpec
 from biasprune.study.trainer import BiasPruneTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = GenerationConfig(samples=3, max_new_tokens=5)
-EVAL = EvaluationConfig(bootstrap_samples=100, permutation_samples=100)
-GRID = GridConfig(p=(0.2,), q=(0.3, 0.5), head_p=(0.1,), head_q=(0.3,), inlier_floor=0.0)
+# a random tiny model's answers move a lot under any mask: the guard's margin is opened so that points get chosen
+EVAL = EvaluationConfig(bootstrap_samples=100, permutation_samples=100, utility_margin=1.0, max_undefined_share=1.0)
+GRID = GridConfig(p=(0.2,), q=(0.3, 0.5), head_p=(0.1,), head_q=(0.3,), chosen_draws=3)
 
 
 def names_file(tmp) -> str:
@@ -90,7 +90,15 @@ def test_outputs(finished):
     assert chosen | no_point == {(u, s) for u in ("neurons", "heads") for s in ("prompt_specific", "within_context", "cross_context")}
     assert ("neurons beat heads" in claims) == ({("neurons", "prompt_specific"), ("heads", "prompt_specific")} <= chosen)
     assert len([c for c in claims if c.startswith("pruning lowers bias")]) == len(chosen)
-    assert set(claims.values()) <= {"holds", "does not hold", "inconclusive"}
+    assert set(claims.values()) <= {"holds", "does not hold", "inconclusive", "breaks answers"}
+    rows_claims = list(csv.DictReader(open(out / "claims.csv")))
+    per_arm = [c for c in rows_claims if c["claim"].startswith("pruning lowers bias")]
+    assert {c["family"] for c in per_arm} <= {"pruning lowers bias (chosen arms)"}
+    assert all(c["family_size"] == str(len(per_arm)) for c in per_arm)  # Holm over the family, its size on every row
+    # the chosen arms have chosen_draws random controls on test, none shared with dev
+    by_arm = {r["arm"]: r for r in results}
+    assert all(r["random_draws"] == "3" for r in results if r["phase"] == "pruned" and r.get("mean_abs_rank_smd"))
+    assert {r["utility"] for r in results if r["phase"] == "pruned" and r["arm"] in by_arm and r.get("mean_abs_rank_smd")} <= {"non-inferior", "lost"}
     # each scoring variation once: car, piano, bicycle (within) and chess's one variation
     assert result["computed"]["scores"] == 4
 
@@ -99,15 +107,21 @@ def test_the_choice_sees_dev_answers_only(finished):
     """Changing every test number never changes a chosen point (the choice is a pure function of dev rows)."""
     _, out, _ = finished
     grid = list(csv.DictReader(open(out / "grid.csv")))
+    numeric = {c for c in GRID_COLUMNS if c not in ("split", "units", "strategy", "context", "point", "rule", "budget", "utility",
+                                                     "all_defined", "chosen", "p", "q")}
     table = []
     for g in grid:
         spec = ArmSpec(g["units"], g["strategy"], g["context"], float(g["p"]), float(g["q"]), None, g["rule"])
-        table.append({**{k: float(g[k]) if k in ("mean_abs_smd", "random_mean_abs_smd", "vs_random", "inlier_ratio",
-                                                 "unpruned_inlier_ratio", "mean_pruned") else g[k] for k in g},
+        table.append({**{k: float(g[k]) if k in numeric else g[k] for k in g}, "all_defined": g["all_defined"] == "True",
                       "min_pruned": int(float(g["min_pruned"])), "spec": spec})
-    first = choose_points(table, GRID)
-    scrambled = [dict(t, mean_abs_smd=-5.0, vs_random=-9.0, inlier_ratio=1.0) if t["split"] == "test" else t for t in table]
-    assert choose_points(scrambled, GRID) == first
+    first = choose_points(table, GRID.min_pruned)
+    scrambled = [dict(t, mean_abs_rank_smd=-5.0, vs_random_rank_smd=-9.0, inlier_ratio=1.0, utility="non-inferior")
+                 if t["split"] == "test" else t for t in table]
+    assert choose_points(scrambled, GRID.min_pruned) == first
+    # a point that loses utility on dev is never chosen
+    dev_chosen = {t["spec"] for t in table if t["split"] == "dev" and t["spec"] in set(first.values())}
+    lost = [dict(t, utility="lost") if t["spec"] in dev_chosen and t["split"] == "dev" else t for t in table]
+    assert not set(choose_points(lost, GRID.min_pruned).values()) & dev_chosen
     assert all(c is None or (isinstance(c, ArmSpec) and c.units) for c in first.values())
 
 
@@ -244,4 +258,41 @@ def test_grid_points_and_errors():
         GridConfig(q=(1.5,))
     with pytest.raises(ValueError, match=r"study.grid.p must list at least one value"):
         GridConfig(p=())
-    assert not math.isnan(GRID.inlier_floor)
+    assert GRID.chosen_draws == 3
+    with pytest.raises(ValueError, match=r"study.grid.chosen_draws must be >= 1, got 0"):
+        GridConfig(chosen_draws=0)
+
+
+def test_results_tables_are_generated_from_the_study(finished, tmp_path):
+    """benchmarks.analysis.results_tables on a study directory: its numbers and verdicts, the changed verdicts, the markers."""
+    from benchmarks.analysis.results_tables import _plant, main, render
+
+    _, out, _ = finished
+    sections = render([out])
+    assert set(sections) == {"studies", "changes"}
+    claims = {c["claim"]: c for c in csv.DictReader(open(out / "claims.csv"))}
+    chosen = [r for r in csv.DictReader(open(out / "results.csv")) if r["phase"] == "pruned" and r["mean_abs_rank_smd"]]
+    assert chosen
+    for r in chosen:
+        assert f"{float(r['mean_abs_rank_smd']):.3f}" in sections["studies"] and f"{float(r['mean_abs_smd']):.3f}" in sections["studies"]
+        assert claims[f"pruning lowers bias ({r['arm']})"]["sentence"] in sections["studies"]
+    # a verdict that differs from the previous one is listed with both
+    first, second = chosen[0], chosen[-1]
+    previous = tmp_path / "previous.csv"
+    with open(previous, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["stage", "plant", "units", "strategy", "context", "claim", "old_verdict", "old_values"])
+        for r, verdict in ((first, "an old verdict"), (second, claims[f"pruning lowers bias ({second['arm']})"]["verdict"])):
+            w.writerow(["studies", _plant(out), r["units"], r["strategy"], r["context"], "pruning lowers bias", verdict, "1.0 [random 1.1]"])
+    changes = render([out], previous)["changes"]
+    assert "an old verdict: 1.0 [random 1.1]" in changes
+    assert ("1 verdict(s) changed" in changes) == (first is not second) and "0 earlier claim(s) have no counterpart" in changes
+    doc = tmp_path / "results.md"
+    doc.write_text("intro\n<!-- results:studies begin -->\nold table\n<!-- results:studies end -->\nmiddle\n"
+                   "<!-- results:changes begin -->\n<!-- results:changes end -->\noutro\n")
+    main([str(out), "--write", str(doc)])
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n") and sections["studies"] in text
+    with pytest.raises(SystemExit, match="no markers for the section 'studies'"):
+        doc.write_text("nothing")
+        main([str(out), "--write", str(doc)])

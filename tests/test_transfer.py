@@ -15,6 +15,7 @@ from biasprune.answers.answering import TargetConfig
 from biasprune.answers.generation import GenerationConfig
 from biasprune.callbacks import PruningCallback
 from biasprune.datamodules import AuditDataModule
+from biasprune.metrics.spec import DECIDING, PAPER
 from biasprune.pipeline.module import BiasPruneModule
 from biasprune.pruning.direction import load_direction
 from biasprune.pruning.masks import load_masks
@@ -22,7 +23,15 @@ from biasprune.report import build_report
 from biasprune.stats.rows import EvaluationConfig
 from biasprune.study.config import StudyConfig
 from biasprune.study.trainer import BiasPruneTrainer
-from biasprune.study.transfer import CELL_VERDICTS, LAYER_COLUMNS, TRANSFER_COLUMNS, choose_layers, row_verdicts
+from biasprune.study.transfer import (
+    ARM,
+    CELL_VERDICTS,
+    LAYER_COLUMNS,
+    RANDOM,
+    TRANSFER_COLUMNS,
+    choose_layers,
+    row_verdicts,
+)
 
 
 def cells(verdicts):
@@ -39,19 +48,24 @@ def test_row_verdicts_read_the_off_diagonal_cells():
     assert set(CELL_VERDICTS.values()) == {"transfers", "does not", "cannot tell", "breaks answers"}
 
 
-def dev_cell(candidate, arm, rand, inlier=1.0, verdict="transfers"):
-    return {"source": "purchase", "candidate": candidate, "cut": 1.0 - arm, "arm_mean_abs_smd": arm, "random_mean_abs_smd": rand,
-            "inlier_vs_unpruned": inlier, "parse_vs_unpruned": 1.0, "verdict": verdict}
+def dev_cell(candidate, arm, rand, inlier=0.0, verdict="transfers"):
+    """``inlier``: the lower end of the inlier ratio's paired interval against the unpruned model."""
+    return {"source": "purchase", "candidate": candidate, "cut": 1.0 - arm, ARM: arm, RANDOM: rand,
+            "inlier_ratio_vs_unpruned": inlier + 0.02, "inlier_ratio_vs_unpruned_ci_low": inlier, "parse_rate_vs_unpruned": 0.0,
+            "parse_rate_vs_unpruned_ci_low": -0.01, "verdict": verdict}
 
 
 def test_choose_layers_takes_the_lowest_over_random_among_qualified_candidates():
-    pick, table = choose_layers([dev_cell("2", 0.30, 0.90), dev_cell("early", 0.10, 0.95, inlier=0.5),  # early: inliers lost
+    pick, table = choose_layers([dev_cell("2", 0.30, 0.90), dev_cell("early", 0.10, 0.95, inlier=-0.15),  # early: inliers lost
                                  dev_cell("all", 0.05, 0.90, verdict="breaks answers"), dev_cell("0-1", 0.40, 1.00)], 30)
     assert pick == "2" and [t["qualifies"] for t in table] == [True, False, False, True] and [t["chosen"] for t in table] == [True, False, False, False]
     assert tuple(table[0]) == LAYER_COLUMNS and table[0]["layers"] == "2" and table[3]["layers"] == "0,1"
     # a tie in (arm - random) goes to fewer layers
     assert choose_layers([dev_cell("0-7", 0.2, 0.8), dev_cell("2", 0.3, 0.9)], 30)[0] == "2"
-    assert choose_layers([dev_cell("all", 0.2, 0.8, inlier=0.1)], 30)[0] is None
+    assert choose_layers([dev_cell("all", 0.2, 0.8, inlier=-0.11)], 30)[0] is None
+    assert choose_layers([dev_cell("all", 0.2, 0.8, inlier=-0.11)], 30, utility_margin=0.2)[0] == "all"  # the guard's margin
+    no_boot = dict(dev_cell("2", 0.2, 0.8), inlier_ratio_vs_unpruned_ci_low=math.nan)  # no bootstrap: the estimate decides
+    assert choose_layers([no_boot], 30)[0] == "2" and choose_layers([dict(no_boot, inlier_ratio_vs_unpruned=-0.3)], 30)[0] is None
 
 
 def names_file(tmp_path, n=16):
@@ -81,9 +95,12 @@ def test_the_study_writes_the_transfer_matrix(tiny_model_dir, tmp_path, method):
     assert [r["cell"] for r in rows] == ["prompt-specific", "cross-context", "cross-context", "prompt-specific"]
     for r in rows:
         assert r["verdict"] in CELL_VERDICTS.values() and r["method"] == method
-        cut, base, arm = float(r["cut"]), float(r["unpruned_mean_abs_smd"]), float(r["arm_mean_abs_smd"])
-        if not math.isnan(cut):
-            assert cut == pytest.approx(base - arm, abs=1e-9)
+        for cut_name, m in (("cut", DECIDING), ("paper_cut", PAPER)):  # each measure's cut is its own means' difference
+            cut, base, arm = float(r[cut_name]), float(r[f"unpruned_{m.mean}"]), float(r[f"arm_{m.mean}"])
+            if not math.isnan(cut):
+                assert cut == pytest.approx(base - arm, abs=1e-9)
+        assert r["utility"] in ("non-inferior", "lost", "")
+        assert (r["verdict"] == "breaks answers") == (r["claim"] == "breaks answers")
     assert result["rows"] == row_verdicts(result["cells"])
     assert (out / f"transfer_{method}.png").stat().st_size > 0
     for source in ("chess", "finance"):  # each source's arm saved with its provenance

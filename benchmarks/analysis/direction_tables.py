@@ -19,6 +19,8 @@ import math
 import re
 from pathlib import Path
 
+from biasprune.metrics.spec import DECIDING
+
 BEGIN, END = "<!-- directions:begin -->", "<!-- directions:end -->"
 METHODS = ("masks", "direction")
 METHOD_LABEL = {"masks": "pruning (masks)", "direction": "direction arm"}
@@ -33,7 +35,8 @@ def load_runs(root: str | Path) -> dict[tuple[str, str], dict]:
             continue
         cells = list(csv.DictReader(open(d / f"transfer_{m.group(2)}.csv")))
         for c in cells:
-            for k in ("cut", "cut_ci_low", "cut_ci_high", "inlier_vs_unpruned", "parse_vs_unpruned", "unpruned_mean_abs_smd"):
+            for k in ("cut", "cut_ci_low", "cut_ci_high", "inlier_vs_unpruned", "parse_vs_unpruned", f"unpruned_{DECIDING.mean}",
+                      "paper_cut"):
                 c[k] = float(c[k]) if c.get(k) not in (None, "") else math.nan
         settings = json.loads((d / "settings.json").read_text()) if (d / "settings.json").is_file() else {}
         layers = d / f"transfer_{m.group(2)}_layers.csv"

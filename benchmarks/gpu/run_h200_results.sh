@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# The planted-control measurements of docs/results.md on one H200, one stage per call:
+# The planted-control measurements of docs/results.md on one H200, under the verdict rules of issue 20 (scale-free
+# measure, utility guard, random controls seeded by split/arm/draw and compared as one new mask (prediction interval), Holm):
 #
+#     bash benchmarks/gpu/run_h200_results.sh all       # checks, rules and studies in one call (see the note on time)
 #     bash benchmarks/gpu/run_h200_results.sh checks    # the three plants on all four scenarios; format and purchase pruned
 #     bash benchmarks/gpu/run_h200_results.sh rules     # selection rules x budgets on the purchase plant (+ contrastive)
 #     bash benchmarks/gpu/run_h200_results.sh studies   # the full study on the purchase and the all plants
 #     bash benchmarks/gpu/run_h200_results.sh --tiny rules   # the same commands on a tiny random model on CPU (a smoke test)
 #
-# Results come back as one archive per stage in $OUT (tables, run directories without pieces). The embedded
-# model and missing packages travel as benchmarks/gpu/device_env.sh says (name .device and .whl in carry).
+# Results come back in $OUT: one archive per stage (``<stage>.tar.gz``: tables, run directories without pieces) and
+# ``results_tables.md``, the markdown of docs/results.md generated from them by ``python -m benchmarks.analysis.results_tables``
+# (on any machine: ``tar -xzf <stage>.tar.gz -C DIR`` for each archive, then
+# ``python -m benchmarks.analysis.results_tables DIR --write docs/results.md``). The embedded model and missing packages
+# travel as benchmarks/gpu/device_env.sh says (name .device and .whl in carry).
+#
+# Time: before issue 20 the stages took about 2 min (checks), 87 + 47 s (rules) and 149 + 112 s (studies) on one H200;
+# ten random draws per chosen arm (three before) and the dev stage of `--pruning.budget auto` add to that. Should `all`
+# not finish within one call's 600 s, run the stages in separate calls: the generator reads any set of archives.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
 tiny=0
 if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
-stage="${1:?stage: checks, rules or studies}"
+stage="${1:?stage: all, checks, rules or studies}"
 out="${OUT:-benchmarks/out}"
 work=/tmp/results
 mkdir -p "$out" "$work"
@@ -35,12 +44,12 @@ common=(--trainer.accelerator "$acc" --trainer.devices 1 --trainer.enable_progre
         --data.batch_size 16 --data.eval_batch_size "$bs" --trainer.logger.init_args.save_dir "$work/runs")
 SECONDS=0
 run() { local name=$1; shift; echo "=== $name ($((SECONDS))s)"; "$@" > "$work/$name.log" 2>&1; local rc=$?
-        echo "exit $rc after ${SECONDS}s"; grep -E "^(bias on|arm|unpruned|pruned|minimum|claim)" "$work/$name.log" | cut -c1-220; return $rc; }
+        echo "exit $rc after ${SECONDS}s"; grep -E "^(bias on|arm|unpruned|pruned|minimum|claim|budget chosen|  [a-z_]+ budget=)" "$work/$name.log" | cut -c1-220; return $rc; }
 
-case "$stage" in
-checks)
-  # Baselines of the three plants on all four scenarios (unpruned arm only), then format and purchase pruned
-  # with the quickstart's rule and budget (a pooled Purchase mask), evaluated on all four scenarios.
+stage_checks() {
+  # Baselines of the three plants on all four scenarios (unpruned arm only), then format and purchase pruned with the
+  # quickstart's settings (a pooled Purchase mask; rule and budget chosen on dev names by --pruning.budget auto),
+  # evaluated on all four scenarios.
   for p in format purchase all; do
     run "validate_$p" python3 -m biasprune validate "${common[@]}" --model.model_name_or_path "$(plant $p)" \
       --data.evaluation "$scen_all" --trainer.logger.init_args.name "validate_$p"
@@ -50,8 +59,9 @@ checks)
       --data.scoring "$purchase" --data.evaluation "$scen_all" --trainer.logger.init_args.name "fit_$p"
   done
   python3 -m biasprune plant check $(ls -d "$work"/runs/*/version_0) 2>&1 | tee "$work/checks.txt"
-  ;;
-rules)
+}
+
+stage_rules() {
   # Every rule x budget, prompt-specific, neurons and heads, on the purchase plant; then the contrastive objective.
   rules_args=(--study.strategies "[prompt_specific]" --study.units "[neurons]" --model.generation.samples 5
               --study.grid.budget "[0.1%, 0.5%, 1%, 2%]" --study.grid.random_draws 1
@@ -63,8 +73,9 @@ rules)
     --model.objective contrastive --pruning.rule target --study.grid.rules "[target]" \
     --study.output "$work/contrastive" --trainer.logger.init_args.name contrastive
   for s in rules contrastive; do python3 -m biasprune plant truth "$work/$s" "$(plant purchase)" > "$work/truth_$s.txt" 2>&1; tail -n 60 "$work/truth_$s.txt"; done
-  ;;
-studies)
+}
+
+stage_studies() {
   # Every strategy x unit kind; each (strategy, kind) picks its rule and budget on dev among the grid below.
   for p in purchase all; do
     run "study_$p" python3 -m biasprune study --config configs/study.yaml "${common[@]}" --model.model_name_or_path "$(plant $p)" \
@@ -73,11 +84,26 @@ studies)
       --study.grid.budget "[0.1%, 0.5%]" --study.grid.head_budget "[1, 3]"
     cat "$work/study_$p/results.md" 2>/dev/null | cut -c1-300
   done
+}
+
+pack() {  # one archive per stage, without pieces, caches, weights or event files
+  local name=$1; shift
+  tar -czf "$out/$name.tar.gz" -C "$work" --exclude=pieces --exclude='pieces_*' --exclude=cache --exclude=checkpoints \
+    --exclude='*.safetensors' --exclude='events.out.*' --exclude=tensorboard $(cd "$work" && ls -d "$@" 2>/dev/null) 2>/dev/null
+}
+
+case "$stage" in
+checks) stage_checks; pack checks runs validate_*.log fit_*.log checks.txt ;;
+rules) stage_rules; pack rules rules contrastive rules.log contrastive.log truth_*.txt ;;
+studies) stage_studies; pack studies study_purchase study_all study_*.log ;;
+all)
+  stage_checks; pack checks runs validate_*.log fit_*.log checks.txt
+  stage_rules; pack rules rules contrastive rules.log contrastive.log truth_*.txt
+  stage_studies; pack studies study_purchase study_all study_*.log
   ;;
-*) echo "unknown stage $stage"; exit 2 ;;
+*) echo "unknown stage $stage (valid: all, checks, rules, studies)"; exit 2 ;;
 esac
 echo "stage $stage: ${SECONDS}s"
-tar -czf "$out/$stage.tar.gz" -C "$work" --exclude=pieces --exclude='pieces_*' --exclude=cache --exclude=checkpoints \
-  --exclude='*.safetensors' --exclude='events.out.*' --exclude=tensorboard \
-  $(cd "$work" && ls -d *.log *.txt runs rules contrastive study_* 2>/dev/null) 2>/dev/null
+python3 -m benchmarks.analysis.results_tables "$work" > "$out/results_tables.md" 2> "$out/results_tables.err" \
+  && echo "results_tables.md: $(grep -c '^|' "$out/results_tables.md") table lines" || tail -5 "$out/results_tables.err"
 ls -la "$out"

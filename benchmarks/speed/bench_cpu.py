@@ -7,14 +7,17 @@
 * scoring: ``score_batch`` over the quickstart's 60 scoring examples (real greedy responses) in batches
   of 8, against the same examples one at a time; examples/s, tokens/s and peak resident memory;
 * generation: the quickstart's sampled answers (k per prompt, T = 1, 24 new tokens) in batches of 30
-  prompts by today's eager decoder (before the static path), the eager and the static decoders of
-  ``generate``, interleaved batch by batch (``--rounds``; ``--profile`` adds the top operators of each), and
-  one Hugging Face ``generate`` call per answer on a few prompts.
+  prompts by today's eager decoder (before the static path), the eager decoder of ``generate``, and its static
+  decoder with whole prompts and with the batch's common prefix prefilled once, interleaved batch by batch
+  (``--rounds``; ``--profile`` adds the top operators of today's eager and the static decoder); the matrix
+  products alone, with whole prompts and with a shared prefix; and one Hugging Face ``generate`` call per
+  answer on a few prompts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import statistics
@@ -27,6 +30,7 @@ import torch
 from benchmarks.helpers.common import Report, print_table
 from benchmarks.helpers.legacy_generation import legacy_generate
 from biasprune.answers.generation import generate
+from biasprune.answers.prefix import PromptBatch
 from biasprune.datamodules import AuditDataModule
 from biasprune.models import loading as models
 from biasprune.models.architectures import resolve_units
@@ -135,9 +139,11 @@ def _profile_top(fn, limit: int = 12) -> list[dict]:
     ]
 
 
-def _matmul_floor(model, tok, batches: list[list[str]], samples: int, steps: int) -> float:
+def _matmul_floor(model, tok, batches: list[list[str]], samples: int, steps: int, share: bool = True) -> float:
     """Seconds for the decode's matrix products alone: every linear layer (and the LM head) on the prefill
     tokens of each batch and on ``len(batch) * samples`` rows for ``steps`` steps, with the model's weights.
+    The prefill tokens are those the decoders compute: with ``share``, the batch's common prefix once and each
+    prompt's left-padded remainder (:class:`biasprune.answers.prefix.PromptBatch`); else the whole padded batch.
 
     Every answer is counted at full length, so this is the least time any decoder of these answers can take
     with these matrix products (at most slightly more than the real work when some answers stop early).
@@ -154,11 +160,11 @@ def _matmul_floor(model, tok, batches: list[list[str]], samples: int, steps: int
     start = time.perf_counter()
     with torch.no_grad():
         for ps in batches:
-            n_tokens = int(
-                tok(ps, add_special_tokens=False, padding=True, return_tensors="pt")["attention_mask"].numel()
-            )
-            for lin in linears:
-                torch.nn.functional.linear(x(len(ps) if lin is head else n_tokens, lin.in_features), lin.weight)
+            batch = PromptBatch.from_token_lists(tok(ps, add_special_tokens=False)["input_ids"], 0, share)
+            for n_tokens in (batch.prefix_len, batch.rest.numel()):
+                if n_tokens:
+                    for lin in linears:
+                        torch.nn.functional.linear(x(1 if lin is head else n_tokens, lin.in_features), lin.weight)
             for _ in range(steps - 1):
                 for lin in linears:
                     torch.nn.functional.linear(x(len(ps) * samples, lin.in_features), lin.weight)
@@ -203,8 +209,9 @@ def bench_generation(
     kw = dict(num_samples=samples, temperature=1.0, max_new_tokens=max_new_tokens, batch_size=30, seed=0)
     methods = {
         "today's eager (3db4ce5)": lambda ps, ks: legacy_generate(model, tok, ps, **kw),
-        "eager": lambda ps, ks: generate(model, tok, ps, keys=ks, decoder="eager", **kw),
-        "static": lambda ps, ks: generate(model, tok, ps, keys=ks, decoder="static", **kw),
+        "eager (shared prefix)": lambda ps, ks: generate(model, tok, ps, keys=ks, decoder="eager", **kw),
+        "static, whole prompts": lambda ps, ks: generate(model, tok, ps, keys=ks, decoder="static", share_prefix=False, **kw),
+        "static (shared prefix)": lambda ps, ks: generate(model, tok, ps, keys=ks, decoder="static", **kw),
     }
     names = list(methods)
     batches = [(prompts[i : i + 30], keys[i : i + 30]) for i in range(0, len(prompts), 30)]
@@ -237,23 +244,28 @@ def bench_generation(
                     "answers_s": n_answers / best,
                 }
             )
-        floor = min(
-            _matmul_floor(model, tok, [ps for ps, _ in batches], samples, max_new_tokens) for _ in range(rounds)
-        )
-        table.append({"method": "matrix products alone (floor)", "answers": n_answers, "s": floor})
+        bounds = {}
+        for share, label in ((False, "matrix products alone, whole prompts"), (True, "matrix products alone, shared prefix")):
+            bounds[share] = min(
+                _matmul_floor(model, tok, [ps for ps, _ in batches], samples, max_new_tokens, share) for _ in range(rounds)
+            )
+            table.append({"method": label, "answers": n_answers, "s": bounds[share]})
+        floor = bounds[True]
         base = table[0]["s"]
         for row in table:
             row["speedup"] = base / row["s"]
-        same = sum(a == b for a, b in zip(answers["eager"], answers["static"]))
+        static = table[names.index("static (shared prefix)")]
+        same = sum(a == b for a, b in zip(answers["eager (shared prefix)"], answers["static (shared prefix)"]))
         rec.update(
             floor_s=floor,
             max_speedup=base / floor,
             rows=table,
             rounds=rounds,
-            static_vs_today=table[2]["speedup"],
+            static_vs_today=static["speedup"],
             same_answer_lists=same,
             prompts=len(prompts),
             threads=torch.get_num_threads(),
+            load_average=os.getloadavg(),
         )
         print_table(
             f"quickstart answers ({len(prompts)} prompts x k={samples}, {max_new_tokens} new tokens, T=1; best of"
@@ -271,12 +283,12 @@ def bench_generation(
         )
         print(
             f"static vs today's eager: {rec['static_vs_today']:.2f}x (at most {rec['max_speedup']:.2f}x: the matrix"
-            f" products alone take {floor:.1f} s); eager and static gave the same answers"
-            f" for {same} of {len(prompts)} prompts"
+            f" products alone take {floor:.1f} s with a shared prefix); eager and static (shared prefix) gave the"
+            f" same answers for {same} of {len(prompts)} prompts; load average {rec['load_average'][0]:.1f}"
         )
         if profile:
             ps, ks = batches[0]
-            rec["profile"] = {m: _profile_top(lambda m=m: methods[m](ps, ks)) for m in (names[0], names[2])}
+            rec["profile"] = {m: _profile_top(lambda m=m: methods[m](ps, ks)) for m in (names[0], names[-1])}
             for m, top in rec["profile"].items():
                 print_table(
                     f"profile, one batch of {len(ps)} prompts: {m}",
@@ -299,7 +311,7 @@ def bench_generation(
             rec["hf_loop"] = {"answers": loop_prompts * samples, "s": s, "answers_s": loop_prompts * samples / s}
             print(
                 f"HF generate, 1 answer/call: {rec['hf_loop']['answers_s']:.2f} answers/s"
-                f" (static: {table[2]['answers_s'] / rec['hf_loop']['answers_s']:.0f}x)"
+                f" (static: {static['answers_s'] / rec['hf_loop']['answers_s']:.0f}x)"
             )
 
 
@@ -310,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-prompts", type=int, default=2, help="prompts answered by the one-answer-per-call loop")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the generation comparison")
     parser.add_argument("--profile", action="store_true", help="also profile one generation batch per decoder")
+    parser.add_argument("--names-per-group", type=int, default=10, help="generation: test names per group and variation")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="generation: tokens per answer")
     parser.add_argument(
         "--sections", default="load,scoring,generation", help="comma-separated subset of load,scoring,generation"
     )
@@ -327,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if "scoring" in sections:
         bench_scoring(report, model, tok)
     if "generation" in sections:
-        bench_generation(report, model, tok, args.samples, args.loop_prompts, args.rounds, args.profile)
+        bench_generation(report, model, tok, args.samples, args.loop_prompts, args.rounds, args.profile,
+                         args.names_per_group, args.max_new_tokens)
     report.save()
     return 0
 

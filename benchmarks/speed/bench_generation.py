@@ -59,7 +59,6 @@ from benchmarks.helpers.common import (
 from benchmarks.helpers.decode_checks import answer_logprobs, chi2_homogeneity, id_bins, ks_two_sample
 from benchmarks.helpers.legacy_generation import legacy_generate
 from benchmarks.speed.study_budget import STUDY_SIZES, study_section
-from biasprune.answers.decoding import last_stats
 from biasprune.answers.generation import generate
 
 SIZES = {
@@ -67,6 +66,7 @@ SIZES = {
     "samples": SizeFlag("answers sampled per prompt (k)", 10, 3),
     "max_new_tokens": SizeFlag("tokens per answer (m)", 32, 8),
     "prompt_len": SizeFlag("longest prompt, in tokens (lengths vary down to half of it)", 80, 16),
+    "prefix_len": SizeFlag("tokens every prompt starts with, before its own (a chat template's system part)", 0, 4),
     "loop_prompts": SizeFlag("prompts answered by the HF loop (it is slow; 0 skips it)", 1, 1),
     "iters": SizeFlag("timed runs of each decoder (after one untimed run at full size)", 5, 1),
     "copy_mib": SizeFlag("MiB copied to measure the memory bandwidth", 2048, 16),
@@ -93,14 +93,16 @@ class IdTokenizer:
     def __call__(
         self,
         texts: Sequence[str],
-        return_tensors: str = "pt",
-        padding: bool = True,
+        return_tensors: str | None = None,
+        padding: bool = False,
         add_special_tokens: bool = False,
         padding_side: str = "left",
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor] | dict[str, list[list[int]]]:
+        rows = [self.encode(t) for t in texts]
+        if return_tensors is None and not padding:  # as a Hugging Face tokenizer: lists of ids
+            return {"input_ids": rows}
         if return_tensors != "pt" or not padding or padding_side not in ("left", "right"):
             raise ValueError("IdTokenizer pads to tensors only: return_tensors='pt', padding=True")
-        rows = [self.encode(t) for t in texts]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -114,11 +116,13 @@ class IdTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
-def make_prompts(n: int, max_len: int, vocab: int, seed: int) -> list[str]:
-    """``n`` random prompts of ``max_len / 2`` to ``max_len`` token ids, written as text for IdTokenizer."""
+def make_prompts(n: int, max_len: int, vocab: int, seed: int, prefix_len: int = 0) -> list[str]:
+    """``n`` random prompts of ``max_len / 2`` to ``max_len`` token ids, written as text for IdTokenizer; all start
+    with the same ``prefix_len`` tokens (as chat prompts start with their template's system part)."""
     g = torch.Generator().manual_seed(seed)
+    head = torch.randint(1, vocab, (prefix_len,), generator=g).tolist()
     lengths = torch.randint(max_len // 2, max_len + 1, (n,), generator=g).tolist()
-    return [" ".join(map(str, torch.randint(1, vocab, (L,), generator=g).tolist())) for L in lengths]
+    return [" ".join(map(str, head + torch.randint(1, vocab, (L,), generator=g).tolist())) for L in lengths]
 
 
 def without_stop_tokens(model: nn.Module) -> None:
@@ -219,13 +223,14 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab = model.config.vocab_size
     tokenizer = IdTokenizer(vocab)
-    prompts = make_prompts(args.prompts, args.prompt_len, vocab, setup.seed)
+    prompts = make_prompts(args.prompts, args.prompt_len, vocab, setup.seed, args.prefix_len)
     k, m, seed = args.samples, args.max_new_tokens, setup.seed
     kw = dict(num_samples=k, temperature=1.0, max_new_tokens=m, batch_size=len(prompts))
+    static_stats: dict = {}
     decoders: dict[str, Callable[..., list[list[str]]]] = {
         "today's eager (3db4ce5)": lambda ps, s=seed, **o: legacy_generate(model, tokenizer, ps, seed=s, **(kw | o)),
         "eager": lambda ps, s=seed, **o: generate(model, tokenizer, ps, seed=s, decoder="eager", **(kw | o)),
-        "static": lambda ps, s=seed, **o: generate(model, tokenizer, ps, seed=s, decoder="static", **(kw | o)),
+        "static": lambda ps, s=seed, **o: generate(model, tokenizer, ps, seed=s, decoder="static", stats=static_stats, **(kw | o)),
     }
     with report.section("warm-up"):
         for run in decoders.values():
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             seqs_per_batch=len(prompts) * k,
         )
         if name == "static":
-            rec["graphs"] = last_stats()
+            rec["graphs"] = dict(static_stats)
             print(f"static decoder ran: {rec['graphs']}")
         rows.append(rec)
     today, eager = rows[0].get("tokens_per_s"), rows[1].get("tokens_per_s")
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     if args.loop_prompts > 0:
-        loop_ids = [tokenizer([text])["input_ids"].to(setup.device) for text in prompts[: args.loop_prompts]]
+        loop_ids = [tokenizer([text], return_tensors="pt", padding=True)["input_ids"].to(setup.device) for text in prompts[: args.loop_prompts]]
         hf_loop(model, loop_ids[:1], samples=1, max_new_tokens=2)
         torch.manual_seed(seed)  # HF sampling draws from the global generator
 

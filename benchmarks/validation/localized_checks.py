@@ -18,7 +18,9 @@ PLANT_ID is a model id whose last plant is localized (``biasprune plant --model.
    the planted-units arm and the random sets answer the same prompts with the same sampling streams;
 4. prints and writes ``DIR/checks.json``: the baseline |SMD| of every planted variation (target ≥ 1.0), the
    planted-units arm's mean |SMD| against its noise floor (p95 of the label-permutation null) and its inlier ratio
-   against 0.9 × the baseline's, and the same for each random set (which should stay above the floor).
+   against 0.9 × the baseline's, and the same for each random set (which should stay above the floor). |SMD| is the
+   paper's inlier-window SMD, which these thresholds were set on; the scale-free measure that decides claims is
+   printed beside it.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ def summarize(run: Path, planted_variations: list[str]) -> dict:
 
     def arm(name: str) -> dict:
         s = summary[name]
-        mean, p95, inlier = float(s["mean_abs_smd"]), float(s["null_p95"]), float(s["inlier_ratio"])
-        return {"arm": name, "mean_abs_smd": mean, "ci": [float(s["ci_low"]), float(s["ci_high"])], "null_p95": p95,
+        mean, p95, inlier = float(s["mean_abs_smd"]), float(s["null_mean_abs_smd_p95"]), float(s["inlier_ratio"])
+        return {"arm": name, "mean_abs_smd": mean, "ci": [float(s["mean_abs_smd_ci_low"]), float(s["mean_abs_smd_ci_high"])],
+                "null_p95": p95, "rank_mean_abs_smd": float(s["mean_abs_rank_smd"]),
                 "within_floor": mean <= p95, "inlier_ratio": inlier, "inlier_vs_baseline": inlier / b_inlier,
                 "parse_rate": float(s["parse_rate"]), "pruned_neurons": float(s["pruned_neurons"]),
                 "pruned_heads": float(s["pruned_heads"])}  # fmt: skip
@@ -116,10 +119,10 @@ def report(out: dict) -> str:
     lines += [f"  {v:<28}{x:7.3f}" for v, x in out["baseline_abs_smd"].items()]
     vals = list(out["baseline_abs_smd"].values())
     lines.append(f"  smallest {min(vals):.3f}, mean {sum(vals) / len(vals):.3f}: {'met' if out['bias_there'] else 'MISSED'}")
-    lines.append(f"{'arm':<12}{'mean|SMD|':>10} {'95% CI':<16}{'floor p95':>10}{'within':>8}{'inlier':>8}{'x base':>8}{'parse':>7}{'heads':>7}{'neurons':>9}")
+    lines.append(f"{'arm':<12}{'mean|SMD|':>10} {'95% CI':<16}{'floor p95':>10}{'within':>8}{'scale-free':>11}{'inlier':>8}{'x base':>8}{'parse':>7}{'heads':>7}{'neurons':>9}")
     for a in [out["baseline"], out["pruned"], *out["random"]]:
         lines.append(f"{a['arm']:<12}{a['mean_abs_smd']:>10.3f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]  {a['null_p95']:>9.3f}"
-                     f"{str(a['within_floor']):>8}{a['inlier_ratio']:>8.3f}{a['inlier_vs_baseline']:>8.2f}{a['parse_rate']:>7.2f}"
+                     f"{str(a['within_floor']):>8}{a['rank_mean_abs_smd']:>11.3f}{a['inlier_ratio']:>8.3f}{a['inlier_vs_baseline']:>8.2f}{a['parse_rate']:>7.2f}"
                      f"{a['pruned_heads']:>7.0f}{a['pruned_neurons']:>9.0f}")  # fmt: skip
     lines.append(f"planted units remove the bias (within the floor, inlier >= {INLIER_FACTOR}x): "
                  f"{'met' if out['planted_units_remove_it'] else 'MISSED'}")  # fmt: skip

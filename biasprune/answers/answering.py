@@ -88,7 +88,7 @@ def answer_batch(
     answers = generate(
         model, tokenizer, [batch["prompt"][i] for i in run], num_samples=cfg.samples, temperature=cfg.temperature,
         top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=len(run), seed=cfg.seed, lockstep=lockstep,
-        keys=[batch["key"][i] for i in run], decoder=cfg.decoder,
+        keys=[batch["key"][i] for i in run], decoder=cfg.decoder, share_prefix=cfg.share_prefix,
     )
     counts = arm.counts()
     out = []

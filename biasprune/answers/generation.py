@@ -10,15 +10,19 @@ key get the same uniforms. Greedy decoding (``temperature=0``) uses none.
 **Decoders.** Both draw through :func:`biasprune.answers.streams.draw_tokens` with the same uniforms, so they pick
 the same token from the same logits.
 
-* ``eager``: the reference. A batch of prompts is left-padded and prefilled once; the KV cache
-  (``DynamicCache``) is repeated k times, so the prompt is not recomputed per sample; each step is a plain
-  Hugging Face forward; finished sequences leave the batch once a quarter of it has finished.
-* ``static``: :mod:`biasprune.answers.decoding`: preallocated keys and values written in place, a fixed-shape step
-  per bucket of live rows, captured as a CUDA graph on a GPU (eager steps on a CPU).
-* ``auto`` (default): ``static`` on CUDA and on CPU, where it is the faster of the two (1.3x today's
-  eager decoder on the quickstart's answers, 1.17x the eager reference: docs/benchmarks.md);
-  ``eager`` under ``lockstep`` (sharded FSDP weights need every process to make the same forward calls,
-  which the eager path guarantees), and ``eager`` for a model the static path does not support
+Both prefill the prefix that the batch's prompts share once (:mod:`biasprune.answers.prefix`; ``share_prefix``),
+then each prompt's remainder once, and start the prompt's k answers from its keys and values.
+
+* ``eager``: the reference. Each step is a plain Hugging Face forward over a ``DynamicCache``: the prefix's
+  cache is repeated for the prompts, the prompts' for their k answers; finished sequences leave the batch once
+  a quarter of it has finished. Under a sliding window shorter than prompt + answer it prefills whole prompts
+  (the model's mask counts cache columns, and the padding between prefix and remainder would count).
+* ``static``: :mod:`biasprune.answers.decoding`: the prefix's, the prompts' and the answers' keys kept apart and
+  read once each; answers of a prompt that agree so far computed once; fixed-shape steps per bucket of rows,
+  captured as CUDA graphs on a GPU (exact-shape eager steps on a CPU).
+* ``auto`` (default): ``static`` on CUDA and on CPU, where it is the faster of the two (docs/benchmarks.md,
+  "Generation"); ``eager`` under ``lockstep`` (sharded FSDP weights need every process to make the same forward
+  calls, which the eager path guarantees), and ``eager`` for a model the static path does not support
   (:func:`biasprune.answers.decoding.static_support`). ``static`` under ``lockstep`` also runs the eager path.
 """
 
@@ -32,11 +36,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from biasprune.answers.decoding import StaticUnsupported, decode_static, static_support
+from biasprune.answers.decoding import StaticUnsupported, decode_static, last_logits_only, static_support
+from biasprune.answers.prefix import PromptBatch
 from biasprune.answers.streams import draw_tokens, keyed_uniforms
 from biasprune.core.checks import check_choice, check_positive
 
-__all__ = ["DECODERS", "Decoder", "GenerationConfig", "generate", "resolve_decoder", "stop_token_ids"]
+__all__ = ["DECODERS", "Decoder", "GenerationConfig", "decode_eager", "generate", "resolve_decoder", "stop_token_ids"]
 
 Decoder = Literal["auto", "eager", "static"]
 DECODERS: tuple[str, ...] = ("auto", "eager", "static")
@@ -54,6 +59,9 @@ class GenerationConfig:
         seed: root of the keyed random streams (with each prompt's key, answer index and token index).
         decoder: ``auto`` (the faster path for the device), ``eager`` (the reference) or ``static``
             (preallocated cache; CUDA graphs on a GPU). All draw the same tokens from the same logits.
+        share_prefix: prefill the tokens that a batch's prompts start with (the chat template's system part,
+            the scenario text up to the name) once per batch; off, each prompt is prefilled whole. The answers
+            are the same up to floating-point rounding (docs/benchmarks.md, "Generation").
     """
 
     samples: int = 10
@@ -62,6 +70,7 @@ class GenerationConfig:
     max_new_tokens: int = 24
     seed: int = 0
     decoder: Decoder = "auto"
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         check_positive("generation.samples", self.samples)
@@ -96,11 +105,31 @@ def _output_cache(out):
     return cache if cache is not None else out["past_key_values"]
 
 
+def _prefill_eager(model: nn.Module, batch: PromptBatch) -> tuple[torch.Tensor, object, torch.Tensor]:
+    """Hugging Face forwards over the shared prefix (once, one row) and the prompts' remainders (once each):
+    each prompt's next-token logits ``[B, V]``, the ``DynamicCache`` and its 2-D attention mask ``[B, S + P]``.
+
+    The cache holds ``[prefix][padding][remainder]`` per row; the mask hides the padding and positions count
+    real tokens only, so each prompt is computed exactly as on its own.
+    """
+    cache_kw, n, s = _cache_argument(model), batch.n_prompts, batch.prefix_len
+    extra = {}
+    if s:
+        out = model(input_ids=batch.prefix[None], position_ids=torch.arange(s, device=batch.device)[None],
+                    use_cache=True, logits_to_keep=last_logits_only(batch.prefix[None]))
+        cache = _output_cache(out)
+        cache.batch_repeat_interleave(n)
+        extra[cache_kw] = cache
+    attention_mask = torch.cat([batch.mask.new_ones(n, s), batch.mask], 1)
+    out = model(input_ids=batch.rest, attention_mask=attention_mask, position_ids=batch.positions(), use_cache=True,
+                logits_to_keep=last_logits_only(batch.rest), **extra)
+    return out.logits[:, -1], _output_cache(out), attention_mask
+
+
 @torch.no_grad()
-def _generate_batch(
+def decode_eager(
     model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    batch: PromptBatch,
     num_samples: int,
     temperature: float,
     top_p: float,
@@ -109,23 +138,22 @@ def _generate_batch(
     pad_id: int,
     uniforms: torch.Tensor | None,
     lockstep: bool = False,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """The eager decoder: new tokens ``[B * num_samples, max_new_tokens]`` (pad after a stop), sample-major.
 
-    ``uniforms [B * num_samples, max_new_tokens]`` (float64, ``None`` when greedy) drive the draws.
+    ``uniforms [B * num_samples, max_new_tokens]`` (float64, ``None`` when greedy) drive the draws. Each
+    prompt is prefilled once (its shared prefix once per batch, except under a binding sliding window) and its
+    cache repeated for its k answers. ``stats``, when given, receives ``prefix_len`` (the tokens prefilled once).
     """
-    stop = torch.tensor(stop_ids, device=input_ids.device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = _output_cache(out)
-    logits = out.logits[:, -1]
-    last_pos = position_ids[:, -1]
+    device = batch.device
+    if batch.prefix_len and not _eager_can_share(model, int(batch.lengths().max()) + max_new_tokens):
+        batch = batch.unshared()
+    stop = torch.tensor(stop_ids, device=device)
+    if stats is not None:
+        stats.update(prefix_len=batch.prefix_len)
+    logits, cache, attention_mask = _prefill_eager(model, batch)
+    last_pos = batch.last_positions()
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
         logits = logits.repeat_interleave(num_samples, 0)
@@ -133,9 +161,9 @@ def _generate_batch(
         last_pos = last_pos.repeat_interleave(num_samples, 0)
     cache_kw = _cache_argument(model)
     n = logits.shape[0]
-    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
-    rows = torch.arange(n, device=input_ids.device)  # output row of each sequence still in the batch
-    alive = torch.ones(n, dtype=torch.bool, device=input_ids.device)
+    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)  # output row of each sequence still in the batch
+    alive = torch.ones(n, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         nxt = draw_tokens(logits, temperature, top_p, None if uniforms is None else uniforms[rows, step])
         tokens[rows[alive], step] = nxt[alive]
@@ -171,6 +199,53 @@ def resolve_decoder(decoder: str, device: torch.device, lockstep: bool = False) 
     return "static"
 
 
+def _token_lists(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's token ids, without added special tokens (the prompts are already templated)."""
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    return [list(map(int, row)) for row in ids]
+
+
+def _eager_can_share(model: nn.Module, longest: int) -> bool:
+    """Whether the eager decoder may prefill a shared prefix apart: not under a binding sliding window, which
+    the model's own mask counts in cache columns (the padding between prefix and remainder would count)."""
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    return window is None or not getattr(config, "use_sliding_window", True) or int(window) >= longest
+
+
+def _decode_chunk(
+    model: nn.Module, tokens: list[list[int]], path: str, decoder: str, share_prefix: bool, lockstep: bool,
+    args: tuple, stats: dict | None,
+) -> tuple[torch.Tensor, str]:
+    """New tokens of one chunk of prompts and the decoder that made them (``static`` falls back to ``eager``
+    when ``decoder`` is ``auto`` and the model cannot run it)."""
+    device = next(model.parameters()).device
+    pad_id = args[5]
+    if path == "static":
+        reason = static_support(model)
+        if reason is None:
+            try:
+                batch = PromptBatch.from_token_lists(tokens, pad_id, share_prefix).to(device)
+                return decode_static(model, batch, *args, stats=stats), "static"
+            except StaticUnsupported as err:
+                reason = str(err)
+        if decoder == "static":
+            raise ValueError(f"decoder='static' cannot run this model: {reason}; use decoder='eager' or 'auto'")
+    batch = PromptBatch.from_token_lists(tokens, pad_id, share_prefix).to(device)
+    return decode_eager(model, batch, *args, lockstep=lockstep, stats=stats), "eager"
+
+
+def _texts(tokens: torch.Tensor, stop: list[int], tokenizer) -> list[str]:
+    """Each row of new tokens cut at its first stop token and decoded without special tokens."""
+    tokens = tokens.cpu()
+    is_stop = torch.isin(tokens, torch.tensor(stop))
+    texts = []
+    for row, stops in zip(tokens, is_stop):
+        end = int(stops.nonzero()[0]) if bool(stops.any()) else row.shape[0]
+        texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return texts
+
+
 def generate(
     model: nn.Module,
     tokenizer,
@@ -186,15 +261,19 @@ def generate(
     lockstep: bool = False,
     keys: Sequence[str] | None = None,
     decoder: Decoder = "auto",
+    share_prefix: bool = True,
+    stats: dict | None = None,
 ) -> list[list[str]]:
     """Responses to already-templated prompts: ``out[i]`` holds ``num_samples`` strings for ``prompts[i]``.
 
     ``temperature=0`` decodes greedily. Responses are decoded without special tokens and cut at the first
     stop token. ``keys[i]`` names prompt ``i``'s random streams (default: the prompt text); answer ``j`` of
     prompt ``i`` is the same whatever the batch size, the order of the prompts or the other prompts of the
-    call (up to the floating-point effect of padding and batch shape on the logits). ``lockstep`` runs
-    every one of the ``max_new_tokens`` steps even when all sequences have stopped (sharded FSDP models),
-    with the eager decoder. ``decoder``: see the module docstring.
+    call (up to the floating-point effect of padding, batch shape and the shared prefix on the logits).
+    ``lockstep`` runs every one of the ``max_new_tokens`` steps even when all sequences have stopped (sharded
+    FSDP models), with the eager decoder. ``decoder``: see the module docstring. ``share_prefix`` prefills the
+    tokens common to a batch's prompts once (off: each prompt whole, once). ``stats``, when given, receives
+    what the last batch ran (``decoder``, ``prefix_len``, and the static decoder's ``graphs``, ``buckets_used``).
     """
     if keys is None:
         keys = list(prompts)
@@ -214,31 +293,14 @@ def generate(
         starts = tqdm(starts, desc=desc, unit="batch", leave=False)
     for start in starts:
         chunk = list(prompts[start : start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         uniforms = None
         if temperature > 0:
             u = keyed_uniforms(seed, keys[start : start + batch_size], num_samples, max_new_tokens)
             uniforms = torch.from_numpy(u).to(device)
         args = (num_samples, temperature, top_p, max_new_tokens, stop, pad_id, uniforms)
-        if path == "static":
-            reason = static_support(model, ids.shape[1] + max_new_tokens)
-            if reason is None:
-                try:
-                    tokens = decode_static(model, ids, mask, *args)
-                except StaticUnsupported as err:
-                    reason = str(err)
-            if reason is not None:
-                if decoder == "static":
-                    raise ValueError(f"decoder='static' cannot run this model: {reason}; use decoder='eager' or 'auto'")
-                path = "eager"
-        if path == "eager":
-            tokens = _generate_batch(model, ids, mask, *args, lockstep=lockstep)
-        tokens = tokens.cpu()
-        is_stop = torch.isin(tokens, torch.tensor(stop))
-        texts = []
-        for row, stops in zip(tokens, is_stop):
-            end = int(stops.nonzero()[0]) if bool(stops.any()) else row.shape[0]
-            texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+        tokens, path = _decode_chunk(model, _token_lists(tokenizer, chunk), path, decoder, share_prefix, lockstep, args, stats)
+        if stats is not None:
+            stats["decoder"] = path
+        texts = _texts(tokens, stop, tokenizer)
         results.extend(texts[i * num_samples : (i + 1) * num_samples] for i in range(len(chunk)))
     return results

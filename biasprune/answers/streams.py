@@ -55,19 +55,24 @@ def keyed_uniforms(seed: int, keys: Sequence[str], num_samples: int, steps: int)
     return (mix64(counter) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def draw_tokens(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+def draw_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Next token of each row of ``logits [n, V]``: greedy when ``temperature == 0``, else the inverse-CDF draw.
 
     ``u [n]`` (float64) holds one uniform per row. The token is the first index whose cumulative probability
     (temperature-scaled softmax, restricted to the top-p nucleus) exceeds ``u`` times the total: an exact
-    draw from that distribution, with one uniform per row rather than one per vocabulary entry.
+    draw from that distribution, with one uniform per row rather than one per vocabulary entry. With
+    ``rows [m]``, draw ``i`` uses the logits of row ``rows[i]`` and the uniform ``u[i]`` (``[m]``): answers that
+    share their history share one row of logits.
 
     The cumulative sum is taken in two levels: float32 block sums of ``_BLOCK`` tokens accumulated in float64,
     then a float64 cumulative sum inside the one block that holds the target; the full ``[n, V]`` cumulative
     sum is never formed. The draw is exact up to the float32 rounding of the probabilities themselves.
     """
     if temperature == 0:
-        return logits.argmax(-1)
+        best = logits.argmax(-1)
+        return best if rows is None else best.index_select(0, rows)
     scaled = logits.float()  # no copy for float32 logits
     probs = torch.softmax(scaled if temperature == 1 else scaled / temperature, dim=-1)
     if top_p < 1.0:
@@ -80,15 +85,20 @@ def draw_tokens(logits: torch.Tensor, temperature: float, top_p: float, u: torch
     n_blocks = -(-vocab // _BLOCK)
     if n_blocks * _BLOCK != vocab:
         probs = torch.nn.functional.pad(probs, (0, n_blocks * _BLOCK - vocab))
-    blocks = probs.view(n, n_blocks, _BLOCK)
-    block_sum = blocks.sum(-1).double()
+    blocks = probs.view(n * n_blocks, _BLOCK)
+    block_sum = probs.view(n, n_blocks, _BLOCK).sum(-1).double()
+    if rows is None:
+        rows = torch.arange(n, device=logits.device)
+    else:
+        block_sum = block_sum.index_select(0, rows)
+    m = rows.shape[0]
     block_cdf = block_sum.cumsum(-1)
     total = block_cdf[:, -1:]
     # u * total can round up to the total: stay just below it, so that some block's cumulative sum exceeds it.
-    target = torch.minimum(u.to(torch.float64).view(n, 1) * total, torch.nextafter(total, total.new_zeros(())))
+    target = torch.minimum(u.to(torch.float64).view(m, 1) * total, torch.nextafter(total, total.new_zeros(())))
     # The block holding the target: the first whose cumulative sum exceeds it (so its own sum is > 0).
     j = torch.searchsorted(block_cdf, target, right=True)
-    inside = blocks.gather(1, j[:, :, None].expand(n, 1, _BLOCK)).squeeze(1).double().cumsum(-1)
+    inside = blocks.index_select(0, rows * n_blocks + j.squeeze(1)).double().cumsum(-1)
     rest = target - (block_cdf.gather(1, j) - block_sum.gather(1, j))
     # Rounding may leave ``rest`` at or past the block's total: stop just below it, at the last positive token.
     rest = torch.minimum(rest, torch.nextafter(inside[:, -1:], inside.new_zeros(())))

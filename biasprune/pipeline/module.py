@@ -31,7 +31,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from biasprune.answers.answering import TargetConfig, answer_batch, sort_records, target_responses
 from biasprune.answers.generation import GenerationConfig
 from biasprune.core import artifacts
-from biasprune.core.checks import check_choice
 from biasprune.core.distributed import gather_objects
 from biasprune.models.architectures import DEFAULT_NEURON_MODULES, UnitLayout, check_neuron_modules, resolve_units
 from biasprune.models.identity import model_identity
@@ -49,7 +48,7 @@ from biasprune.pipeline.resume import (
 from biasprune.pruning.arms import UNPRUNED, EvaluationPlan
 from biasprune.pruning.masks import apply_masks, export_pruned
 from biasprune.scoring.accumulate import ScoreAccumulator
-from biasprune.scoring.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Objective, get_objective
+from biasprune.scoring.objectives import DEFAULT_OBJECTIVE, Objective, get_objective
 from biasprune.scoring.scorefile import write_scores
 from biasprune.stats.rows import EvaluationConfig
 
@@ -67,7 +66,7 @@ def _check_arguments(neuron_modules: Sequence[str], score_neurons: bool, score_h
     check_neuron_modules(neuron_modules)
     if not (score_neurons or score_heads):
         raise ValueError("model.score_neurons and model.score_heads are both false: there is nothing to score")
-    check_choice("model.objective", objective, list(OBJECTIVES))
+    get_objective(objective)  # a registered name or an importable dotted path
     if evaluation.inlier_bounds and not Path(evaluation.inlier_bounds).is_file():
         raise ValueError(f"model.evaluation.inlier_bounds: file {evaluation.inlier_bounds!r} does not exist")
     if not evaluation.baseline and not evaluation.inlier_bounds:
@@ -103,8 +102,12 @@ class BiasPruneModule(L.LightningModule):
         score_heads: accumulate head scores.
         objective: what a scoring batch is and which sums it adds, by name from the registry of
             :mod:`biasprune.scoring.objectives`: ``nll`` (S_G(u) from the response likelihood of each group's
-            prompts; docs/method.md, "Scores") or ``contrastive`` (attribution patching on name-swapped pairs,
-            one group ``contrast``; prune with ``pruning.rule=target``).
+            prompts; docs/method.md, "Scores"), ``contrastive`` (attribution patching on name-swapped pairs,
+            |est| summed), ``wanda`` (the paper authors' |W|·‖X‖ per group, forward only), ``atp`` (signed
+            attribution patching ranked by −mean/sd over pairs, residual-stream outputs not scored) or ``causal``
+            (per-pair ablation effects on the pairs' log odds gap); the pair objectives take
+            ``pruning.rule=target``. A dotted path ``module.Class`` plugs in a user's objective
+            (docs/method.md, "Selection methods").
         targets: how the target responses of the scoring prompts are generated.
         generation: how evaluation answers are sampled.
         evaluation: how answers are judged (inlier bounds, statistics, controls).
@@ -331,7 +334,7 @@ class BiasPruneModule(L.LightningModule):
         if self.global_rank == 0 and (self.evaluation.save_answers or not write_results):
             artifacts.write_jsonl(self.run_dir / "answers.jsonl", self.evaluation_records)
         if write_results:
-            self.results = evaluate_and_write(self, self.evaluation_records, local)
+            self.results = evaluate_and_write(self, self.evaluation_records)
 
     def export_pruned(self, out_dir: str | Path, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object]) -> Path:
         """Write the pruned model as a Hugging Face checkpoint (weights of pruned units zeroed)."""

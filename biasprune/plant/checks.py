@@ -1,10 +1,10 @@
 """``biasprune plant check RUN_DIR``: per-scenario checks of a run on a planted model.
 
-For every arm and scenario of a run's test answers (``answers.jsonl``): mean |SMD| over the scenario's
-variations with its name-bootstrap interval, the noise floor (group labels permuted across names, one
-permutation for all variations; mean and 95th percentile), whether the mean |SMD| is within the floor (at or
-below its p95), the inlier ratio, the parse rate and the smallest per-variation |SMD|. The inlier bounds are
-the run's own (``inlier_bounds.json``). Random-control arms are summarized with their arm, not listed. The
+For every arm and scenario of a run's test answers (``answers.jsonl``), for each bias measure (the scale-free one
+that decides claims, and the paper's inlier-window SMD; :data:`biasprune.metrics.spec.BIAS_METRICS`): mean |SMD| over
+the scenario's variations with its name-bootstrap interval, the noise floor (group labels permuted across names, one
+permutation for all variations; mean and 95th percentile), whether the mean |SMD| is within the floor (at or below
+its p95) and the smallest per-variation |SMD|; and the inlier ratio and the parse rate. The inlier bounds are the run's own (``inlier_bounds.json``). Random-control arms are summarized with their arm, not listed. The
 table is written to ``scenario_checks.csv`` in the run directory (docs/results.md, "Planted controls").
 """
 
@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biasprune.core import artifacts
+from biasprune.metrics.spec import BIAS_METRICS
 from biasprune.report import ReportError
 from biasprune.stats.rows import EvaluationConfig, variation_rows
 from biasprune.stats.summary import summarize_split
 
 __all__ = ["COLUMNS", "format_checks", "scenario_checks"]
 
-COLUMNS = ("run", "scenario", "arm", "n_variations", "mean_abs_smd", "ci_low", "ci_high", "null_mean_abs_smd", "null_p95",
-           "within_floor", "min_abs_smd", "inlier_ratio", "parse_rate", "pruned_neurons")
+MEASURE_COLUMNS = ("mean_abs", "ci_low", "ci_high", "null_mean", "null_p95", "within_floor", "min_abs")
+COLUMNS = ("run", "scenario", "arm", "n_variations", *(f"{m.name}_{c}" for m in BIAS_METRICS for c in MEASURE_COLUMNS),
+           "inlier_ratio", "parse_rate", "pruned_neurons")
 
 
 def scenario_checks(run: str | Path, n_boot: int = 1000, n_perm: int = 1000) -> list[dict]:
@@ -46,25 +48,26 @@ def scenario_checks(run: str | Path, n_boot: int = 1000, n_perm: int = 1000) -> 
             if s["phase"] == "random":
                 continue
             arm_rows = [r for r in rows if r["arm"] == s["arm"]]
-            out.append({
-                "run": run.name, "scenario": scenario, "arm": s["arm"], "n_variations": s["n_variations"],
-                "mean_abs_smd": s["mean_abs_smd"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-                "null_mean_abs_smd": s["null_mean_abs_smd"], "null_p95": s["null_p95"],
-                "within_floor": bool(s["mean_abs_smd"] <= s["null_p95"]),
-                "min_abs_smd": min(r["abs_smd"] for r in arm_rows), "inlier_ratio": s["inlier_ratio"],
-                "parse_rate": s["parse_rate"], "pruned_neurons": s["pruned_neurons"],
-            })  # fmt: skip
+            row = {"run": run.name, "scenario": scenario, "arm": s["arm"], "n_variations": s["n_variations"],
+                   "inlier_ratio": s["inlier_ratio"], "parse_rate": s["parse_rate"], "pruned_neurons": s["pruned_neurons"]}
+            for m in BIAS_METRICS:
+                a = m.mean
+                row |= {f"{m.name}_mean_abs": s[a], f"{m.name}_ci_low": s[f"{a}_ci_low"], f"{m.name}_ci_high": s[f"{a}_ci_high"],
+                        f"{m.name}_null_mean": s[f"null_{a}"], f"{m.name}_null_p95": s[f"null_{a}_p95"],
+                        f"{m.name}_within_floor": bool(s[a] <= s[f"null_{a}_p95"]),
+                        f"{m.name}_min_abs": min(r[m.abs] for r in arm_rows)}
+            out.append(row)
     artifacts.write_csv(run / "scenario_checks.csv", out, COLUMNS)
     return out
 
 
 def format_checks(rows_by_run: Sequence[tuple[str, Sequence[dict]]]) -> str:
     """The printed table of one or more runs' checks."""
-    lines = [f"{'run':<24}{'scenario':<10}{'arm':<10}{'mean|SMD|':>10} {'95% CI':<16}{'floor p95':>10}{'within':>7}"
-             f"{'min|SMD|':>9}{'inlier':>7}{'parse':>7}"]
+    measures = "".join(f"{m.label + ' mean|SMD|':>22} {'95% CI':<14}{'floor p95':>10}{'within':>7}" for m in BIAS_METRICS)
+    lines = [f"{'run':<24}{'scenario':<10}{'arm':<10}{measures}{'inlier':>7}{'parse':>7}"]
     for run, rows in rows_by_run:
         for r in rows:
-            lines.append(f"{str(run)[-24:]:<24}{r['scenario']:<10}{r['arm']:<10}{r['mean_abs_smd']:>10.3f}"
-                         f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]  {r['null_p95']:>8.3f}{str(r['within_floor']):>7}"
-                         f"{r['min_abs_smd']:>9.3f}{r['inlier_ratio']:>7.3f}{r['parse_rate']:>7.3f}")
+            cells = "".join(f"{r[f'{m.name}_mean_abs']:>22.3f} [{r[f'{m.name}_ci_low']:.2f}, {r[f'{m.name}_ci_high']:.2f}]"
+                            f"{r[f'{m.name}_null_p95']:>10.3f}{str(r[f'{m.name}_within_floor']):>7}" for m in BIAS_METRICS)
+            lines.append(f"{str(run)[-24:]:<24}{r['scenario']:<10}{r['arm']:<10}{cells}{r['inlier_ratio']:>7.3f}{r['parse_rate']:>7.3f}")
     return "\n".join(lines)

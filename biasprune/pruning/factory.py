@@ -6,13 +6,17 @@ the seed of every random control are decided here and nowhere else.
 
 * :meth:`MaskFactory.select`: uint8 keep-masks of one unit kind (``neuron`` or ``head``) by the factory's rule
   at one pruning point (p, q, budget), within the kind's scope (:mod:`biasprune.pruning.rules`);
-* :meth:`MaskFactory.random_controls`: for each draw d, masks that prune as many units per module (scope
-  ``module``) or in total (scope ``global``) as the given masks, each kind in its own scope, uniformly, from the
-  stream seeded :meth:`MaskFactory.control_seed` (d) (:func:`biasprune.pruning.rules.random_prune_like`).
+* :meth:`MaskFactory.random_controls`: for each draw d of the arm a on the name split s, masks that prune as many
+  units per module (scope ``module``) or in total (scope ``global``) as the given masks, each kind in its own
+  scope, uniformly, from the stream seeded :meth:`MaskFactory.control_seed` (s, a, d)
+  (:func:`biasprune.pruning.rules.random_prune_like`). The seed depends on the split, the arm and the draw, so the
+  dev and the test controls of one arm never share a mask, nor do the controls of two arms that prune as many
+  units: their claims are independent, and a control that helped a point win on dev is not its control on test.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -34,7 +38,9 @@ from biasprune.pruning.rules import (
 __all__ = ["DEFAULT_BUDGETS", "KINDS", "MaskFactory", "MaskSettings"]
 
 KINDS = ("neuron", "head")
-#: The budget of a ranking rule given none, per kind: 0.5% of each module's channels, 3 heads (docs/results.md).
+#: The budget of a ranking rule given none, per kind: 0.5% of each module's channels, 3 heads. Both were read off
+#: the planted `purchase` control's tables (docs/results.md, tables that included its test names), so no result on
+#: that plant should rest on them: ``--pruning.budget auto`` chooses on dev names instead (configs/quickstart.yaml).
 DEFAULT_BUDGETS: dict[str, int | str] = {"neuron": "0.5%", "head": 3}
 
 
@@ -94,19 +100,23 @@ class MaskFactory:
                           n_target=n_target, n_reference=n_reference, floor_quantile=self.floor_quantile,
                           flags=HEAD_FLAGS if kind == "head" else NEURON_FLAGS)
 
-    def control_seed(self, draw: int) -> int:
-        """The seed of random control ``draw``."""
-        return int(self.random_seed) * 1000 + int(draw)
+    def control_seed(self, split: str, arm: str, draw: int) -> int:
+        """The seed of random control ``draw`` of ``arm`` on the name split ``split``: the first 8 bytes of
+        SHA-256 of ``"{random_seed}/{split}/{arm}/{draw}"``, as an unsigned integer."""
+        key = f"{int(self.random_seed)}/{split}/{arm}/{int(draw)}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
 
-    def random_controls(self, masks: Mapping[str, torch.Tensor], draws: Iterable[int]) -> list[dict[str, torch.Tensor]]:
-        """One keep-mask set per draw, pruning as many units as ``masks`` per module / in total, kind by kind."""
+    def random_controls(self, masks: Mapping[str, torch.Tensor], split: str, arm: str,
+                        draws: Iterable[int]) -> list[dict[str, torch.Tensor]]:
+        """One keep-mask set per draw of ``arm`` on ``split``, pruning as many units as ``masks`` per module / in
+        total, kind by kind."""
         out = []
         for d in draws:
             drawn: dict[str, torch.Tensor] = {}
             for kind in KINDS:
                 part = {k: m == 0 for k, m in masks.items() if k.startswith(kind + "/")}
                 if part:
-                    chosen = random_prune_like(part, self.scope_of(kind), seed=self.control_seed(d))
+                    chosen = random_prune_like(part, self.scope_of(kind), seed=self.control_seed(split, arm, d))
                     drawn.update({k: (~v).to(torch.uint8) for k, v in chosen.items()})
             out.append(drawn)
         return out
@@ -121,12 +131,16 @@ class MaskSettings:
         budget: the neuron budget given (``--pruning.budget``), or None.
         head_budget: the head budget given (``--pruning.head_budget``), or None.
         random_draws: random controls per evaluated arm (``--pruning.random_draws``).
+        auto_budgets: the neuron budgets that ``budget: auto`` chooses among (``--pruning.auto_budgets``).
+        head_auto_budgets: the head budgets that ``head_budget: auto`` chooses among.
     """
 
     factory: MaskFactory
     budget: Budget | float | int | str | None = None
     head_budget: Budget | float | int | str | None = None
-    random_draws: int = 3
+    random_draws: int = 5
+    auto_budgets: tuple[Budget | float | int | str, ...] = ()
+    head_auto_budgets: tuple[Budget | float | int | str, ...] = ()
 
     def default_budget(self, units: str) -> Budget | float | int | str:
         """The budget of a grid point of ``units`` (``neurons`` or ``heads``) that names none: the one given, or
@@ -135,3 +149,11 @@ class MaskSettings:
         if units == "neurons":
             return self.budget or DEFAULT_BUDGETS["neuron"]
         return self.head_budget or DEFAULT_BUDGETS["head"]
+
+    def default_budgets(self, units: str) -> tuple[Budget | float | int | str, ...]:
+        """The budgets of the grid points of ``units`` that name none: the ``auto`` list where the budget is
+        ``auto`` (the study then chooses among them on dev, as ``fit`` would), else :meth:`default_budget` alone."""
+        given = self.budget if units == "neurons" else self.head_budget
+        if given == "auto":
+            return tuple(self.auto_budgets if units == "neurons" else self.head_auto_budgets)
+        return (self.default_budget(units),)

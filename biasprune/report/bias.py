@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from biasprune.metrics.spec import BIAS_METRICS, DECIDING, UTILITY_METRICS
 from biasprune.report import plots
 from biasprune.report.common import variation_label
 from biasprune.report.html import esc, fig_png, fmt, fmtg, table
@@ -40,7 +41,8 @@ def _arm_label(row: Mapping) -> str:
 
 
 def summary_table(rows: Sequence[Mapping], split: str) -> str:
-    """Per-arm mean |SMD| with its interval, noise floor, random control, rates and what was pruned (one split)."""
+    """Per-arm mean |SMD| of each bias metric with its interval and random control, the noise floor, the utility rates
+    with the guard, and what was pruned (one split)."""
     out, classes = [], []
     for r in rows:
         if text(r, "split") != split:
@@ -50,28 +52,38 @@ def summary_table(rows: Sequence[Mapping], split: str) -> str:
             pruned.append(f"{fmt(num(r, 'pruned_neurons'), 0)} neurons ({fmt(num(r, 'share_neurons'), 4, pct=True)})")
         if num(r, "pruned_heads") > 0:
             pruned.append(f"{fmt(num(r, 'pruned_heads'), 0)} heads ({fmt(num(r, 'share_heads'), 3, pct=True)})")
-        rnd = "–"
-        if num(r, "random_draws") > 0:
-            rnd = f"{fmt(num(r, 'random_mean_abs_smd'))} ± {fmt(num(r, 'random_sd'), 2)} ({fmt(num(r, 'random_draws'), 0)} draws)"
-        notes = []
-        if num(r, "n_undefined") > 0:
-            notes.append(f"{fmt(num(r, 'n_undefined'), 0)} undefined SMD")
+        cells = []
+        for m in BIAS_METRICS:
+            rnd = "–"
+            if num(r, "random_draws") > 0:
+                rnd = f"{fmt(num(r, f'random_{m.mean}'))} ± {fmt(num(r, f'random_{m.mean}_sd'), 2)} ({fmt(num(r, 'random_draws'), 0)} draws)"
+            cells += [f"{fmt(num(r, m.mean))} [{fmt(num(r, f'{m.mean}_ci_low'))}, {fmt(num(r, f'{m.mean}_ci_high'))}]", rnd]
+        notes = [f"{fmt(num(r, f'{m.prefix}n_undefined'), 0)} undefined {m.label} SMD" for m in BIAS_METRICS
+                 if num(r, f"{m.prefix}n_undefined") > 0]
         if num(r, "degenerate_bounds") > 0:
             notes.append(f"{fmt(num(r, 'degenerate_bounds'), 0)} degenerate bounds")
         if text(r, "excluded"):
             notes.append("excluded from claims: " + text(r, "excluded"))
-        out.append([_arm_label(r), fmt(num(r, "mean_abs_smd")), f"[{fmt(num(r, 'ci_low'))}, {fmt(num(r, 'ci_high'))}]",
-                    f"{fmt(num(r, 'null_mean_abs_smd'))} ({fmt(num(r, 'null_p95'))})", fmt(num(r, "null_p_value")), rnd,
-                    fmt(num(r, "inlier_ratio")), fmt(num(r, "parse_rate")), ", ".join(pruned) or ("–" if text(r, "phase") == "baseline" else "nothing"),
-                    "; ".join(notes)])
+        utility = [f"{u.label} {fmt(num(r, f'{u.name}_vs_unpruned'))} [{fmt(num(r, f'{u.name}_vs_unpruned_ci_low'))},"
+                   f" {fmt(num(r, f'{u.name}_vs_unpruned_ci_high'))}]" for u in UTILITY_METRICS if math.isfinite(num(r, f"{u.name}_vs_unpruned"))]
+        guard = (text(r, "utility") + ": " if text(r, "utility") else "") + "; ".join(utility)
+        out.append([_arm_label(r), *cells, f"{fmt(num(r, f'null_{DECIDING.mean}'))} ({fmt(num(r, f'null_{DECIDING.mean}_p95'))})",
+                    fmt(num(r, "inlier_ratio")), fmt(num(r, "parse_rate")), guard or "–",
+                    ", ".join(pruned) or ("–" if text(r, "phase") == "baseline" else "nothing"), "; ".join(notes)])
         classes.append("ctrl" if text(r, "phase") == "random" else "")
-    return table(["arm", "mean |SMD|", "95% CI", "noise floor (p95)", "p (vs permuted)", "random control", "inlier ratio",
-                  "parse rate", "pruned", "notes"], out, numeric=[1, 2, 3, 4, 6, 7], row_classes=classes,
-                 caption=f"{split} names; grey rows are the random-mask draws")
+    header = ["arm"] + [h for m in BIAS_METRICS for h in (f"{m.label} |SMD| [95% CI]", f"random control ({m.label})")]
+    header += [f"noise floor ({DECIDING.label}, p95)", "inlier ratio", "parse rate", "utility vs unpruned (arm − unpruned)", "pruned", "notes"]
+    n = 2 * len(BIAS_METRICS)
+    return table(header, out, numeric=[*range(1, n + 4)], row_classes=classes,
+                 caption=f"{split} names; {DECIDING.label}: {DECIDING.description} (decides the claims); {PAPER_NOTE};"
+                         " grey rows are the random-mask draws")
+
+
+PAPER_NOTE = "paper: " + next(m.description for m in BIAS_METRICS if not m.deciding)
 
 
 def variation_table(metrics: Sequence[Mapping], split: str, arms: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
-    """One row per variation × arm: SMD with its CI and p-value, means, answer counts, rates, inlier bounds."""
+    """One row per variation × arm: each bias metric's SMD with its CI and p-value, means, answer counts, rates, inlier bounds."""
     rows = [r for r in metrics if text(r, "split") == split and text(r, "arm") in set(arms)]
     order = {a: i for i, a in enumerate(arms)}
     rows.sort(key=lambda r: (variation_label(r), order[text(r, "arm")]))
@@ -82,15 +94,18 @@ def variation_table(metrics: Sequence[Mapping], split: str, arms: Sequence[str],
         bounds = f"[{fmtg(num(r, 'lower'))}, {fmtg(num(r, 'upper'))}]"
         if text(r, "bounds_degenerate") in ("True", "true", "1"):
             bounds += " degenerate"
-        out.append([v if v != last else "", (labels or {}).get(text(r, "arm"), text(r, "arm")),
-                    f"{fmt(num(r, 'smd'))} [{fmt(num(r, 'smd_ci_low'))}, {fmt(num(r, 'smd_ci_high'))}]", fmt(num(r, "p_value")),
+        smds = [f"{fmt(num(r, m.name))} [{fmt(num(r, f'{m.name}_ci_low'))}, {fmt(num(r, f'{m.name}_ci_high'))}]"
+                f" (p {fmt(num(r, f'{m.name}_p_value'))})" for m in BIAS_METRICS]
+        out.append([v if v != last else "", (labels or {}).get(text(r, "arm"), text(r, "arm")), *smds,
                     f"{fmtg(num(r, 'mean_ref'))} / {fmtg(num(r, 'mean_target'))}", f"{fmt(num(r, 'n_ref'), 0)} / {fmt(num(r, 'n_target'), 0)}",
                     f"{fmt(num(r, 'inlier_ratio'), 2)} / {fmt(num(r, 'parse_rate'), 2)}", bounds])
         classes.append(" ".join(c for c in (cls, "sep" if v != last and last is not None else "") if c))
         last = v
-    return table(["variation", "arm", "SMD [95% CI]", "p", "mean answer ref / target", "inlier answers ref / target",
-                  "inlier ratio / parse rate", "inlier bounds"], out, numeric=[2, 3, 4, 5, 6], row_classes=classes,
-                 caption=f"{split} names; SMD > 0: the reference group gets larger answers; means over inlier answers")
+    n = len(BIAS_METRICS)
+    return table(["variation", "arm", *(f"{m.label} SMD [95% CI] (p)" for m in BIAS_METRICS), "mean answer ref / target (window)",
+                  "inlier answers ref / target", "inlier ratio / parse rate", "inlier bounds"], out,
+                 numeric=[*range(2, n + 5)], row_classes=classes,
+                 caption=f"{split} names; SMD > 0: the reference group gets larger answers; means and counts over the inlier window")
 
 
 def chosen_variation(metrics: Sequence[Mapping], split: str) -> Mapping | None:
@@ -100,37 +115,46 @@ def chosen_variation(metrics: Sequence[Mapping], split: str) -> Mapping | None:
 
 
 def bias_figures(art: RunArtifacts, summary: Sequence[Mapping], split: str, arms: Sequence[str]) -> list[Figure]:
-    """The per-arm summary and the per-variation panel of one split."""
+    """Per bias metric, the per-arm summary and the per-variation panel of one split."""
     figs: list[Figure] = []
     rows = [r for r in summary if text(r, "split") == split]
     main = [r for r in rows if text(r, "phase") != "random"]
     base = next((r for r in rows if text(r, "phase") == "baseline"), None)
-    floor = (num(base, "null_mean_abs_smd"), num(base, "null_p95")) if base else None
-    if main:
-        by_arm = {text(r, "arm"): r for r in rows}
-        ctrl = {a: [num(by_arm[c], "mean_abs_smd") for c in cs if c in by_arm] for a, cs in controls_of(rows).items()}
-        fig = plots.arm_summary([text(r, "arm") for r in main], [num(r, "mean_abs_smd") for r in main], [num(r, "ci_low") for r in main],
-                                [num(r, "ci_high") for r in main], floor, ctrl, f"mean |SMD| on {split} names")
-        figs.append(("mean_abs_smd", f"Mean |SMD| over the variations per arm with its 95% name-bootstrap interval (blue); grey band:"
-                     f" the noise floor (mean |SMD| with the group labels permuted across names, up to its 95th percentile);"
-                     f" crosses: the random-mask draws, which prune as many units as the arm ({split} names).", fig_png(fig)))
+    for m in BIAS_METRICS:
+        suffix = "" if m.deciding else f"_{m.name}"
+        floor = (num(base, f"null_{m.mean}"), num(base, f"null_{m.mean}_p95")) if base else None
+        if main:
+            by_arm = {text(r, "arm"): r for r in rows}
+            ctrl = {a: [num(by_arm[c], m.mean) for c in cs if c in by_arm] for a, cs in controls_of(rows).items()}
+            fig = plots.arm_summary([text(r, "arm") for r in main], [num(r, m.mean) for r in main], [num(r, f"{m.mean}_ci_low") for r in main],
+                                    [num(r, f"{m.mean}_ci_high") for r in main], floor, ctrl, f"mean |SMD| ({m.label}) on {split} names")
+            figs.append((f"mean_abs_smd{suffix}", f"Mean {m.label} |SMD| ({m.description}) over the variations per arm with its 95%"
+                         " name-bootstrap interval (blue); grey band: the noise floor (mean |SMD| with the group labels permuted"
+                         " across names, up to its 95th percentile); crosses: the random-mask draws, which prune as many units as"
+                         f" the arm ({split} names).", fig_png(fig)))
+        fig = _variation_panel(art, split, arms, m, floor)
+        if fig is not None:
+            figs.append((f"per_variation{suffix}", f"Left: {m.label} SMD per variation with its 95% interval for each arm (crosses:"
+                         " random-mask draws; grey band: ± the unpruned model's noise-floor mean |SMD|). Right: inlier ratio"
+                         " (filled) and parse rate (open) of the same arms.", fig))
+    return figs
+
+
+def _variation_panel(art: RunArtifacts, split: str, arms: Sequence[str], m, floor) -> bytes | None:
     mrows = [r for r in art.metrics if text(r, "split") == split]
     variations = list(dict.fromkeys(variation_label(r) for r in mrows))
-    if variations:
-        series = []
-        for a in arms:
-            per = {variation_label(r): r for r in mrows if text(r, "arm") == a}
-            if not per:
-                continue
-            phase = text(next(iter(per.values())), "phase")
-            vals = {k: [num(per.get(v), k) for v in variations] for k in ("smd", "smd_ci_low", "smd_ci_high", "inlier_ratio", "parse_rate")}
-            series.append({"label": a, "smd": vals["smd"], "low": vals["smd_ci_low"], "high": vals["smd_ci_high"],
-                           "inlier": vals["inlier_ratio"], "parse": vals["parse_rate"], "control": phase == "random"})
-        fig = plots.variation_panel(variations, series, floor[0] if floor else None, f"per variation, {split} names")
-        figs.append(("per_variation", "Left: SMD per variation with its 95% interval for each arm (crosses: random-mask draws; grey"
-                     " band: ± the unpruned model's noise-floor mean |SMD|). Right: inlier ratio (filled) and parse rate (open) of the"
-                     " same arms.", fig_png(fig)))
-    return figs
+    if not variations:
+        return None
+    series = []
+    for a in arms:
+        per = {variation_label(r): r for r in mrows if text(r, "arm") == a}
+        if not per:
+            continue
+        phase = text(next(iter(per.values())), "phase")
+        cols = {"smd": m.name, "low": f"{m.name}_ci_low", "high": f"{m.name}_ci_high", "inlier": "inlier_ratio", "parse": "parse_rate"}
+        series.append({"label": a, **{k: [num(per.get(v), c) for v in variations] for k, c in cols.items()}, "control": phase == "random"})
+    fig = plots.variation_panel(variations, series, floor[0] if floor else None, f"per variation ({m.label} SMD), {split} names")
+    return fig_png(fig)
 
 
 def distribution_figure(art: RunArtifacts, split: str, arms: Sequence[str]) -> tuple[Figure | None, str]:

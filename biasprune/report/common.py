@@ -8,6 +8,7 @@ import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from biasprune.metrics.spec import BIAS_METRICS, DECIDING
 from biasprune.report.html import esc, fmt, pre, table
 from biasprune.report.load import RunArtifacts, num, text
 
@@ -32,6 +33,7 @@ DESCRIPTIONS = {
     "scoring_examples.jsonl": "the exact prompts and target responses the scores came from",
     "inlier_bounds.json": "the inlier bounds per variation (reusable by a later validate run)",
     "timings.json": "seconds per stage",
+    "name_attention.csv": "per head: attention of the answer positions to the name tokens, pruned heads marked",
 }
 
 DIRECTORIES = {
@@ -221,20 +223,26 @@ def limits_section(art: RunArtifacts, summary: Sequence[Mapping], metrics: Seque
         sizes = "; ".join(f"{esc(s)}: " + ", ".join(f"{c[g]} {esc(g)}" for g in c) for s, c in counts)
         items.append(f"<li><strong>Split sizes.</strong> {sizes}. Masks are learned on scoring names, settings chosen on dev"
                      " names; only test names are reported, so the pruning was never fit to the names it is judged on.</li>")
-    notes = sorted({text(r, "ci_note") for r in summary if text(r, "ci_note")})
+    notes = sorted({text(r, f"{m.mean}_ci_note") for r in summary for m in BIAS_METRICS if text(r, f"{m.mean}_ci_note")})
     if notes:
         items.append("<li><strong>Interval notes.</strong> " + esc("; ".join(notes)) + "</li>")
-    undefined = sum(1 for r in metrics if not math.isfinite(num(r, "smd")))
+    undefined = ", ".join(f"{sum(1 for r in metrics if not math.isfinite(num(r, m.name)))} an undefined {m.label} SMD" for m in BIAS_METRICS)
     degenerate = sum(1 for r in metrics if text(r, "bounds_degenerate") in ("True", "1", "true"))
-    items.append(f"<li><strong>Undefined values.</strong> {undefined} of {len(metrics)} results (split × arm × variation) have an"
-                 f" undefined SMD (too few inlier answers, or no spread); {degenerate} have degenerate inlier bounds (lower = upper,"
-                 " or no parsed answer). They are counted in the tables (notes column), never dropped.</li>")
+    items.append(f"<li><strong>Undefined values.</strong> Of {len(metrics)} results (split × arm × variation), {undefined}"
+                 f" (too few answers, or no spread); {degenerate} have degenerate inlier bounds (lower = upper, or no parsed"
+                 " answer). They are counted in the tables (notes column), never dropped: a comparison of arms uses the"
+                 " variations defined in every arm compared and says how many it left out.</li>")
     excluded = [f"{text(r, 'arm')}: {text(r, 'excluded')}" for r in summary if text(r, "excluded")]
     if excluded:
         items.append("<li><strong>Arms kept out of the claims.</strong> " + esc("; ".join(excluded)) + ".</li>")
-    items.append("<li><strong>Answers that do not parse</strong> count against the inlier ratio and are left out of the SMD;"
-                 " a pruned model that stops answering with numbers can look unbiased. Read the SMD with the parse rate and"
-                 " the inlier ratio beside it.</li>")
+    items.append("<li><strong>Answers that do not parse</strong> count against the inlier ratio and the parse rate and are left"
+                 " out of the SMD; a pruned model that stops answering with numbers can look unbiased. The utility guard keeps"
+                 " such an arm from a \u201cholds\u201d (\u201clowers bias only by breaking answers\u201d); read the SMD with the"
+                 " parse rate and the inlier ratio beside it.</li>")
+    items.append(f"<li><strong>Two bias measures.</strong> Claims are decided on the {esc(DECIDING.label)} |SMD|"
+                 f" ({esc(DECIDING.description)}), which a common rescaling of all answers cannot move; the paper's measure,"
+                 " the SMD within the unpruned model's P5–P95 window, is shown beside it and moves when pruning shifts every"
+                 " answer.</li>")
     items.append("<li><strong>Scope.</strong> One model, these prompt wordings and these sampling settings; a different"
                  " deployment (other prompts, a system prompt, other decoding) needs its own audit.</li>")
     if (art.manifest.get("model") or {}).get("plant"):

@@ -69,6 +69,7 @@ figcaption { color: var(--muted); font-size: 0.85rem; max-width: 95ch; }
 .badge.holds { background: #dff3e4; color: #125c2b; }
 .badge.does-not-hold { background: #fbe2e2; color: #8a1c1c; }
 .badge.inconclusive { background: #fff1cc; color: #6b4e00; }
+.badge.breaks-answers { background: #ece3f7; color: #4b1f7a; }
 .prompt { background: #fffdf5; border: 1px solid #eadfb8; }
 .slot { background: #fde68a; padding: 0 0.15rem; border-radius: 2px; }
 nav.toc { font-size: 0.9rem; margin: 0.6rem 0 0.4rem; }

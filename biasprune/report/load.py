@@ -83,7 +83,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
-    """A CSV file of a run as rows of strings (:class:`ReportError` when unreadable)."""
+    """The rows of a CSV artifact of the run, by column name (a :class:`ReportError` when unreadable)."""
     return _csv(path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from biasprune.metrics.spec import BIAS_METRICS, DECIDING
 from biasprune.report.bias import Figure, bias_figures, distribution_figure, summary_table, variation_table
 from biasprune.report.common import artifacts_section, header, limits_section, model_section, question_section
 from biasprune.report.html import badge, empty_figure, esc, figure_html, fmt, page, table
@@ -18,17 +19,28 @@ def claims_section(claims: Sequence[Mapping]) -> str:
     if not claims:
         return ("<p>No claim was tested: a claim needs a pruned arm, the unpruned arm and bootstrap intervals"
                 " (evaluation.bootstrap_samples &gt; 0).</p>")
-    out = ["<p>A claim <em>holds</em> when every deciding 95% interval lies on its side of 0, <em>does not hold</em> when one lies"
-           " on the other side, and is <em>inconclusive</em> otherwise. The estimate is the deciding paired difference of mean"
-           " |SMD| (positive supports the claim).</p>"]
+    out = [f"<p>A claim <em>holds</em> when every deciding 95% interval lies on its side of 0 and the arm's utility is"
+           " non-inferior to the unpruned model's (inlier ratio and parse rate: the paired interval of arm − unpruned has its"
+           " lower end at or above the margin); it <em>breaks answers</em> (\u201clowers bias only by breaking answers\u201d) when"
+           " the utility is not shown non-inferior; it <em>does not hold</em> when a bias interval lies on the other side of 0,"
+           f" and is <em>inconclusive</em> otherwise. Claims are decided on the {esc(DECIDING.label)} |SMD|"
+           f" ({esc(DECIDING.description)}); the paper's inlier-window |SMD| is shown beside it. The estimate is the deciding"
+           " paired difference of mean |SMD| (positive supports the claim); a family of claims is adjusted by Holm's procedure"
+           " and gives its size.</p>"]
     rows = []
     for c in claims:
         low = num(c, "ci_low") if "ci_low" in c else num(c, "low")
         high = num(c, "ci_high") if "ci_high" in c else num(c, "high")
+        extra = [text(c, "detail")] if text(c, "detail") else []
+        extra += [f"utility {text(c, 'utility')}"] if text(c, "utility") else []
+        extra += [f"family: {text(c, 'family')} ({text(c, 'family_size')} claims); {text(c, 'holm')}"] if text(c, "family") else []
+        paper = (f"{fmt(num(c, 'paper_estimate'))}<br>[{fmt(num(c, 'paper_ci_low'))}, {fmt(num(c, 'paper_ci_high'))}]"
+                 if math.isfinite(num(c, "paper_estimate")) else "–")
         rows.append([f"{badge(text(c, 'verdict'))}", f"<strong>{esc(text(c, 'claim'))}</strong><br>{esc(text(c, 'sentence'))}"
-                     + (f"<br><span class='small muted'>{esc(text(c, 'detail'))}</span>" if text(c, "detail") else ""),
-                     f"{fmt(num(c, 'estimate'))}<br>[{fmt(low)}, {fmt(high)}]", esc(text(c, "method"))])
-    out.append(table(["verdict", "claim", "estimate [95% CI]", "method"], rows, numeric=[2], raw=True))
+                     + "".join(f"<br><span class='small muted'>{esc(e)}</span>" for e in extra),
+                     f"{fmt(num(c, 'estimate'))}<br>[{fmt(low)}, {fmt(high)}]", paper, esc(text(c, "method"))])
+    out.append(table(["verdict", "claim", f"estimate [95% CI] ({DECIDING.label})", "paper's |SMD|: unpruned − arm", "method"], rows,
+                     numeric=[2, 3], raw=True))
     return "".join(out)
 
 
@@ -43,23 +55,28 @@ def headline(summary: Sequence[Mapping], claims: Sequence[Mapping], split: str, 
     rows = [r for r in summary if text(r, "split") == split]
     base = next((r for r in rows if text(r, "phase") == "baseline"), None)
     cards = []
+    d = DECIDING.mean
     for r in rows:
         if text(r, "phase") == "random" or (compact and text(r, "phase") != "baseline"):
             continue
-        note = f"95% CI [{fmt(num(r, 'ci_low'))}, {fmt(num(r, 'ci_high'))}]"
+        note = f"95% CI [{fmt(num(r, f'{d}_ci_low'))}, {fmt(num(r, f'{d}_ci_high'))}]"
         if num(r, "random_draws") > 0:
-            note += f"; random control {fmt(num(r, 'random_mean_abs_smd'))}"
-        cards.append((f"mean |SMD|, {text(r, 'arm')}", fmt(num(r, "mean_abs_smd")), note))
+            note += f"; random control {fmt(num(r, f'random_{d}'))}"
+        paper = next(m for m in BIAS_METRICS if not m.deciding)
+        note += f"; paper's |SMD| {fmt(num(r, paper.mean))}"
+        if text(r, "utility"):
+            note += f"; utility {text(r, 'utility')}"
+        cards.append((f"mean {DECIDING.label} |SMD|, {text(r, 'arm')}", fmt(num(r, d)), note))
     if base is not None:
-        cards.append(("noise floor (no bias)", fmt(num(base, "null_mean_abs_smd")), f"95th percentile {fmt(num(base, 'null_p95'))}"))
+        cards.append(("noise floor (no bias)", fmt(num(base, f"null_{d}")), f"95th percentile {fmt(num(base, f'null_{d}_p95'))}"))
         cards.append(("smallest detectable |SMD|", fmt(num(base, "mde"), 2), "per variation, 80% power"))
     out = [f"<p class=small>Headline numbers on the <strong>{esc(split)}</strong> names (never used to learn or choose the pruning).</p>",
            _cards(cards[:6])]
     if base is not None:
-        p = num(base, "null_p_value")
+        p = num(base, f"null_{d}_p_value")
         verdict = ("above" if p < 0.05 else "not distinguishable from") if math.isfinite(p) else "not compared with"
-        out.append(f"<p>Before pruning, the mean |SMD| is {fmt(num(base, 'mean_abs_smd'))} [{fmt(num(base, 'ci_low'))},"
-                   f" {fmt(num(base, 'ci_high'))}]: {verdict} the noise floor (p = {fmt(p)}).</p>")
+        out.append(f"<p>Before pruning, the mean {esc(DECIDING.label)} |SMD| is {fmt(num(base, d))} [{fmt(num(base, f'{d}_ci_low'))},"
+                   f" {fmt(num(base, f'{d}_ci_high'))}]: {verdict} the noise floor (p = {fmt(p)}).</p>")
     if compact and claims:
         out.append("<ul class=plain>" + "".join(
             f"<li>{badge(text(c, 'verdict'))} {esc(text(c, 'claim'))}: {fmt(num(c, 'estimate'))} [{fmt(num(c, 'ci_low'))},"

@@ -10,7 +10,8 @@ switch, and nothing happens at import; ``save`` renders PNG with the Agg canvas.
 * :func:`grid_tradeoff` — mean |SMD| against inlier ratio over the p/q grid (Fig. 5);
 * :func:`arm_summary` — mean |SMD| per arm with its interval, the noise floor and the random-control draws;
 * :func:`variation_panel` — signed SMD per variation with intervals, beside the inlier ratio and parse rate;
-* :func:`answer_distributions` — the answers per group before and after pruning for one variation (Fig. 1).
+* :func:`answer_distributions` — the answers per group before and after pruning for one variation (Fig. 1);
+* :func:`name_attention_strip` — every head's attention from the answer positions to the name, pruned heads marked.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from matplotlib import rcParams
 from matplotlib.figure import Figure
 
 __all__ = [
-    "answer_distributions", "arm_summary", "empty_panel_reason", "grid_tradeoff", "layer_module_heatmap", "overlap_heatmap", "save", "strategy_bars",
-    "variation_panel",
+    "answer_distributions", "arm_summary", "empty_panel_reason", "grid_tradeoff", "layer_module_heatmap", "name_attention_strip",
+    "overlap_heatmap", "save", "strategy_bars", "variation_panel",
 ]
 
 
@@ -270,4 +271,23 @@ def answer_distributions(panels: Sequence[tuple[str, Mapping[str, Sequence[float
             ax.set_xscale("log")
     axes[-1].set_xlabel((f"answer ({unit})" if unit else "answer") + (", log scale" if log else "") + "; vertical lines: group means")
     fig.suptitle(title)
+    return fig
+
+
+def name_attention_strip(layers: Sequence[int], values: Sequence[float], pruned: Sequence[bool], title: str):
+    """One dot per head at (layer, its mean attention to the name): kept heads grey, pruned heads red, and the mean
+    over all heads as a dashed line."""
+    layers, values, pruned = np.asarray(layers, dtype=float), np.asarray(values, dtype=float), np.asarray(pruned, dtype=bool)
+    fig, ax = _figure(max(6.0, 0.2 * (layers.max() + 1 if layers.size else 1) + 3), 3.2)
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, layers.size)
+    ax.scatter(layers[~pruned] + jitter[~pruned], values[~pruned], s=10, color="0.6", label="kept heads")
+    if pruned.any():
+        ax.scatter(layers[pruned], values[pruned], s=36, color="tab:red", marker="D", label="pruned heads", zorder=3)
+    if values.size:
+        ax.axhline(float(values.mean()), color="0.3", linestyle="--", linewidth=1, label="mean over all heads")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention to the name")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title)
     return fig

@@ -1,4 +1,5 @@
-"""The "what was pruned" part of a run's report, from ``masks.safetensors``: layer × module counts, heads, shares."""
+"""The "what was pruned" part of a run's report, from ``masks.safetensors``: layer × module counts, heads, shares,
+and the mechanism of the pruned heads from ``name_attention.csv`` (their attention to the name against all heads)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import numpy as np
 
 from biasprune.report import plots
 from biasprune.report.html import empty_figure, esc, fig_png, figure_html, fmt, table
-from biasprune.report.load import RunArtifacts, layer_and_kind, read_masks, text
+from biasprune.report.load import RunArtifacts, layer_and_kind, num, read_masks, read_table, text
 
-__all__ = ["layer_counts", "pruned_section"]
+__all__ = ["layer_counts", "mechanism_section", "pruned_section"]
 
 
 def layer_counts(masks: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -95,5 +96,43 @@ def pruned_section(art: RunArtifacts, units_total: Mapping[str, int]) -> tuple[s
         out.append("<p>No attention head was pruned.</p>")
     else:
         out.append(f"<p>Heads were not pruned: this run prunes {esc(meta.get('units', 'neurons'))} only.</p>")
+    mech_html, mech_figs = mechanism_section(art)
+    out.append(mech_html)
     out.append(_settings(meta))
+    return "".join(out), figs + mech_figs
+
+
+def mechanism_section(art: RunArtifacts) -> tuple[str, list[tuple[str, str, bytes]]]:
+    """The pruned heads' attention from the answer positions to the name tokens, against every head's
+    (``name_attention.csv``; nothing when the run has none)."""
+    path = art.file("name_attention.csv")
+    if not path.is_file():
+        return "", []
+    rows = read_table(path)
+    values = np.array([num(r, "name_attention") for r in rows])
+    pruned = np.array([num(r, "pruned") == 1 for r in rows])
+    if not rows or not np.isfinite(values).all():
+        return "<p>name_attention.csv holds no readable value.</p>", []
+    n_seq = int(num(rows[0], "n_sequences"))
+    out = ["<h3>Mechanism: do the pruned heads attend to the name?</h3>",
+           f"<p>For each head, the attention that the answer positions pay to the name tokens (summed over the name's"
+           f" tokens, averaged over the answer positions and over {n_seq} prompts: {n_seq // 2} name-swapped pairs of the"
+           f" scoring examples, each prompt with its own answer). Over all {len(rows)} heads the mean is"
+           f" <strong>{fmt(float(values.mean()), 3)}</strong> (median {fmt(float(np.median(values)), 3)}, 90th percentile"
+           f" {fmt(float(np.quantile(values, 0.9)), 3)})"]
+    if pruned.any():
+        out.append(f"; over the {int(pruned.sum())} pruned heads it is <strong>{fmt(float(values[pruned].mean()), 3)}</strong>."
+                   " A pruned head well above the rest reads the name directly; one near the mean acts on the answer some"
+                   " other way (e.g. through later layers).</p>")
+    else:
+        out.append("; no head was pruned.</p>")
+    fig = plots.name_attention_strip([int(num(r, "layer")) for r in rows], values, pruned, "attention from the answer to the name")
+    figs = [("name_attention", "Each head's mean attention from the answer positions to the name tokens, by layer: pruned heads"
+             " red, the others grey, the dashed line the mean over all heads.", fig_png(fig))]
+    out += [figure_html(f) for f in figs]
+    hrows = [[esc(text(r, "key").removeprefix("head/")), text(r, "head"), f"{fmt(num(r, 'name_attention'), 3)} ± {fmt(num(r, 'sd'), 3)}",
+              f"{text(r, 'rank')} of {len(rows)}"] for r in sorted((r for r in rows if num(r, "pruned") == 1), key=lambda r: num(r, "rank"))]
+    if hrows:
+        out.append(table(["attention module", "head", "attention to the name (mean ± sd over prompts)", "rank among all heads"],
+                         hrows, numeric=[1, 2, 3], raw=True, caption="the pruned heads, most attention first"))
     return "".join(out), figs

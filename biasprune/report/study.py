@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from biasprune.metrics.spec import BIAS_METRICS, DECIDING
 from biasprune.report.bias import Figure, bias_figures, controls_of, variation_table
 from biasprune.report.common import artifacts_section, header, limits_section, model_section, question_section
 from biasprune.report.html import figure_html, fmt, img, page, table
@@ -53,14 +54,20 @@ def _label(r: Mapping) -> str:
 
 def _grid_table(grid: Sequence[Mapping], split: str) -> str:
     rows = [r for r in grid if text(r, "split") == split]
-    out = [[text(r, "units"), text(r, "strategy") + (f" ({text(r, 'context')})" if text(r, "context") else ""), text(r, "point"),
-            fmt(num(r, "mean_abs_smd")), fmt(num(r, "random_mean_abs_smd")), fmt(num(r, "vs_random")), fmt(num(r, "inlier_ratio")),
-            fmt(num(r, "mean_pruned"), 1), "chosen" if text(r, "chosen") in ("True", "true", "1") else ""] for r in rows]
+    out = []
+    for r in rows:
+        cells = [c for m in BIAS_METRICS for c in (fmt(num(r, m.mean)), fmt(num(r, f"random_{m.mean}")), fmt(num(r, f"vs_random_{m.name}")))]
+        out.append([text(r, "units"), text(r, "strategy") + (f" ({text(r, 'context')})" if text(r, "context") else ""), text(r, "point"),
+                    *cells, fmt(num(r, "inlier_ratio")), fmt(num(r, "parse_rate")), text(r, "utility"), fmt(num(r, "mean_pruned"), 1),
+                    "chosen" if text(r, "chosen") in ("True", "true", "1") else ""])
     base = rows[0] if rows else None
-    cap = (f"{split} names; unpruned: mean |SMD| {fmt(num(base, 'unpruned_mean_abs_smd'))}, inlier ratio"
-           f" {fmt(num(base, 'unpruned_inlier_ratio'))}; vs random = mean |SMD| of the arm − of its random control") if base else split
-    return f"<h3>{split} names</h3>" + table(["units", "strategy", "point", "mean |SMD|", "random control", "vs random", "inlier ratio",
-                                              "units pruned", ""], out, numeric=[3, 4, 5, 6, 7], caption=cap)
+    cap = (f"{split} names; unpruned: mean |SMD| " + ", ".join(f"{m.label} {fmt(num(base, f'unpruned_{m.mean}'))}" for m in BIAS_METRICS)
+           + f", inlier ratio {fmt(num(base, 'unpruned_inlier_ratio'))}; vs random = mean |SMD| of the arm − of its random control;"
+           " utility: the guard on this split (a point qualifies on dev only if non-inferior)") if base else split
+    head = [h for m in BIAS_METRICS for h in (f"{m.label} |SMD|", "random control", "vs random")]
+    n = 3 * len(BIAS_METRICS)
+    return f"<h3>{split} names</h3>" + table(["units", "strategy", "point", *head, "inlier ratio", "parse rate", "utility", "units pruned", ""],
+                                              out, numeric=[*range(3, n + 5), n + 6], caption=cap)
 
 
 def _results_table(results: Sequence[Mapping]) -> str:
@@ -68,13 +75,18 @@ def _results_table(results: Sequence[Mapping]) -> str:
     for r in results:
         if text(r, "phase") == "random":
             continue
-        rnd = f"{fmt(num(r, 'random_mean_abs_smd'))} ± {fmt(num(r, 'random_sd'), 2)}" if num(r, "random_draws") > 0 else "–"
+        cells = []
+        for m in BIAS_METRICS:
+            rnd = f"{fmt(num(r, f'random_{m.mean}'))} ± {fmt(num(r, f'random_{m.mean}_sd'), 2)}" if num(r, "random_draws") > 0 else "–"
+            cells += [f"{fmt(num(r, m.mean))} [{fmt(num(r, f'{m.mean}_ci_low'))}, {fmt(num(r, f'{m.mean}_ci_high'))}]", rnd]
         pruned = num(r, "pruned_neurons") + num(r, "pruned_heads")
-        rows.append([_label(r), fmt(num(r, "mean_abs_smd")), f"[{fmt(num(r, 'ci_low'))}, {fmt(num(r, 'ci_high'))}]",
-                     f"{fmt(num(r, 'null_mean_abs_smd'))} ({fmt(num(r, 'null_p95'))})", rnd, fmt(num(r, "inlier_ratio")),
-                     fmt(num(r, "parse_rate")), fmt(pruned, 1) if text(r, "phase") != "baseline" else "–", text(r, "excluded")])
-    return table(["arm (units · strategy · point)", "mean |SMD|", "95% CI", "noise floor (p95)", "random control", "inlier",
-                  "parse", "units pruned", "excluded from claims"], rows, numeric=[1, 2, 3, 4, 5, 6, 7],
+        rows.append([_label(r), *cells, f"{fmt(num(r, f'null_{DECIDING.mean}'))} ({fmt(num(r, f'null_{DECIDING.mean}_p95'))})",
+                     fmt(num(r, "inlier_ratio")), fmt(num(r, "parse_rate")), text(r, "utility") or "–",
+                     fmt(pruned, 1) if text(r, "phase") != "baseline" else "–", text(r, "excluded")])
+    head = [h for m in BIAS_METRICS for h in (f"{m.label} |SMD| [95% CI]", f"random control ({m.label})")]
+    n = 2 * len(BIAS_METRICS)
+    return table(["arm (units · strategy · point)", *head, f"noise floor ({DECIDING.label}, p95)", "inlier", "parse", "utility",
+                  "units pruned", "excluded from claims"], rows, numeric=[*range(1, n + 4), n + 5],
                  caption="test names; each strategy's point was chosen on dev names; random control: mean ± SD over its draws")
 
 
@@ -83,7 +95,7 @@ def study_page(art: RunArtifacts) -> tuple[str, list[Figure]]:
     results = [dict(r, split=text(r, "split") or "test") for r in art.summary]
     results = [r for r in results if r["split"] == "test"]
     split = "test"
-    main = [text(r, "arm") for r in results if text(r, "phase") != "random" and math.isfinite(num(r, "mean_abs_smd"))]
+    main = [text(r, "arm") for r in results if text(r, "phase") != "random" and math.isfinite(num(r, DECIDING.mean))]
     figs = bias_figures(art, results, split, main)
     settings = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in study.items() if k not in ("grid", "output")]
     settings += [[f"grid.{k}", ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in (study.get("grid") or {}).items()]
@@ -97,7 +109,7 @@ def study_page(art: RunArtifacts) -> tuple[str, list[Figure]]:
     ctrl = controls_of(results)
     counts = table(["arm", "neurons pruned", "heads pruned", "random draws"],
                    [[_label(r), fmt(num(r, "pruned_neurons"), 1), fmt(num(r, "pruned_heads"), 1), str(len(ctrl.get(text(r, "arm"), [])))]
-                    for r in results if text(r, "phase") == "pruned" and math.isfinite(num(r, "mean_abs_smd"))],
+                    for r in results if text(r, "phase") == "pruned" and math.isfinite(num(r, DECIDING.mean))],
                    numeric=[1, 2, 3], caption="units pruned per chosen arm (mean over the test variations)")
     sections = [
         ("question", "The question", question_section(art, list(data.get("evaluation") or []), list(data.get("scoring") or []))),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from biasprune.metrics.spec import DECIDING
 from biasprune.report.common import artifacts_section, header, model_section
 from biasprune.report.html import badge, esc, fmt, img, page, table
 from biasprune.report.load import RunArtifacts, num, read_table, text
@@ -15,9 +16,10 @@ __all__ = ["has_transfer", "transfer_page"]
 CELL_HELP = ("<p>Each arm is estimated on <strong>scoring</strong> names in its source scenario and answered on"
              " <strong>test</strong> names in every target scenario, beside the unpruned model and its random controls"
              " (masks pruning as many units, or random directions moving the mean activation as far). A cell gives the cut"
-             " in mean |SMD| (unpruned − arm) with its 95% paired name-bootstrap interval and the claim's verdict:"
-             " <em>transfers</em> (below the unpruned model and its random control), <em>does not</em>, <em>cannot"
-             " tell</em>, <em>breaks answers</em>. The diagonal is prompt-specific, the rest cross-context.</p>")
+             " in mean |SMD| (unpruned − arm) of the scale-free measure that decides, with its 95% paired name-bootstrap"
+             " interval, and the claim's verdict: <em>transfers</em> (below the unpruned model and its random control,"
+             " answers kept by the utility guard), <em>does not</em>, <em>cannot tell</em>, <em>breaks answers</em> (the"
+             " guard failed). The paper's measure's cut is beside it. The diagonal is prompt-specific, the rest cross-context.</p>")
 
 
 def transfer_files(run_dir: Path) -> list[Path]:
@@ -44,17 +46,21 @@ def _matrix(cells: list[dict]) -> str:
 
 
 def _cells(cells: list[dict]) -> str:
-    rows = [[text(c, "source"), text(c, "target"), text(c, "cell"), fmt(num(c, "unpruned_mean_abs_smd")), fmt(num(c, "arm_mean_abs_smd")),
-             fmt(num(c, "random_mean_abs_smd")), fmt(num(c, "inlier_vs_unpruned"), 2), fmt(num(c, "parse_vs_unpruned"), 2),
+    arm, rnd, base = (f"{who}_{DECIDING.mean}" for who in ("arm", "random", "unpruned"))
+    rows = [[text(c, "source"), text(c, "target"), text(c, "cell"), fmt(num(c, base)), fmt(num(c, arm)), fmt(num(c, rnd)),
+             fmt(num(c, "paper_cut")), fmt(num(c, "inlier_vs_unpruned"), 2), fmt(num(c, "parse_vs_unpruned"), 2), text(c, "utility"),
              text(c, "verdict"), text(c, "sentence")] for c in cells]
-    return table(["source", "target", "cell", "unpruned", "arm", "random control", "inlier ×", "parse ×", "verdict", "claim"],
-                 rows, numeric=(3, 4, 5, 6, 7), caption="mean |SMD| of each arm, its random control beside it")
+    return table(["source", "target", "cell", "unpruned", "arm", "random control", "paper's cut", "inlier ×", "parse ×", "utility",
+                  "verdict", "claim"], rows, numeric=(3, 4, 5, 6, 7, 8),
+                 caption=f"mean |SMD| of each arm ({DECIDING.label} measure, deciding), its random control beside it; the"
+                         " paper's measure's cut")
 
 
 def _layers(path: Path) -> str:
     if not path.is_file():
         return ""
-    rows = [[text(r, "source"), text(r, "candidate"), text(r, "layers"), fmt(num(r, "arm_mean_abs_smd")), fmt(num(r, "random_mean_abs_smd")),
+    rows = [[text(r, "source"), text(r, "candidate"), text(r, "layers"), fmt(num(r, f"arm_{DECIDING.mean}")),
+             fmt(num(r, f"random_{DECIDING.mean}")),
              fmt(num(r, "over_random")), fmt(num(r, "inlier_vs_unpruned"), 2), text(r, "verdict"),
              "chosen" if text(r, "chosen") == "True" else ("" if text(r, "qualifies") == "True" else "not qualified")] for r in read_table(path)]
     return ("<h3>Direction layers chosen on dev names</h3>"

@@ -6,10 +6,20 @@ An objective is one implementation of :class:`Objective` over the one capture he
 * ``nll`` (:class:`~biasprune.scoring.gradxact.NLLObjective`): |a · ∂L_e/∂a| of each group's own prompts, the
   paper's gradient x activation (docs/method.md, "Scores");
 * ``contrastive`` (:class:`~biasprune.scoring.contrastive.ContrastiveObjective`): attribution patching on
-  name-swapped pairs (docs/method.md, "Contrastive attribution");
+  name-swapped pairs, |est| summed (docs/method.md, "Contrastive attribution");
+* ``wanda`` (:class:`~biasprune.scoring.wanda.WandaObjective`): the paper authors' |W|·‖X‖ per group, forward only;
+* ``atp`` (:class:`~biasprune.scoring.signed.SignedAttributionObjective`): attribution patching done right: signed
+  per-pair estimates ranked by −mean/sd, residual-stream outputs not scored;
 * ``direction`` and ``direction_name`` (:class:`~biasprune.scoring.direction.DirectionObjective`): per-layer
   residual-stream sums per group over the prompt's tokens but the first, or the name's tokens (forward only;
-  docs/method.md, "Directions").
+  docs/method.md, "Directions");
+* ``causal`` (:class:`biasprune.localize.objective.CausalObjective`): per-pair ablation effects on the pairs'
+  contrastive gap (heads ablated alone, neurons first-order), the causal search's single-unit stage.
+
+``causal`` lives in :mod:`biasprune.localize` (the same layer as this package), so it is registered by its dotted
+path in :data:`PLUGINS` and imported on first use; a user's objective is given the same way, as
+``--model.objective mypkg.module.MyObjective`` (a class implementing :class:`Objective`, built without arguments).
+The methods, their costs and how they compare: docs/method.md, "Selection methods".
 
 The module, the data module and the pruning callback use only this protocol, never an objective's name. A scorer
 consumes a batch and returns, per unit-group key, one row per example; the accumulator adds the rows into
@@ -21,6 +31,7 @@ signed sums, a direction estimator keeps per-layer residual-stream sums under it
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -33,8 +44,13 @@ from biasprune.scoring.capture import BatchScores
 from biasprune.scoring.contrastive import ContrastiveObjective
 from biasprune.scoring.direction import DirectionObjective
 from biasprune.scoring.gradxact import NLLObjective
+from biasprune.scoring.signed import SignedAttributionObjective
+from biasprune.scoring.wanda import WandaObjective
 
-__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "Objective", "SelectionInputs", "get_objective", "selection_inputs"]
+__all__ = [
+    "DEFAULT_OBJECTIVE", "OBJECTIVES", "PLUGINS", "Objective", "SelectionInputs", "get_objective", "objective_names",
+    "selection_inputs",
+]  # fmt: skip
 
 #: (target scores, reference scores, n_target, n_reference): what a selection rule ranks.
 SelectionInputs = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int | None, int | None]
@@ -84,9 +100,34 @@ class Objective(Protocol):
 
 #: The registered objectives; the first is the default.
 OBJECTIVES: dict[str, Objective] = {
-    o.name: o for o in (NLLObjective(), ContrastiveObjective(), DirectionObjective("prompt"), DirectionObjective("name"))
+    o.name: o for o in (
+        NLLObjective(), ContrastiveObjective(), WandaObjective(), SignedAttributionObjective(), DirectionObjective("prompt"),
+        DirectionObjective("name"),
+    )
 }
 DEFAULT_OBJECTIVE = next(iter(OBJECTIVES))
+#: Objectives registered by dotted path (imported on first use): name -> ``module.Class``.
+PLUGINS: dict[str, str] = {"causal": "biasprune.localize.objective.CausalObjective"}
+_loaded: dict[str, Objective] = {}
+
+
+def objective_names() -> list[str]:
+    """Every registered objective name, built-in first."""
+    return [*OBJECTIVES, *PLUGINS]
+
+
+def _load(path: str, flag: str) -> Objective:
+    if path not in _loaded:
+        module, _, cls = path.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), cls)()
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ValueError(f"{flag}={path!r}: cannot import the objective class ({err}); valid names:"
+                             f" {objective_names()}, or a dotted path module.Class") from err
+        if not isinstance(obj, Objective):
+            raise TypeError(f"{flag}={path!r}: {type(obj).__name__} does not implement the Objective protocol")
+        _loaded[path] = obj
+    return _loaded[path]
 
 
 def get_objective(objective: str | Objective | None = None, flag: str = "model.objective") -> Objective:
@@ -97,16 +138,23 @@ def get_objective(objective: str | Objective | None = None, flag: str = "model.o
         if not isinstance(objective, Objective):
             raise TypeError(f"{flag}: {type(objective).__name__} does not implement the Objective protocol")
         return objective
-    check_choice(flag, objective, list(OBJECTIVES))
-    return OBJECTIVES[objective]
+    if objective in OBJECTIVES:
+        return OBJECTIVES[objective]
+    if objective in PLUGINS:
+        return _load(PLUGINS[objective], flag)
+    if "." in objective:
+        return _load(objective, flag)
+    check_choice(flag, objective, objective_names())
+    raise AssertionError("unreachable: check_choice refuses an unknown name")
 
 
 def selection_inputs(scores: Mapping[str, dict[str, torch.Tensor]], data_groups: Sequence[str], rule: str,
                      n_examples: dict[str, int] | None = None) -> SelectionInputs:
     """What a rule ranks, from summed scores whose objective is known by its groups only (a scores file, a study
     piece): the first registered objective whose groups are the scores' groups decides."""
-    for objective in OBJECTIVES.values():
+    registered = [get_objective(name) for name in objective_names()]
+    for objective in registered:
         if set(objective.groups(data_groups)) == set(scores):
             return objective.selection_inputs(dict(scores), data_groups, rule, n_examples)
-    known = {name: list(o.groups(data_groups)) for name, o in OBJECTIVES.items()}
+    known = {o.name: list(o.groups(data_groups)) for o in registered}
     raise ValueError(f"scores of groups {sorted(scores)} fit no objective; the objectives' groups: {known}")

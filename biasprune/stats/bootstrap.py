@@ -17,9 +17,11 @@ products, so the cost of a draw does not depend on the number of answers::
     SMD = (mean_0 - mean_1) / sqrt((m2_0 + m2_1) / (N_0 + N_1 - 2))
 
 with ``c`` the arm's mean answer on the variation (centring keeps ``m2`` exact for values far from 0)
-and the NaN rules of :func:`biasprune.metrics.functional.standardized_mean_difference`. The statistic of a
-weighting is the mean over variations of |SMD|, skipping variations whose SMD is undefined (NaN if all
-are).
+and the NaN rules of :func:`biasprune.metrics.functional.standardized_mean_difference`. A bootstrap keeps |SMD| per
+arm, draw and variation (:class:`PairedBootstrap`), so that a contrast of arms can average over the variations
+defined in every arm it involves, draw by draw (:mod:`biasprune.stats.intervals`); an arm on its own is averaged over
+its defined variations (NaN if none is). The utility rates (share of all answers passing a test) are resampled
+with the very same name weights (:func:`utility_bootstrap`).
 
 Why clustered across variations: the answers about one name share what the model associates with that
 name in every variation, so the variations' SMDs are correlated through the names. Redrawing names
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +48,9 @@ __all__ = [
     "PairedBootstrap",
     "bootstrap_mean_abs_smd",
     "null_mean_abs_smd",
+    "UtilityBootstrap",
     "paired_bootstrap",
+    "utility_bootstrap",
 ]
 
 Answers = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -95,8 +99,12 @@ class NameMoments:
         return int((self.groups == 0).sum()), int((self.groups == 1).sum())
 
     @classmethod
-    def from_answers(cls, arms: Sequence[ArmAnswers]) -> NameMoments:
+    def from_answers(cls, arms: Sequence[ArmAnswers], names: Mapping[Hashable, int] | None = None) -> NameMoments:
         """Moments of ``arms[a][v] = (values, groups, names)``; the names are the union over all arms.
+
+        ``names`` (name -> group) adds the names of the design that have no answer left in any arm (e.g. every
+        answer unparseable), so that a resample draws among all the names that were asked, as the utility
+        bootstrap does.
 
         Raises:
             ValueError: no arm or no variation, arms with different numbers of variations, arrays of
@@ -109,6 +117,9 @@ class NameMoments:
             raise ValueError("arms[0] has no variations: give one (values, groups, names) per variation")
         cells = []  # (a, v, unique names, inverse codes, values)
         group_of: dict[Hashable, tuple[int, int, int]] = {}  # name -> (group, arm, variation) where first seen
+        for name, gi in (names or {}).items():
+            if gi in (0, 1):
+                group_of[name] = (int(gi), -1, -1)
         for a, arm in enumerate(arms):
             if len(arm) != n_var:
                 raise ValueError(
@@ -130,8 +141,9 @@ class NameMoments:
                 for name, gi in zip(uniq.tolist(), gu.tolist()):
                     seen = group_of.setdefault(name, (gi, a, v))
                     if seen[0] != gi:
+                        where = "the names given" if seen[1] < 0 else f"arms[{seen[1]}][{seen[2]}]"
                         raise ValueError(
-                            f"name {name!r} is in group {seen[0]} in arms[{seen[1]}][{seen[2]}] and in group {gi} in "
+                            f"name {name!r} is in group {seen[0]} in {where} and in group {gi} in "
                             f"arms[{a}][{v}]; a name belongs to one group"
                         )
                 cells.append((a, v, uniq, inv, x))
@@ -232,29 +244,45 @@ def _check_count(flag: str, value: int) -> int:
 
 @dataclass(frozen=True, eq=False)
 class PairedBootstrap:
-    """Shared name-bootstrap draws of several arms' mean |SMD|, with the leave-one-name-out jackknife.
+    """Shared name-bootstrap draws of several arms' |SMD| per variation, with the leave-one-name-out jackknife.
 
-    Every array's first axis is the arm (in the order given). ``estimate[a]`` is the observed mean |SMD|
-    over the defined variations, ``smd[a, v]`` the observed signed SMD (NaN = undefined), ``draws[a, b]``
-    the mean |SMD| of draw b (NaN when every variation is undefined in that draw), ``jackknife[a, k]``
-    the mean |SMD| with name k left out of every variation (``name_groups[k]`` is its group).
+    Every array's first axis is the arm (in the order given). ``smd[a, v]`` is the observed signed SMD (NaN =
+    undefined), ``abs_draws[a, b, v]`` the |SMD| of draw b and ``abs_jackknife[a, k, v]`` the |SMD| with name k
+    left out of every variation (``name_groups[k]`` is its group). A contrast of arms averages |SMD| over the
+    variations defined in every arm it involves, in the estimate and in each draw separately
+    (:mod:`biasprune.stats.intervals`); ``estimate``, ``draws`` and ``jackknife`` are each arm's own mean |SMD|
+    over its defined variations (NaN when none is).
     """
 
     labels: tuple[str, ...]
-    estimate: np.ndarray  # [A]
     smd: np.ndarray  # [A, V]
-    draws: np.ndarray  # [A, n_boot]
-    jackknife: np.ndarray  # [A, K]
+    abs_draws: np.ndarray  # [A, n_boot, V]
+    abs_jackknife: np.ndarray  # [A, K, V]
     name_groups: np.ndarray  # [K]
     seed: int
 
     @property
     def n_boot(self) -> int:
-        return self.draws.shape[1]
+        return self.abs_draws.shape[1]
 
     @property
     def n_variations(self) -> int:
         return self.smd.shape[1]
+
+    @property
+    def estimate(self) -> np.ndarray:
+        """``[A]`` each arm's mean |SMD| over its defined variations."""
+        return _nanmean_last(np.abs(self.smd))
+
+    @property
+    def draws(self) -> np.ndarray:
+        """``[A, n_boot]`` each arm's mean |SMD| per draw over the variations defined in that draw."""
+        return _nanmean_last(self.abs_draws)
+
+    @property
+    def jackknife(self) -> np.ndarray:
+        """``[A, K]`` each arm's mean |SMD| with one name left out."""
+        return _nanmean_last(self.abs_jackknife)
 
     @property
     def n_undefined(self) -> np.ndarray:
@@ -276,13 +304,21 @@ class PairedBootstrap:
         return int(arm) % len(self.labels)
 
 
+def _nanmean_last(x: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all variations undefined: NaN, as documented
+        return np.nanmean(x, axis=-1)
+
+
 def paired_bootstrap(
     arms: Sequence[ArmAnswers] | NameMoments,
     n_boot: int = 2000,
     seed: int = 0,
     labels: Sequence[str] | None = None,
+    observed: np.ndarray | None = None,
 ) -> PairedBootstrap:
-    """Name bootstrap of mean |SMD| for several arms at once, clustered across variations and paired across arms.
+    """Name bootstrap of |SMD| per variation for several arms at once, clustered across variations and paired
+    across arms.
 
     Draw b resamples, within each group, as many names as the group has, uniformly with replacement
     (draws of :func:`_bootstrap_weights`); a name drawn w times counts w times with all its answers in
@@ -295,19 +331,21 @@ def paired_bootstrap(
         seed: seed of ``np.random.default_rng``; the same ``seed`` and ``n_boot`` give the same draws as
             :func:`bootstrap_mean_abs_smd`.
         labels: a name per arm (default ``"0", "1", ...``).
+        observed: ``[A, V]`` the observed SMDs when they were computed already (the rows of ``metrics.csv``);
+            by default they are computed from the moments (the same formula).
     """
     n_boot = _check_count("n_boot", n_boot)
     m = _as_moments(arms)
     labels = tuple(str(i) for i in range(m.n_arms)) if labels is None else tuple(labels)
     if len(labels) != m.n_arms or len(set(labels)) != len(labels):
         raise ValueError(f"labels must name each of the {m.n_arms} arms once, got {list(labels)}")
-    observed = weighted_smd(m, *_group_weights(m.groups, np.ones((1, m.groups.size))))[0]  # [A, V]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        estimate = np.nanmean(np.abs(observed), axis=1)
-    draws = _mean_abs(weighted_smd(m, *_group_weights(m.groups, _bootstrap_weights(m.groups, n_boot, seed))))
-    jackknife = _mean_abs(weighted_smd(m, *_group_weights(m.groups, 1.0 - np.eye(m.groups.size))))
-    return PairedBootstrap(labels, estimate, observed, draws, jackknife, m.groups.copy(), int(seed))
+    if observed is None:
+        observed = weighted_smd(m, *_group_weights(m.groups, np.ones((1, m.groups.size))))[0]  # [A, V]
+    elif np.shape(observed) != (m.n_arms, m.n_variations):
+        raise ValueError(f"observed must be [arms, variations] = {(m.n_arms, m.n_variations)}, got {np.shape(observed)}")
+    draws = np.abs(weighted_smd(m, *_group_weights(m.groups, _bootstrap_weights(m.groups, n_boot, seed)))).transpose(1, 0, 2)
+    jackknife = np.abs(weighted_smd(m, *_group_weights(m.groups, 1.0 - np.eye(m.groups.size)))).transpose(1, 0, 2)
+    return PairedBootstrap(labels, np.asarray(observed, dtype=np.float64), draws, jackknife, m.groups.copy(), int(seed))
 
 
 def bootstrap_mean_abs_smd(arms: Sequence[ArmAnswers] | NameMoments, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -317,6 +355,56 @@ def bootstrap_mean_abs_smd(arms: Sequence[ArmAnswers] | NameMoments, n_boot: int
     n_boot = _check_count("n_boot", n_boot)
     m = _as_moments(arms)
     return _mean_abs(weighted_smd(m, *_group_weights(m.groups, _bootstrap_weights(m.groups, n_boot, seed))))
+
+
+@dataclass(frozen=True, eq=False)
+class UtilityBootstrap:
+    """Shared name-bootstrap draws of utility rates (share of ALL answers passing a test) per arm.
+
+    ``rates[u][a, b]`` is metric u's rate of arm a in draw b, averaged over the variations;
+    ``estimate[u][a]`` the observed one. Draw b weights the names exactly as :func:`paired_bootstrap` draw b
+    with the same seed and names, so utility and bias intervals are paired with each other too.
+    """
+
+    labels: tuple[str, ...]
+    metrics: tuple[str, ...]
+    estimate: dict[str, np.ndarray]  # u -> [A]
+    rates: dict[str, np.ndarray]  # u -> [A, n_boot]
+    seed: int
+
+    def index(self, arm: str) -> int:
+        if arm not in self.labels:
+            raise ValueError(f"arm {arm!r} is not one of the bootstrap's arms; valid choices: {list(self.labels)}")
+        return self.labels.index(arm)
+
+
+def utility_bootstrap(
+    names: np.ndarray,
+    groups: np.ndarray,
+    total: np.ndarray,
+    hits: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    labels: Sequence[str],
+) -> UtilityBootstrap:
+    """Name bootstrap of utility rates from per-name counts.
+
+    Args:
+        names, groups: the names in :class:`NameMoments` order (group 0's first) and their groups.
+        total: ``[A, V, K]`` answers per arm, variation and name (unparseable ones included).
+        hits: metric -> ``[A, V, K]`` answers that pass its test.
+
+    Per draw b with name weights ``W[b, k]`` (:func:`_bootstrap_weights`): ``rate = mean_v sum_k W h / sum_k W n``
+    (a variation whose drawn names have no answer is skipped).
+    """
+    n_boot = _check_count("n_boot", n_boot)
+    w = _bootstrap_weights(np.asarray(groups), n_boot, seed)  # [B, K]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = np.einsum("bk,avk->abv", w, total)
+        est_denom = total.sum(axis=2)
+        rates = {u: _nanmean_last(np.einsum("bk,avk->abv", w, h) / denom) for u, h in hits.items()}
+        estimate = {u: _nanmean_last(h.sum(axis=2) / est_denom) for u, h in hits.items()}
+    return UtilityBootstrap(tuple(labels), tuple(hits), estimate, rates, int(seed))
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,10 +1,13 @@
 """Confidence intervals for mean |SMD| and for paired differences between arms, from a :class:`PairedBootstrap`.
 
 Every interval is for a *contrast* ``theta = sum_a w_a theta_a`` of the arms' mean |SMD| (one arm:
-``w = 1``; a paired difference: ``+1`` and ``-1``; several random-mask draws averaged: ``1/n`` each). Its
+``w = 1``; a paired difference: ``+1`` and ``-1``; several arms averaged: ``1/n`` each). Each ``theta_a`` is
+averaged over the variations defined in EVERY arm of the contrast, in the estimate and, separately, in each draw,
+so no arm is averaged over fewer variations than another; ``Interval.dropped`` says how many were left out. Its
 estimate, draws and jackknife values are the same linear combination of the arms', so a difference is
-paired: both arms use the same names in every draw. Draws where the contrast is undefined (an involved
-arm with every variation undefined) are left out; ``n_boot`` counts the others.
+paired: both arms use the same names in every draw. Draws where the contrast is undefined (no variation
+defined in every arm) are left out; ``n_boot`` counts the others. Random-mask draws enter as one new random mask
+(a prediction interval: :class:`RandomDraws`).
 
 **BCa** (bias-corrected and accelerated; Efron 1987, Efron & Tibshirani 1993 ch. 14).
 With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cdf ``Phi``::
@@ -20,7 +23,7 @@ With the estimate ``t``, the B defined draws ``t*_b`` and the standard normal cd
 eq. 5.24); with equal group sizes the factor cancels and ``a`` is scipy's multi-sample acceleration.
 
 **Percentile**: ``np.quantile(t*, [(1 - level)/2, (1 + level)/2])``. **The default, for one arm and for
-paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.validation.coverage``;
+paired differences**, chosen by simulation at the design's sizes (``python -m benchmarks.validation.calibration --intervals``;
 table in docs/method.md, "Statistics"):
 
 * Mean |SMD| is biased upward when the true SMDs are small (|.| folds the noise onto the positive side),
@@ -46,6 +49,7 @@ An interval that does not contain its own estimate carries a ``note`` saying why
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -54,21 +58,21 @@ from typing import Literal
 import numpy as np
 
 from biasprune.core.checks import check_choice
-from biasprune.stats.bootstrap import ArmAnswers, NameMoments, PairedBootstrap, paired_bootstrap
+from biasprune.stats.bootstrap import ArmAnswers, NameMoments, PairedBootstrap, UtilityBootstrap, paired_bootstrap
 
 __all__ = [
     "Interval",
+    "RandomDraws",
     "arm_interval",
     "contrast_interval",
     "difference_interval",
     "mean_abs_smd_interval",
     "paired_difference_interval",
+    "utility_difference",
 ]
 
 Method = Literal["bca", "percentile"]
 METHODS = ("bca", "percentile")
-ArmSet = int | str | Sequence[int | str]
-"""One arm (index or label), or several arms whose mean |SMD| is averaged (e.g. the random-mask draws)."""
 
 _NORMAL = NormalDist()
 
@@ -84,7 +88,12 @@ class Interval:
         n_boot: the number of defined bootstrap draws used.
         level: the confidence level.
         note: empty, or why the interval is undefined, does not contain the estimate, or rests on few draws.
-        names_ref, names_target: names per group in the bootstrap; n_variations: variations per arm.
+        names_ref, names_target: names per group in the bootstrap; n_variations: variations compared (those
+            defined in every arm of the contrast).
+        dropped: variations left out of the comparison because an arm's SMD is undefined there (for a random
+            set, the most that any of its draws left out).
+        p_nonpositive: ``(1 + #{draws <= 0}) / (1 + n_boot)``, the one-sided bootstrap p-value of "the contrast is
+            above 0" that a Holm adjustment reads (:mod:`biasprune.stats.claims`).
     """
 
     estimate: float
@@ -97,6 +106,8 @@ class Interval:
     names_ref: int = 0
     names_target: int = 0
     n_variations: int = 0
+    dropped: int = 0
+    p_nonpositive: float = math.nan
 
     @property
     def above_zero(self) -> bool:
@@ -186,6 +197,7 @@ def _interval(
     else:
         lo_level, hi_level, z0 = (1.0 - level) / 2.0, (1.0 + level) / 2.0, math.nan
     low, high = (float(x) for x in np.quantile(ok, [lo_level, hi_level]))
+    p_nonpositive = float((1 + np.sum(ok <= 0)) / (1 + ok.size))
     share_below = float(np.mean(ok < estimate))
     if estimate < low or estimate > high:
         side, share = (
@@ -199,62 +211,156 @@ def _interval(
             + ("" if method == "percentile" else f"; BCa (z0 = {z0:.2f}) shifted the interval down to undo it")
             + "; the SMDs are likely near 0 (compare the noise floor)"
         )
-    return Interval(float(estimate), low, high, method, int(ok.size), level, "; ".join(notes), **sizes)
+    return Interval(float(estimate), low, high, method, int(ok.size), level, "; ".join(notes), p_nonpositive=p_nonpositive, **sizes)
 
 
-def _weights(boot: PairedBootstrap, arms: Mapping[int | str, float]) -> dict[int, float]:
+@dataclass(frozen=True)
+class RandomDraws:
+    """The random-mask draws that control one arm, compared as ONE new random mask (a prediction interval).
+
+    An arm whose selection is no better than random is one more draw from the distribution of masks of its size, so
+    "random - arm" must be judged against the spread of one mask, not of the mean of R masks. With ``C[r, b]`` the
+    contrast computed with draw r in name replicate b, the estimate is the mean over draws, and replicate b becomes::
+
+        t*_b = m_b + s_b sqrt(1 + 1/R) T_b,      m_b = mean_r C[r, b],   s_b = sd_r C[r, b] (ddof 1),
+        T_b ~ Student t with R - 1 degrees of freedom   (``np.random.default_rng([seed, 1]).standard_t``)
+
+    the textbook prediction interval of one new draw against the mean of R (``sqrt(1 + 1/R)``: the arm's own mask
+    and the mean's), with the t quantiles that estimating the spread from R draws needs; the name bootstrap keeps
+    every arm paired through ``m_b`` and ``s_b``. Resampling the R draws themselves would put the interval's ends at
+    the extreme draws: with 5 draws a mask that is simply the luckiest of 6 would beat "random" about once in six
+    (docs/method.md, "Statistics"; ``python -m benchmarks.validation.calibration``, case "random masks that vary a lot"). With
+    one draw the spread is unknown and the contrast treats the draw as fixed.
+    """
+
+    arms: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ValueError("RandomDraws needs at least one arm")
+
+
+Term = int | str | RandomDraws
+
+
+def _weights(boot: PairedBootstrap, arms: Mapping[Term, float]) -> tuple[dict[int, float], tuple[RandomDraws, float] | None]:
     out: dict[int, float] = {}
+    draws: tuple[RandomDraws, float] | None = None
     for arm, w in arms.items():
+        if isinstance(arm, RandomDraws):
+            if draws is not None:
+                raise ValueError("a contrast takes at most one set of random draws")
+            draws = (arm, float(w))
+            continue
         i = boot.index(arm)
         out[i] = out.get(i, 0.0) + float(w)
-    if not out:
+    if not out and draws is None:
         raise ValueError("weights is empty: give at least one arm")
-    return out
+    return {i: w for i, w in out.items() if w != 0.0}, draws
+
+
+def _common(values: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values[n, ..., V]`` (|SMD| of the contrast's n arms) -> ``(sum_i coef_i mean_common(values_i), n_common)``
+    with the mean over the variations defined in all n arms (NaN where there is none)."""
+    ok = np.isfinite(values).all(axis=0)
+    count = ok.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = np.where(ok, values, 0.0).sum(axis=-1) / count
+    out = np.tensordot(coef, means, axes=1)
+    return np.where(count > 0, out, np.nan), count
+
+
+def _fixed_contrast(boot: PairedBootstrap, fixed: Mapping[int, float]):
+    """Estimate, draws, jackknife and variations compared of a contrast of fixed arms (common variations)."""
+    if not fixed:
+        return 0.0, np.zeros(boot.n_boot), np.zeros(boot.name_groups.size), boot.n_variations
+    idx, coef = np.array(list(fixed)), np.array(list(fixed.values()))
+    est, n_common = _common(np.abs(boot.smd[idx]), coef)
+    draws, _ = _common(boot.abs_draws[idx], coef)
+    jack, _ = _common(boot.abs_jackknife[idx], coef)
+    return float(est), draws, jack, int(n_common)
 
 
 def contrast_interval(
-    boot: PairedBootstrap, weights: Mapping[int | str, float], level: float = 0.95, method: Method = "percentile"
+    boot: PairedBootstrap, weights: Mapping[Term, float], level: float = 0.95, method: Method = "percentile"
 ) -> Interval:
-    """Interval of ``sum_a weights[a] * mean|SMD|_a`` (arms by index or label) from shared draws."""
+    """Interval of ``sum_a weights[a] * mean|SMD|_a`` (arms by index or label, or one :class:`RandomDraws`) from
+    shared draws, each mean taken over the variations defined in every arm of the contrast, in the estimate
+    and in each draw (a draw where none is common is left out)."""
     check_choice("method", method, METHODS)
     level = _check_level(level)
-    w = _weights(boot, weights)
-    idx, coef = np.array(list(w)), np.array(list(w.values()))
-    estimate = float(coef @ boot.estimate[idx])
-    draws = coef @ boot.draws[idx]
-    jackknife = coef @ boot.jackknife[idx]
+    fixed, random = _weights(boot, weights)
+    if random is None:
+        estimate, draws, jackknife, n_common = _fixed_contrast(boot, fixed)
+        common = [n_common]
+    else:
+        members, w = random
+        parts = []
+        for r in members.arms:
+            i = boot.index(r)
+            parts.append(_fixed_contrast(boot, {**fixed, i: fixed.get(i, 0.0) + w}))
+        estimates = np.array([p[0] for p in parts])
+        estimate = float(np.nanmean(estimates)) if np.isfinite(estimates).any() else math.nan
+        per_draw = np.stack([p[1] for p in parts])  # [R, B]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            centre = np.nanmean(per_draw, axis=0)
+            jackknife = np.nanmean(np.stack([p[2] for p in parts]), axis=0)
+        draws = centre
+        r = len(parts)
+        if r > 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                spread = np.nanstd(per_draw, axis=0, ddof=1) * math.sqrt(1.0 + 1.0 / r)
+            draws = centre + spread * np.random.default_rng([boot.seed, 1]).standard_t(r - 1, size=boot.n_boot)
+        common = [p[3] for p in parts]
     k0, k1 = boot.names_per_group
-    sizes = {"names_ref": k0, "names_target": k1, "n_variations": boot.n_variations}
+    sizes = {"names_ref": k0, "names_target": k1, "n_variations": min(common), "dropped": boot.n_variations - min(common)}
     return _interval(estimate, draws, jackknife, boot.name_groups, level, method, sizes)
 
 
-def _set_weights(arms: ArmSet, sign: float) -> list[tuple[int | str, float]]:
+ArmTerms = int | str | RandomDraws | Sequence[int | str]
+
+
+def _set_weights(arms: ArmTerms, sign: float) -> list[tuple[Term, float]]:
+    if isinstance(arms, RandomDraws):
+        return [(arms, sign)]
     members = [arms] if isinstance(arms, (int, str)) else list(arms)
     if not members:
         raise ValueError("an arm set is empty: give at least one arm")
     return [(a, sign / len(members)) for a in members]
 
 
-def arm_interval(boot: PairedBootstrap, arm: ArmSet, level: float = 0.95, method: Method = "percentile") -> Interval:
-    """Interval of one arm's mean |SMD| (or of the average over several arms, e.g. random-mask draws)."""
-    w: dict[int | str, float] = {}
+def arm_interval(boot: PairedBootstrap, arm: ArmTerms, level: float = 0.95, method: Method = "percentile") -> Interval:
+    """Interval of one arm's mean |SMD| (or of the average over several arms, or of one random mask)."""
+    w: dict[Term, float] = {}
     for a, c in _set_weights(arm, 1.0):
         w[a] = w.get(a, 0.0) + c
     return contrast_interval(boot, w, level, method)
 
 
 def difference_interval(
-    boot: PairedBootstrap, minuend: ArmSet, subtrahend: ArmSet, level: float = 0.95, method: Method = "percentile"
+    boot: PairedBootstrap, minuend: ArmTerms, subtrahend: ArmTerms, level: float = 0.95, method: Method = "percentile"
 ) -> Interval:
-    """Paired interval of ``mean|SMD|(minuend) - mean|SMD|(subtrahend)`` (each an arm or an average of arms).
+    """Paired interval of ``mean|SMD|(minuend) - mean|SMD|(subtrahend)`` (each an arm, an average of arms, or
+    :class:`RandomDraws`), over the variations defined in every arm involved.
 
     For "arm lowers bias" use ``minuend = "unpruned"`` (or the random draws) and ``subtrahend = arm``: an
     interval above 0 means the arm's mean |SMD| is lower.
     """
-    w: dict[int | str, float] = {}
+    w: dict[Term, float] = {}
     for a, c in _set_weights(minuend, 1.0) + _set_weights(subtrahend, -1.0):
         w[a] = w.get(a, 0.0) + c
     return contrast_interval(boot, w, level, method)
+
+
+def utility_difference(ub: UtilityBootstrap, metric: str, arm: str, base: str, level: float = 0.95) -> Interval:
+    """Percentile interval of ``rate(arm) - rate(base)`` of one utility metric, paired over the name draws."""
+    level = _check_level(level)
+    i, j = ub.index(arm), ub.index(base)
+    estimate = float(ub.estimate[metric][i] - ub.estimate[metric][j])
+    draws = ub.rates[metric][i] - ub.rates[metric][j]
+    return _interval(estimate, draws, np.zeros(0), np.zeros(0, dtype=np.int64), level, "percentile", {})
 
 
 def mean_abs_smd_interval(

@@ -1,10 +1,11 @@
 """From answer records to results: inlier bounds, one row per (split, arm, variation), all pure functions.
 
 Inlier bounds are the [P5, P95] (configurable) percentiles of the *unpruned* model's parsed answers for the
-same split and variation, optionally intersected with the scenario's ``valid_range``. The inlier ratio is
-the share of all sampled responses (unparseable ones included) whose value lies within the bounds; the SMD
-is computed on the inliers of each group. Bounds that collapse (P_low = P_high, or no parsed answer) are
-flagged in the row (``bounds_degenerate``) and in the summary, never silently used.
+same split and variation, optionally intersected with the scenario's ``valid_range``. Every metric of a row
+(the scale-free and the paper's SMD, the inlier ratio, the parse rate) is computed once, by its row function in
+:mod:`biasprune.metrics.spec`; the per-variation interval and p-value of each SMD come from
+:mod:`biasprune.stats.moments` on the same selected answers. Bounds that collapse (P_low = P_high, or no parsed
+answer) are flagged in the row (``bounds_degenerate``) and in the summary, never silently used.
 
 Per-arm summaries (mean |SMD| with its interval, noise floor, random control, claims) are in
 :mod:`biasprune.stats.summary`.
@@ -20,17 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from biasprune.core.artifacts import read_json, write_json
-from biasprune.core.checks import check_positive
+from biasprune.core.checks import check_fraction, check_positive
+from biasprune.metrics.spec import BIAS_METRICS, UTILITY_METRICS, BiasMetric, Window, row_columns
 from biasprune.stats.moments import bootstrap_smd_ci, permutation_pvalue
 
 __all__ = [
+    "CHANGE_COLUMNS",
     "METRIC_COLUMNS",
     "EvaluationConfig",
     "VariationKey",
     "compute_bounds",
     "group_records",
-    "inlier_answers",
     "inlier_bounds",
+    "metric_answers",
     "read_bounds",
     "variation_rows",
     "write_bounds",
@@ -38,11 +41,12 @@ __all__ = [
 
 VariationKey = tuple[str, str, str]  # (split, scenario, variation)
 
+KEY_COLUMNS = ("split", "phase", "arm", "draw", "scenario", "variation")
+#: What an arm changes: pruned units per kind and, for a direction arm, its edited layers (docs/method.md, "Directions").
+CHANGE_COLUMNS = ("pruned_neurons", "pruned_heads", "edited_layers")
 METRIC_COLUMNS = (
-    "split", "phase", "arm", "draw", "scenario", "variation", "smd", "abs_smd", "smd_ci_low", "smd_ci_high",
-    "p_value", "inlier_ratio", "parse_rate", "n_ref", "n_target", "n_names_ref", "n_names_target", "mean_ref",
-    "mean_target", "lower", "upper", "bounds_degenerate", "n_answers", "pruned_neurons", "pruned_heads",
-    "edited_layers",
+    *KEY_COLUMNS, *row_columns(), "n_names_ref", "n_names_target", "lower", "upper", "bounds_degenerate", "n_answers",
+    *CHANGE_COLUMNS,
 )
 
 
@@ -61,6 +65,11 @@ class EvaluationConfig:
         permutation_samples: label permutations across names for p-values and the noise floor (0 to skip).
         seed: seed of the bootstrap and permutation draws.
         save_answers: write every sampled response and its parsed value to ``answers.jsonl``.
+        utility_margin: the utility guard's margin: "pruning lowers bias" holds only if, for the inlier ratio and the
+            parse rate, the paired name-bootstrap interval of ``arm - unpruned`` has its lower end at or above
+            ``-utility_margin`` (absolute).
+        max_undefined_share: an arm whose scale-free SMD is undefined in more than this share of the variations is
+            kept out of the claims (0: in any variation).
     """
 
     baseline: bool = True
@@ -71,6 +80,8 @@ class EvaluationConfig:
     permutation_samples: int = 1000
     seed: int = 0
     save_answers: bool = True
+    utility_margin: float = 0.1
+    max_undefined_share: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.inlier_percentiles
@@ -78,6 +89,8 @@ class EvaluationConfig:
             raise ValueError(f"evaluation.inlier_percentiles must satisfy 0 <= low < high <= 100, got {self.inlier_percentiles}")
         for name in ("bootstrap_samples", "permutation_samples"):
             check_positive(f"evaluation.{name}", getattr(self, name), minimum=0)
+        check_fraction("evaluation.utility_margin", self.utility_margin)
+        check_fraction("evaluation.max_undefined_share", self.max_undefined_share)
 
 
 def inlier_bounds(
@@ -97,23 +110,6 @@ def inlier_bounds(
     return lo, hi
 
 
-def inlier_answers(
-    values: np.ndarray, groups: np.ndarray, names: Sequence[str], bounds: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The answers within ``bounds`` as flat ``(values, groups, names)`` (one entry per answer).
-
-    ``values`` is ``[n_prompts, k]``; NaN values and NaN bounds are never inliers.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = bounds
-    inlier = (values >= lo) & (values <= hi)
-    return (
-        values[inlier],
-        np.broadcast_to(np.asarray(groups)[:, None], values.shape)[inlier],
-        np.broadcast_to(np.asarray(names, dtype=object)[:, None], values.shape)[inlier],
-    )
-
-
 def group_records(records: Iterable[Mapping]) -> dict[tuple[str, str], dict[tuple[str, str], list[Mapping]]]:
     """``{(split, arm): {(scenario, variation): [records]}}``, keeping first-seen order."""
     out: dict[tuple[str, str], dict[tuple[str, str], list[Mapping]]] = {}
@@ -123,7 +119,9 @@ def group_records(records: Iterable[Mapping]) -> dict[tuple[str, str], dict[tupl
 
 
 def record_arrays(recs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Parsed answers ``[n_prompts, k]``, group index per prompt and name per prompt."""
+    """Parsed answers ``[n_prompts, k]``, group index per prompt and name per prompt (``[0, 0]`` for no record)."""
+    if not recs:
+        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), []
     values = np.array([r["values"] for r in recs], dtype=np.float64).reshape(len(recs), -1)
     return values, np.array([r["group_index"] for r in recs], dtype=np.int64), [r["name"] for r in recs]
 
@@ -157,22 +155,43 @@ def _degenerate(bounds: tuple[float, float]) -> bool:
     return bool(math.isnan(lo) or math.isnan(hi) or not lo < hi)
 
 
+def metric_answers(metric: BiasMetric, values: np.ndarray, groups: np.ndarray, names: Sequence[str],
+                   window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The answers that ``metric`` keeps, as flat ``(values, groups, names)`` (one entry per answer; selected
+    values, e.g. normal scores)."""
+    x = metric.select(values, groups, window)
+    keep = ~np.isnan(x)
+    return (
+        x[keep],
+        np.broadcast_to(np.asarray(groups)[:, None], x.shape)[keep],
+        np.broadcast_to(np.asarray(names, dtype=object)[:, None], x.shape)[keep],
+    )
+
+
+def _bias_columns(metric: BiasMetric, values, groups, names, window: Window, config: EvaluationConfig) -> dict:
+    row = metric.row(values, groups, window)
+    ci = (math.nan, math.nan)
+    p = math.nan
+    if not math.isnan(row[metric.name]) and (config.bootstrap_samples or config.permutation_samples):
+        v, g, n = metric_answers(metric, values, groups, names, window)
+        if config.bootstrap_samples:
+            ci = bootstrap_smd_ci(v, g, n, n_boot=config.bootstrap_samples, seed=config.seed)
+        if config.permutation_samples:
+            p = permutation_pvalue(v, g, n, n_perm=config.permutation_samples, seed=config.seed)
+    return row | {f"{metric.name}_ci_low": ci[0], f"{metric.name}_ci_high": ci[1], f"{metric.name}_p_value": p}
+
+
 def variation_rows(
     records: Iterable[Mapping],
     bounds: Mapping[VariationKey, tuple[float, float]],
     config: EvaluationConfig,
-    synced: Mapping[tuple[str, str, str, str], tuple[float, float]] | None = None,
 ) -> list[dict]:
-    """One ``metrics.csv`` row per (split, arm, variation) of ``records``.
+    """One ``metrics.csv`` row per (split, arm, variation) of ``records`` (columns :data:`METRIC_COLUMNS`).
 
-    ``synced`` optionally gives ``(smd, inlier_ratio)`` per ``(split, arm, scenario, variation)`` as the
-    module's torchmetrics computed them across processes; they must agree with the values computed here from
-    the gathered records, which are used otherwise.
+    Every metric comes from its row function (:mod:`biasprune.metrics.spec`) on the gathered records, the one
+    computation of each number: under DDP the records of every process are gathered first, so the rows are
+    exact whatever the world size.
     """
-    import torch
-
-    from biasprune.metrics.functional import standardized_mean_difference
-
     rows = []
     for (split, arm), per_var in group_records(records).items():
         for (scen, var), recs in per_var.items():
@@ -183,32 +202,20 @@ def variation_rows(
                     " --model.evaluation.baseline true, or give --model.evaluation.inlier_bounds covering it"
                 )
             b = bounds[key]
+            window = Window((float(b[0]), float(b[1])))
             values, groups, names = record_arrays(recs)
-            v, g, n = inlier_answers(values, groups, names, b)
-            if synced and (split, arm, scen, var) in synced:
-                smd, ratio = synced[(split, arm, scen, var)]
-            else:
-                smd = float(standardized_mean_difference(torch.from_numpy(v), torch.from_numpy(np.asarray(g, dtype=np.int64))))
-                ratio = float((((values >= b[0]) & (values <= b[1])).sum()) / values.size) if values.size else math.nan
-            ref, tgt = v[g == 0], v[g == 1]
-            row = {
-                "split": split, "phase": recs[0]["phase"], "arm": arm, "draw": recs[0].get("draw", -1),
-                "scenario": scen, "variation": var, "smd": smd, "abs_smd": abs(smd), "inlier_ratio": ratio,
-                "parse_rate": float((~np.isnan(values)).mean()) if values.size else math.nan,
-                "n_ref": int(ref.size), "n_target": int(tgt.size),
+            row = {"split": split, "phase": recs[0]["phase"], "arm": arm, "draw": recs[0].get("draw", -1), "scenario": scen,
+                   "variation": var}
+            for metric in BIAS_METRICS:
+                row |= _bias_columns(metric, values, groups, names, window, config)
+            for metric in UTILITY_METRICS:
+                row |= metric.row(values, window)
+            row |= {
                 "n_names_ref": len({x for x, gi in zip(names, groups) if gi == 0}),
                 "n_names_target": len({x for x, gi in zip(names, groups) if gi == 1}),
-                "mean_ref": float(ref.mean()) if ref.size else math.nan,
-                "mean_target": float(tgt.mean()) if tgt.size else math.nan,
-                "lower": float(b[0]), "upper": float(b[1]), "bounds_degenerate": _degenerate(b),
-                "n_answers": int(values.size), "smd_ci_low": math.nan, "smd_ci_high": math.nan, "p_value": math.nan,
-                "pruned_neurons": recs[0].get("pruned_neurons", 0), "pruned_heads": recs[0].get("pruned_heads", 0),
-                "edited_layers": recs[0].get("edited_layers", 0),
+                "lower": window.bounds[0], "upper": window.bounds[1], "bounds_degenerate": _degenerate(b),
+                "n_answers": int(values.size), **{c: recs[0].get(c, 0) for c in CHANGE_COLUMNS},
             }
-            if config.bootstrap_samples and not math.isnan(smd):
-                row["smd_ci_low"], row["smd_ci_high"] = bootstrap_smd_ci(v, g, n, n_boot=config.bootstrap_samples, seed=config.seed)
-            if config.permutation_samples and not math.isnan(smd):
-                row["p_value"] = permutation_pvalue(v, g, n, n_perm=config.permutation_samples, seed=config.seed)
             rows.append(row)
     return rows
 

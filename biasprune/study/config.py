@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -34,11 +35,13 @@ class GridConfig:
         head_p: head p values.
         head_q: head q values.
         head_budget: head budgets (heads pruned in total with ``head_scope=global``).
-        inlier_floor: a point qualifies if its mean inlier ratio on dev is >= inlier_floor x the unpruned one.
         min_pruned: a point or arm that prunes fewer units than this (in every variation) is flagged and kept out
-            of the choice and the claims.
-        random_draws: random-mask controls per grid point and variation, on dev and test; the chosen points get
-            ``pruning.random_draws`` in all on test.
+            of the choice and the claims. (A point also needs the utility guard on dev names:
+            ``model.evaluation.utility_margin``; :mod:`biasprune.study.choose`.)
+        random_draws: random-mask controls per grid point and variation, on dev and test (each split and point its
+            own masks).
+        chosen_draws: random-mask controls of each chosen point on test, in all (the claims judge it as one new
+            random mask, a prediction interval, so their spread counts: docs/method.md, "Statistics").
         rules: selection rules tried (each with the points above; a rule is a knob chosen on dev like the others):
             registered names or dotted paths (docs/method.md, "Selection rules"); empty for ``pruning.rule`` alone.
     """
@@ -49,9 +52,9 @@ class GridConfig:
     head_p: tuple[float, ...] = (0.15,)
     head_q: tuple[float, ...] = (0.15,)
     head_budget: tuple[int | float | str, ...] = ()
-    inlier_floor: float = 0.8
     min_pruned: int = 1
     random_draws: int = 1
+    chosen_draws: int = 10
     rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -68,19 +71,19 @@ class GridConfig:
         for name in ("budget", "head_budget"):
             for v in getattr(self, name):
                 parse_budget(v, flag=f"study.grid.{name}")
-        check_fraction("study.grid.inlier_floor", self.inlier_floor)
         check_positive("study.grid.min_pruned", self.min_pruned, minimum=0)
         check_positive("study.grid.random_draws", self.random_draws, minimum=1)
+        check_positive("study.grid.chosen_draws", self.chosen_draws, minimum=1)
 
-    def points(self, units: str, rule: RuleLike, default_budget: int | float | str | None = None) -> list[tuple[float, float, int | float | str | None]]:
+    def points(self, units: str, rule: RuleLike, default_budgets: Sequence[int | float | str | None] = ()) -> list[tuple[float, float, int | float | str | None]]:
         """(p, q, budget) of every grid point of one unit kind (a ranking rule without grid budgets takes
-        ``default_budget``, the pruning callback's)."""
+        ``default_budgets``, the pruning callback's budget or its ``auto`` list)."""
         from biasprune.pruning.rules import resolve_rule
 
         ps, qs, bs = (self.p, self.q, self.budget) if units == "neurons" else (self.head_p, self.head_q, self.head_budget)
         resolved = resolve_rule(rule)
         if resolved.needs_budget:
-            bs = bs or ((default_budget,) if default_budget is not None else ())
+            bs = bs or tuple(b for b in default_budgets if b is not None)
             if not bs:
                 raise ValueError(f"pruning.rule={resolved.name!r} needs budgets: give study.grid.{'budget' if units == 'neurons' else 'head_budget'}")
             return [(float(ps[0]), float(qs[0]), b) for b in bs]

@@ -1,9 +1,11 @@
 """The study's figures (PNG in the output directory and images in its TensorBoard events).
 
-* ``fig2_strategies_<units>``: |SMD| per test variation for the unpruned model and each strategy's chosen arm;
+* ``fig2_strategies_<units>[_<metric>]``: |SMD| per test variation for the unpruned model and each strategy's chosen
+  arm, one figure per bias metric (the scale-free one without suffix, the paper's with ``_smd``);
 * ``fig3_overlap``: share of each variation's pruned neurons (prompt-specific) also pruned by another scenario's;
 * ``fig4_layers``: pruned neurons by layer and module (prompt-specific, chosen point);
-* ``fig5_grid_<units>``: mean |SMD| against inlier ratio for every grid point on dev and test.
+* ``fig5_grid_<units>_<split>[_<metric>]``: mean |SMD| against inlier ratio for every grid point on dev and test, per
+  bias metric.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biasprune.metrics.spec import BIAS_METRICS
 from biasprune.report import plots
 from biasprune.study.plan import ArmSpec, StudyPlan
 
@@ -33,6 +36,22 @@ def _layer_kind(key: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 0), key.rsplit(".", 1)[-1]
 
 
+def _strategy_figure(emit, rows, chosen, units, test_vars, labels, base, m, suffix) -> None:
+    from biasprune.study.choose import arm_id
+
+    bars = {"unpruned": [base[k][m.abs] for k in test_vars]}
+    dots = {"unpruned": [base[k]["inlier_ratio"] for k in test_vars]}
+    for (u, s, c), spec in chosen.items():
+        if u != units or spec is None:
+            continue
+        mine = {(r["scenario"], r["variation"]): r for r in rows if r["split"] == "test" and r["arm"] == arm_id(spec)}
+        name = s + (f":{c}" if c else "")
+        bars[name] = [mine[k][m.abs] if k in mine else math.nan for k in test_vars]
+        dots[name] = [mine[k]["inlier_ratio"] if k in mine else math.nan for k in test_vars]
+    emit(plots.strategy_bars(labels, bars, dots, f"{m.label} |SMD| on test names by strategy ({units}, chosen points)"),
+         f"fig2_strategies_{units}{suffix}")
+
+
 def study_figures(out: Path, rows: Sequence[Mapping], table: Sequence[Mapping], chosen: Mapping, plan: StudyPlan, eval_keys) -> list[str]:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -49,26 +68,18 @@ def study_figures(out: Path, rows: Sequence[Mapping], table: Sequence[Mapping], 
         labels = [v for _, v in test_vars]
         base = {(r["scenario"], r["variation"]): r for r in rows if r["split"] == "test" and r["arm"] == "unpruned"}
         for units in dict.fromkeys(f[0] for f in chosen):
-            bars = {"unpruned": [base[k]["abs_smd"] for k in test_vars]}
-            dots = {"unpruned": [base[k]["inlier_ratio"] for k in test_vars]}
-            for (u, s, c), spec in chosen.items():
-                if u != units or spec is None:
-                    continue
-                from biasprune.study.choose import arm_id
-
-                mine = {(r["scenario"], r["variation"]): r for r in rows if r["split"] == "test" and r["arm"] == arm_id(spec)}
-                name = s + (f":{c}" if c else "")
-                bars[name] = [mine[k]["abs_smd"] if k in mine else math.nan for k in test_vars]
-                dots[name] = [mine[k]["inlier_ratio"] if k in mine else math.nan for k in test_vars]
-            emit(plots.strategy_bars(labels, bars, dots, f"|SMD| on test names by strategy ({units}, chosen points)"), f"fig2_strategies_{units}")
-            for split in ("dev", "test"):
-                pts = [t for t in table if t["units"] == units and t["split"] == split]
-                if not pts:
-                    continue
-                points = [{"mean_inlier_ratio": t["inlier_ratio"], "mean_abs_smd": t["mean_abs_smd"],
-                           "label": f"{t['strategy'][:6]}{':' + t['context'] if t['context'] else ''} {t['point']}"} for t in pts]
-                baseline = {"mean_inlier_ratio": pts[0]["unpruned_inlier_ratio"], "mean_abs_smd": pts[0]["unpruned_mean_abs_smd"]}
-                emit(plots.grid_tradeoff(points, baseline, None, f"grid on {split} names ({units})"), f"fig5_grid_{units}_{split}")
+            for m in BIAS_METRICS:
+                suffix = "" if m.deciding else f"_{m.name}"
+                _strategy_figure(emit, rows, chosen, units, test_vars, labels, base, m, suffix)
+                for split in ("dev", "test"):
+                    pts = [t for t in table if t["units"] == units and t["split"] == split]
+                    if not pts:
+                        continue
+                    points = [{"mean_inlier_ratio": t["inlier_ratio"], "mean_abs_smd": t[m.mean],
+                               "label": f"{t['strategy'][:6]}{':' + t['context'] if t['context'] else ''} {t['point']}"} for t in pts]
+                    baseline = {"mean_inlier_ratio": pts[0]["unpruned_inlier_ratio"], "mean_abs_smd": pts[0][f"unpruned_{m.mean}"]}
+                    emit(plots.grid_tradeoff(points, baseline, None, f"grid on {split} names ({units}; {m.label} |SMD|)"),
+                         f"fig5_grid_{units}_{split}{suffix}")
         ps = chosen.get(("neurons", "prompt_specific", ""))
         if ps is not None:
             variations = [f"{s}/{v}" for s, v in test_vars]

@@ -126,7 +126,7 @@ class StudyPlan:
         self.within_pool, self.contexts = within_pool, contexts
         self.answer_prefix = dict(answer_prefix)  # (split, variation) -> digest of model, generation, prompts
         self._scores: dict[VarKey, dict] = {}
-        self._masks: dict[tuple[ArmSpec, VarKey], dict[str, torch.Tensor] | None] = {}
+        self._masks: dict[tuple[ArmSpec, VarKey, str], dict[str, torch.Tensor] | None] = {}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_scores": {}, "_masks": {}}  # caches are rebuilt where the plan is used
@@ -146,16 +146,21 @@ class StudyPlan:
                 total[g] += int(n.get(g, 0))
         return total
 
-    def masks(self, spec: ArmSpec, variation: VarKey) -> dict[str, torch.Tensor] | None:
-        """Keep-masks of ``spec`` on ``variation`` (None for the unpruned model)."""
+    def masks(self, spec: ArmSpec, variation: VarKey, split: str = "") -> dict[str, torch.Tensor] | None:
+        """Keep-masks of ``spec`` on ``variation`` (None for the unpruned model); a random control is drawn for
+        its ``split`` (seeds by split, arm and draw: dev and test controls never share a mask)."""
         if not spec.units:
             return None
-        key = (spec, variation)
+        if spec.draw >= 0 and not split:
+            raise ValueError(f"the random control {spec} needs the name split it is drawn for")
+        key = (spec, variation, split if spec.draw >= 0 else "")
         if key not in self._masks:
             factory = self.factory.with_rule(spec.rule)
             kind = "neuron" if spec.units == "neurons" else "head"
             if spec.draw >= 0:
-                self._masks[key] = factory.random_controls(self.masks(spec.selected(), variation), [spec.draw])[0]
+                selected = spec.selected()
+                arm = f"{selected.units}/{selected.strategy}:{selected.context}/{selected.point}"
+                self._masks[key] = factory.random_controls(self.masks(selected, variation), split, arm, [spec.draw])[0]
             else:
                 pool = strategy_variations(spec.strategy, spec.context, variation, self.within_pool, self.contexts)
                 target, reference, n_t, n_r = selection_inputs(self.scores(pool), self.groups, spec.rule, self.n_examples(pool))
@@ -163,7 +168,7 @@ class StudyPlan:
         return self._masks[key]
 
     def answer_key(self, spec: ArmSpec, split: str, variation: VarKey) -> str:
-        return digest(self.answer_prefix[(split, variation)], masks_digest(self.masks(spec, variation)))
+        return digest(self.answer_prefix[(split, variation)], masks_digest(self.masks(spec, variation, split)))
 
     def stage(self, jobs: Mapping[EvalKey, Sequence[ArmSpec]]) -> StageArms:
         """The arms of one validate stage: ``jobs[(split, scenario, variation)]`` lists the arm specs answered there."""
@@ -186,7 +191,7 @@ class StageArms:
         arms: dict[str, Arm] = {}
         for s in self.jobs.get((split, scenario, variation), ()):
             key = self.plan.answer_key(s, split, v)
-            arms.setdefault(key, Arm(key, s.phase, self.plan.masks(s, v), draw=s.draw, labels=s.labels()))
+            arms.setdefault(key, Arm(key, s.phase, self.plan.masks(s, v, split), draw=s.draw, labels=s.labels()))
         return list(arms.values())
 
 

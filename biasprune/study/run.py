@@ -158,21 +158,22 @@ def run_study(trainer, module, dm: AuditDataModule, cfg: StudyConfig) -> dict:
     plan = StudyPlan(store, score_keys, dm.groups, masks.factory, within, contexts, _answer_prefixes(module, dm, study))
 
     rules = [masks.factory.with_rule(r).rule for r in cfg.grid.rules or (masks.factory.rule_name,)]
+    # without grid budgets a ranking rule takes the callback's budget; `auto` leaves it to the grid of its auto list
     grid = [ArmSpec(u, s, c, p, q, b, rule.name) for (u, s, c) in families for rule in rules
-            for (p, q, b) in cfg.grid.points(u, rule, masks.default_budget(u))]
+            for (p, q, b) in cfg.grid.points(u, rule, masks.default_budgets(u))]
     controls = [replace(a, draw=d) for a in grid for d in range(cfg.grid.random_draws)]
     _answer_missing(trainer, module, dm, cb, plan, {k: [ArmSpec(), *grid, *controls] for k in eval_keys}, study)
 
     table = point_table(plan, store, eval_keys, grid, cfg.grid.random_draws, dm.valid_range, module.evaluation)
-    chosen = choose_points(table, cfg.grid)
-    extra = [replace(a, draw=d) for a in chosen.values() if a is not None for d in range(cfg.grid.random_draws, masks.random_draws)]
+    chosen = choose_points(table, cfg.grid.min_pruned)
+    extra = [replace(a, draw=d) for a in chosen.values() if a is not None for d in range(cfg.grid.random_draws, cfg.grid.chosen_draws)]
     _answer_missing(trainer, module, dm, cb, plan, {k: extra for k in eval_keys if k[0] == "test"}, study)
     dm.configure_prompts(study)  # the data module ends up describing the whole study (its manifest says so)
 
     result = {}
     if trainer.global_rank == 0:
         outcome = StudyOutcome(plan, tuple(eval_keys), tuple(table), chosen)
-        result = write_results(out, outcome, cfg, masks.random_draws, module.evaluation, dm.valid_range)
+        result = write_results(out, outcome, cfg, cfg.grid.chosen_draws, module.evaluation, dm.valid_range)
         rank_zero_info(f"\n{format_summary(result['results'], result['claims'])}\n(study directory: {out}; tables in results.md)\n")
         elapsed = time.perf_counter() - started
         artifacts.write_json(out / "timings.json", {"seconds": round(elapsed, 1), "computed": store.computed})

@@ -7,22 +7,26 @@ each source's arm is made from the sum of its variations' sums: masks by the pru
 (``--pruning.method masks``), or the difference-of-means edit (``--pruning.method direction``, with
 ``--model.objective direction``). One ``Trainer.validate`` answers every target variation on test names with the
 unpruned model, each source's arm and its random controls (masks pruning as many units, or random directions of the
-same size), seeded by the callback's seed rule with the source in the arm's name.
+same size), seeded by the callback's seed rule, (split, arm, draw), with the source's arm name as the arm
+(:meth:`biasprune.pruning.factory.MaskFactory.control_seed`), so sources never share a control.
 
 Each cell (source s, target t) is the run's own verdict machinery on the answers to t's variations with the arms of
 s only: the unpruned model, s's arm renamed ``pruned`` and its controls renamed ``random/<d>``
-(:func:`biasprune.stats.summary.summarize_split`). The cell holds the cut in mean |SMD| (unpruned minus arm, the
-deciding measure) with its paired name-bootstrap interval, the arm's inlier and parse ratios over the unpruned
-model's, and the claim's verdict, read as "transfers" (holds), "does not" (does not hold), "cannot tell"
-(inconclusive) or "breaks answers". The diagonal is prompt-specific (the arm answers the scenario it was estimated
+(:func:`biasprune.stats.summary.summarize_split`). The cell holds the cut in mean |SMD| (unpruned minus arm) of
+the deciding scale-free measure (``cut``; :data:`biasprune.metrics.spec.DECIDING`) and of the paper's
+(``paper_cut``), each with its paired name-bootstrap interval, every arm's mean |SMD| per measure under the spec's
+names (``unpruned_/arm_/random_mean_abs_<measure>``), the utility guard (the arm's inlier and parse rates, their
+paired differences from the unpruned model with intervals, ``utility``: non-inferior or lost) and the ratios
+``inlier_vs_unpruned`` / ``parse_vs_unpruned``, and the claim's verdict, read as "transfers" (holds), "does not"
+(does not hold), "cannot tell" (inconclusive) or "breaks answers" (the guard failed). The diagonal is prompt-specific (the arm answers the scenario it was estimated
 on, on other names); the off-diagonal is cross-context. A row's verdict reads its off-diagonal cells: "transfers"
 when every one holds, "does not" when none holds and at least one does not hold, "cannot tell" otherwise.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +39,12 @@ from biasprune.core import artifacts
 from biasprune.core.distributed import barrier
 from biasprune.data.scenarios import variation_key
 from biasprune.datamodules.audit import AuditDataModule, PromptSelection
+from biasprune.metrics.spec import BIAS_METRICS, DECIDING, PAPER, UTILITY_METRICS, summary_columns
 from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan
 from biasprune.pruning.direction import DirectionEdit, estimate_direction, parse_layers, random_direction
 from biasprune.pruning.masks import save_masks
 from biasprune.report import plots
 from biasprune.scoring.accumulate import sum_scores
-from biasprune.scoring.objectives import selection_inputs
 from biasprune.scoring.scorefile import read_scores, read_scores_meta
 from biasprune.stats.intervals import arm_interval, difference_interval
 from biasprune.stats.rows import EvaluationConfig, compute_bounds, variation_rows
@@ -49,10 +53,14 @@ from biasprune.stats.summary import summarize_split
 __all__ = ["CELL_VERDICTS", "TRANSFER_COLUMNS", "TransferArms", "row_verdicts", "run_transfer", "transfer_cells", "write_transfer"]
 
 CELL_VERDICTS = {"holds": "transfers", "does not hold": "does not", "inconclusive": "cannot tell", "breaks answers": "breaks answers"}
+#: The cut's columns per bias measure: ``cut`` for the deciding one, ``paper_cut`` for the paper's.
+CUT = {DECIDING.name: "cut", PAPER.name: "paper_cut"}
 TRANSFER_COLUMNS = (
-    "method", "source", "target", "cell", "cut", "cut_ci_low", "cut_ci_high", "unpruned_mean_abs_smd", "arm_mean_abs_smd",
-    "random_mean_abs_smd",
-    "inlier_ratio", "parse_rate", "inlier_vs_unpruned", "parse_vs_unpruned", "n_variations", "verdict", "claim", "sentence",
+    "method", "source", "target", "cell",
+    *(f"{CUT[m.name]}{x}" for m in BIAS_METRICS for x in ("", "_ci_low", "_ci_high")),
+    *(f"{who}_{m.mean}" for m in BIAS_METRICS for who in ("unpruned", "arm", "random")),
+    *summary_columns(UTILITY_METRICS), "utility", "inlier_vs_unpruned", "parse_vs_unpruned", "n_variations", "verdict", "claim",
+    "sentence",
 )
 
 
@@ -100,14 +108,16 @@ def transfer_cells(records: Sequence[Mapping], bounds: Mapping, config: Evaluati
             by_arm = {r["arm"]: r for r in summary.rows}
             base, arm = by_arm.get(UNPRUNED.name, {}), by_arm.get("pruned", {})
             claim = next((c for c in summary.claims if c.claim.endswith("(pruned)")), None)
-            cut = difference_interval(summary.boot, UNPRUNED.name, "pruned") if summary.boot is not None else None
-
+            randoms = tuple(a for a in by_arm if a.startswith("random/"))
+            for m in BIAS_METRICS:
+                boot = (summary.boots or {}).get(m.name)
+                cut = difference_interval(boot, UNPRUNED.name, "pruned") if boot is not None else None
+                name = CUT[m.name]
+                cell |= {name: cut.estimate if cut else math.nan, f"{name}_ci_low": cut.low if cut else math.nan,
+                         f"{name}_ci_high": cut.high if cut else math.nan, f"unpruned_{m.mean}": _arm_mean(boot, UNPRUNED.name),
+                         f"arm_{m.mean}": _arm_mean(boot, "pruned"), f"random_{m.mean}": _arm_mean(boot, randoms)}
+            cell |= {c: arm.get(c, math.nan) for c in summary_columns(UTILITY_METRICS)} | {"utility": arm.get("utility", "")}
             cell |= {
-                "cut": cut.estimate if cut else math.nan, "cut_ci_low": cut.low if cut else math.nan,
-                "cut_ci_high": cut.high if cut else math.nan,
-                "unpruned_mean_abs_smd": _arm_mean(summary, UNPRUNED.name), "arm_mean_abs_smd": _arm_mean(summary, "pruned"),
-                "random_mean_abs_smd": _arm_mean(summary, tuple(a for a in by_arm if a.startswith("random/"))),
-                "inlier_ratio": arm.get("inlier_ratio", math.nan), "parse_rate": arm.get("parse_rate", math.nan),
                 "inlier_vs_unpruned": _ratio(arm, base, "inlier_ratio"), "parse_vs_unpruned": _ratio(arm, base, "parse_rate"),
                 "n_variations": arm.get("n_variations", 0),
                 "verdict": CELL_VERDICTS.get(claim.verdict, "cannot tell") if claim else "cannot tell",
@@ -122,34 +132,52 @@ def _ratio(arm: Mapping, base: Mapping, key: str) -> float:
     return a / b if b and not math.isnan(b) else math.nan
 
 
-def _arm_mean(summary, arm: str | tuple[str, ...]) -> float:
-    """Mean |SMD| of an arm (or the average of several: the random draws) in a cell's bootstrap."""
-    if summary.boot is None or (isinstance(arm, tuple) and not arm):
+def _arm_mean(boot, arm: str | tuple[str, ...]) -> float:
+    """Mean |SMD| of an arm (or the average of several: the random draws) in a cell's bootstrap of one measure."""
+    if boot is None or (isinstance(arm, tuple) and not arm):
         return math.nan
-    return arm_interval(summary.boot, arm).estimate
+    return arm_interval(boot, arm).estimate
 
 
-LAYER_COLUMNS = ("source", "candidate", "layers", "cut", "arm_mean_abs_smd", "random_mean_abs_smd", "over_random",
-                 "inlier_vs_unpruned", "parse_vs_unpruned", "verdict", "qualifies", "chosen")
+#: The dev choice of layers reads the deciding measure's means.
+ARM, RANDOM = f"arm_{DECIDING.mean}", f"random_{DECIDING.mean}"
+#: The guard's columns in the layer table: each utility rate's difference from the unpruned model, with its lower end.
+GUARD = tuple(c for u in UTILITY_METRICS for c in (f"{u.name}_vs_unpruned", f"{u.name}_vs_unpruned_ci_low"))
+LAYER_COLUMNS = ("source", "candidate", "layers", "cut", ARM, RANDOM, "over_random", *GUARD, "inlier_vs_unpruned",
+                 "parse_vs_unpruned", "verdict", "qualifies", "chosen")
 
 
-def choose_layers(dev: Sequence[Mapping], n_layers: int, inlier_floor: float = 0.8) -> tuple[str | None, list[dict]]:
+def _guard(cell: Mapping, margin: float) -> bool:
+    """The utility guard on dev, as the study's choice applies it (:mod:`biasprune.study.choose`): for the inlier
+    ratio and the parse rate, the lower end of the paired interval of ``arm - unpruned`` (with no bootstrap, the
+    estimate) is at or above ``-margin``."""
+    for u in UTILITY_METRICS:
+        d = f"{u.name}_vs_unpruned"
+        low = float(cell.get(f"{d}_ci_low", math.nan))
+        low = float(cell.get(d, math.nan)) if math.isnan(low) else low
+        if math.isnan(low) or low < -margin:
+            return False
+    return True
+
+
+def choose_layers(dev: Sequence[Mapping], n_layers: int, utility_margin: float = 0.1) -> tuple[str | None, list[dict]]:
     """The direction's layers for one source, from its dev cells (one per candidate, on the source's own variations).
 
     The rule (fixed before the runs; docs/results.md): a candidate qualifies if its dev verdict is not "breaks
-    answers" and its dev inlier ratio is at least ``inlier_floor`` x the unpruned model's; among those, the lowest
-    dev mean |SMD| minus its random-direction control's; ties go to fewer layers, then to the earlier candidate.
-    Returns the chosen candidate (None when none qualifies) and the table of every candidate."""
+    answers" and it passes the utility guard on dev (:func:`_guard`, ``utility_margin`` =
+    ``--model.evaluation.utility_margin``, as the study's choice); among those, the lowest dev mean |SMD| minus its
+    random-direction control's (the deciding scale-free measure); ties go to fewer layers, then to the earlier
+    candidate. Returns the chosen candidate (None when none qualifies) and the table of every candidate."""
     table = []
     for i, c in enumerate(dev):
-        over = c["arm_mean_abs_smd"] - c["random_mean_abs_smd"]
-        ok = (c["verdict"] != "breaks answers" and not math.isnan(c["inlier_vs_unpruned"]) and c["inlier_vs_unpruned"] >= inlier_floor
-              and not math.isnan(over))
+        over = c[ARM] - c[RANDOM]
+        ok = c["verdict"] != "breaks answers" and _guard(c, utility_margin) and not math.isnan(over)
         layers = parse_layers(c["candidate"], n_layers)
         table.append({"source": c["source"], "candidate": c["candidate"], "layers": ",".join(map(str, layers)), "cut": c["cut"],
-                      "arm_mean_abs_smd": c["arm_mean_abs_smd"], "random_mean_abs_smd": c["random_mean_abs_smd"],
-                      "over_random": over, "inlier_vs_unpruned": c["inlier_vs_unpruned"], "parse_vs_unpruned": c["parse_vs_unpruned"],
-                      "verdict": c["verdict"], "qualifies": ok, "chosen": False, "_key": (over, len(layers), i)})
+                      ARM: c[ARM], RANDOM: c[RANDOM], "over_random": over,
+                      **{g: c.get(g, math.nan) for g in GUARD}, "inlier_vs_unpruned": c.get("inlier_vs_unpruned", math.nan),
+                      "parse_vs_unpruned": c.get("parse_vs_unpruned", math.nan), "verdict": c["verdict"], "qualifies": ok,
+                      "chosen": False, "_key": (over, len(layers), i)})
     ok = [t for t in table if t["qualifies"]]
     best = min(ok, key=lambda t: t["_key"]) if ok else None
     for t in table:
@@ -196,15 +224,16 @@ def write_transfer(out: str | Path, cells: Sequence[Mapping], method: str, exper
     return verdicts
 
 
-def _seed(cb: PruningCallback, source: str, draw: int) -> int:
-    """A random direction's seed: the callback's seed of ``draw`` mixed with the source (sources never share one)."""
-    return cb.factory.control_seed(draw) ^ zlib.crc32(source.encode())
+def _seed(cb: PruningCallback, split: str, arm: str, draw: int) -> int:
+    """A random direction's seed: the callback's seed of (split, the source's arm, draw), as for random masks."""
+    return cb.factory.control_seed(split, arm, draw)
 
 
 def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation, sources: Sequence[str], meta: Mapping,
-                 layers: Mapping[str, Sequence[str]] | None = None) -> list[Arm]:
-    """The unpruned model and, per source, its arm and random controls. ``layers``: direction layer candidates per
-    source; a source with several is given one arm ``<source>@<candidate>`` per candidate (the dev stage)."""
+                 split: str, layers: Mapping[str, Sequence[str]] | None = None) -> list[Arm]:
+    """The unpruned model and, per source, its arm and random controls on ``split`` (the controls are drawn per
+    split, as the callback's). ``layers``: direction layer candidates per source; a source with several is given
+    one arm ``<source>@<candidate>`` per candidate (the dev stage)."""
     groups = tuple(dm.groups)
     arms: list[Arm] = [UNPRUNED] if module.evaluation.baseline else []
     for s in sources:
@@ -218,13 +247,13 @@ def _source_arms(cb: PruningCallback, module, dm: AuditDataModule, per_variation
                 chosen = parse_layers(cand, len(module.layout.heads))
                 edit = estimate_direction(scores, groups, chosen, {"scoring": ",".join(mine), "source": s, "layers_rule": cand})
                 arms.append(Arm(name, "pruned", edit=edit, labels=labels))
-                arms += [Arm(f"{name}/random/{d}", "random", edit=random_direction(edit, _seed(cb, name, d)), draw=d, labels=labels)
+                arms += [Arm(f"{name}/random/{d}", "random", edit=random_direction(edit, _seed(cb, split, name, d)), draw=d, labels=labels)
                          for d in range(cb.random_draws)]
         else:
             n = {g: sum(int(meta.get(v, {}).get(g, 0)) for v in mine) for g in groups}
-            masks = cb.select(*selection_inputs(scores, groups, cb.factory.rule_name, n))
+            masks = cb.select_point(scores, groups, n)
             arms.append(Arm(s, "pruned", masks, labels=labels))
-            arms += [Arm(f"{s}/random/{d}", "random", m, draw=d, labels=labels) for d, m in enumerate(cb.random_controls(masks))]
+            arms += [Arm(f"{s}/random/{d}", "random", m, draw=d, labels=labels) for d, m in enumerate(cb.random_controls(masks, split, s))]
     return arms
 
 
@@ -241,7 +270,7 @@ def _answer(trainer, module, dm: AuditDataModule, cb: PruningCallback, scoring: 
 
 
 def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sources: Sequence[str] | None = None,
-                 layer_candidates: Sequence[str] = (), inlier_floor: float = 0.8) -> dict:
+                 layer_candidates: Sequence[str] = ()) -> dict:
     """Score the sources' variations, answer every target variation on test names with each source's arm, and
     write the matrix into ``output`` (rank 0). ``sources``: scenarios (default: those of ``--data.evaluation``);
     the trainer's pruning callback gives the method, the rule, the budgets and the random draws. With
@@ -273,22 +302,22 @@ def run_transfer(trainer, module, dm: AuditDataModule, output: str | Path, sourc
     units_total = {k: sum(n for key, n in module.layout.sizes().items() if key.startswith(k + "/")) for k in ("neuron", "head")}
     chosen: dict[str, list[str]] | None = None
     if layer_candidates:
-        dev_arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, {s: list(layer_candidates) for s in sources})
+        dev_arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, "dev", {s: list(layer_candidates) for s in sources})
         records, bounds = _answer(trainer, module, dm, cb, scoring, "dev", dev_arms)
         chosen, table = {}, []
         for s in sources:
             names = [f"{s}@{c}" for c in layer_candidates] if len(layer_candidates) > 1 else [s]
             dev = transfer_cells(records, bounds, module.evaluation, units_total, names, [s], cb.method, split="dev")
             pick, rows = choose_layers([dict(c, source=s, candidate=cand) for c, cand in zip(dev, layer_candidates)],
-                                       len(module.layout.heads), inlier_floor)
+                                       len(module.layout.heads), module.evaluation.utility_margin)
             chosen[s] = [pick or cb.direction_layers]
             table += rows
         if trainer.global_rank == 0:
             artifacts.write_csv(out / f"transfer_{cb.method}_layers.csv", table, LAYER_COLUMNS)
             rank_zero_info("direction layers chosen on dev names: " + ", ".join(f"{s}: {c[0]}" for s, c in chosen.items()))
-    arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, chosen)
+    arms = _source_arms(cb, module, dm, per_variation, sources, n_by_var, "test", chosen)
     if trainer.global_rank == 0:  # each source's arm with its provenance: <output>/arms/<source>.safetensors
-        meta = {k: str(v) for k, v in cb.settings().items()} | {"model": str(module.hparams.get("model_name_or_path", "")),
+        meta = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in cb.settings().items()} | {"model": str(module.hparams.get("model_name_or_path", "")),
                                                                 "reference_group": dm.groups[0], "target_group": dm.groups[1]}
         for arm in arms:
             if arm.phase != "pruned":

@@ -1,7 +1,11 @@
-"""Coverage of the mean |SMD| intervals, the paired-difference intervals and the noise floor, by simulation.
+"""The calibration suite's second part: coverage of the mean |SMD| intervals, of paired differences and of the noise floor.
 
-    python -m benchmarks.validation.coverage            # the table in docs/method.md ("Statistics"), a few minutes on 2 cores
-    python -m benchmarks.validation.coverage --quick    # smoke run: few replications, fewer draws
+    python -m benchmarks.validation.calibration --intervals          # the interval tables of docs/method.md ("Statistics")
+    python -m benchmarks.validation.calibration --intervals --quick  # smoke run: few replications, fewer draws
+
+What this part checks is narrower than the claims' calibration (:mod:`benchmarks.validation.calibration`): normal answers of one
+or two arms, no inlier window, no random controls, intervals alone. It is the evidence for the interval METHOD (the
+percentile interval rather than BCa), not for the error rates of a claim.
 
 The design's sample sizes: 20 names per group; m = 10 or 100 answers per name and variation;
 within-name correlation rho = 0 or 0.2; V = 3 or 10 variations. The model of one answer about name n in
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         results = [run_cell(j) for j in jobs]
     summaries = [summarise(r) for r in sorted(results, key=lambda r: r["index"])]
-    command = "python -m benchmarks.validation.coverage" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.validation.calibration --intervals" + (" --quick" if args.quick else "")
     print(f"{command}  ({datetime.date.today()}, {time.perf_counter() - start:.0f} s, {args.workers} workers)")
     print_tables(summaries, reps, n_boot)
     return summaries

@@ -1,0 +1,75 @@
+"""The mechanism artifact of a run: the name attention of every head, the pruned ones marked (``name_attention.csv``).
+
+After the pruning callback has selected its masks, :func:`write_name_attention` takes ``n_pairs`` name-swapped
+pairs of the run's scoring examples (spread over them: every ⌈len/n⌉-th pair in length order), measures n_h for every
+head (:mod:`biasprune.localize.attention`: the mean attention of the answer positions to the name tokens), and
+writes one row per head: its mean over the 2·n_pairs sequences, their standard deviation, whether the pruned arm
+zeroes it and its rank among all heads (1 = most attention to the name). The report (``What was pruned``) draws it;
+TensorBoard gets the pruned heads' and all heads' means as scalars and the distribution as a histogram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from biasprune.core import artifacts
+from biasprune.localize.attention import name_attention
+from biasprune.localize.objective import pair_items
+from biasprune.localize.pairs import NamePair
+from biasprune.models.architectures import UnitLayout
+
+__all__ = ["COLUMNS", "FILE", "head_rows", "spread", "write_name_attention"]
+
+FILE = "name_attention.csv"
+COLUMNS = ("key", "layer", "head", "name_attention", "sd", "n_sequences", "pruned", "rank", "n_heads_total")
+
+
+def spread(rows: Sequence, n: int) -> list:
+    """``n`` rows spread evenly over ``rows`` (all of them when there are no more than ``n``)."""
+    if n >= len(rows):
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
+def head_rows(values: Mapping[str, torch.Tensor], layout: UnitLayout, masks: Mapping[str, torch.Tensor]) -> list[dict]:
+    """One row per head (``COLUMNS``) from :func:`~biasprune.localize.attention.name_attention`'s values and the
+    keep-masks (a head is pruned where its ``head/<path>`` mask is 0; a head group without a mask is kept)."""
+    layers = {f"head/{h.path}": h.layer for h in layout.heads}
+    rows = []
+    for key, v in values.items():
+        keep = masks.get(key)
+        for i in range(v.shape[1]):
+            col = v[:, i]
+            rows.append({"key": key, "layer": layers[key], "head": i, "name_attention": float(col.mean()),
+                         "sd": float(col.std()) if len(col) > 1 else 0.0, "n_sequences": len(col),
+                         "pruned": int(keep is not None and int(keep[i]) == 0)})  # fmt: skip
+    order = sorted(range(len(rows)), key=lambda j: -rows[j]["name_attention"])
+    for rank, j in enumerate(order, 1):
+        rows[j]["rank"] = rank
+        rows[j]["n_heads_total"] = len(rows)
+    return rows
+
+
+def write_name_attention(run_dir: str | Path, model, layout: UnitLayout, tokenizer, examples: Sequence[dict],
+                         variations: Sequence[str], groups: Sequence[str], masks: Mapping[str, torch.Tensor],
+                         n_pairs: int, experiment=None, write: bool = True) -> list[dict]:
+    """Measure, write ``FILE`` into ``run_dir`` (when ``write``: rank 0) and log to ``experiment`` (a TensorBoard
+    ``SummaryWriter``, optional); returns the rows. Every rank may call it (the same forward passes everywhere)."""
+    items = spread(pair_items(tokenizer, examples, examples, variations, groups), n_pairs)
+    pairs = [NamePair(r["target"], r["reference"], r["target_answer"], r["reference_answer"]) for r in items]
+    rows = head_rows(name_attention(model, layout, pairs), layout, masks)
+    if write:
+        artifacts.write_csv(Path(run_dir) / FILE, rows, COLUMNS)
+    if experiment is not None:
+        values = torch.tensor([r["name_attention"] for r in rows])
+        pruned = [r["name_attention"] for r in rows if r["pruned"]]
+        experiment.add_scalar("mechanism/name_attention_all_heads", float(values.mean()), 0)
+        if pruned:
+            experiment.add_scalar("mechanism/name_attention_pruned_heads", sum(pruned) / len(pruned), 0)
+            experiment.add_scalar("mechanism/pruned_heads_best_rank", min(r["rank"] for r in rows if r["pruned"]), 0)
+        experiment.add_histogram("mechanism/name_attention", values, 0)
+        experiment.flush()
+    return rows
