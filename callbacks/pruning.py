@@ -21,6 +21,10 @@ rounded up to one unit in a pool is said in the log and the manifest.
 names made before the reported stage, by the study's rule (:mod:`biasprune.study.choose`, with the utility guard):
 :class:`biasprune.study.trainer.BiasPruneTrainer` makes it (:mod:`biasprune.study.auto`) and hands it over with
 :meth:`PruningCallback.configure_choice`.
+
+With ``method="direction"`` the arm under test is not a mask but an affine edit of the residual stream at
+``direction_layers``, estimated from the run's ``direction`` sums (docs/method.md, "Directions"): it is written to
+``direction.safetensors`` and evaluated beside ``random_draws`` random-direction controls of the same size.
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ from biasprune.core.errors import ConfigError
 from biasprune.data.names import AuditDataError
 from biasprune.pipeline.resume import check_fingerprint
 from biasprune.pruning.arms import UNPRUNED, Arm, EvaluationPlan, PrunableModule, pruned_counts
+from biasprune.pruning.direction import (
+    DirectionEdit,
+    estimate_direction,
+    load_direction,
+    parse_layers,
+    random_direction,
+)
 from biasprune.pruning.factory import MaskFactory, MaskSettings
 from biasprune.pruning.masks import MaskError, load_masks, save_masks, validate_masks
 from biasprune.pruning.rules import SCOPES, RuleSettings, SelectionRule, parse_budget, resolve_rule, rule_name
@@ -53,6 +64,7 @@ from biasprune.scoring.scorefile import read_scores, read_scores_meta
 __all__ = ["AUTO", "PruningCallback", "masks_arm_name"]
 
 UNITS = ("neurons", "heads", "both")
+METHODS = ("masks", "direction")
 AUTO = "auto"
 
 
@@ -101,6 +113,12 @@ class PruningCallback(Callback):
             copied into the run directory and its arm is named after it).
         export_dir: write the pruned model there as a Hugging Face checkpoint (``save_pretrained``).
         log_histograms: log score histograms per unit kind and group to TensorBoard.
+        method: ``masks`` (prune units: the arm under test is a keep-mask set) or ``direction`` (the arm under test
+            is the difference-of-means edit of the residual stream, estimated from ``model.objective=direction`` or
+            ``direction_name`` sums, with random-direction controls; docs/method.md, "Directions").
+        direction_layers: ``method=direction``: the decoder layers edited: ``early`` (the first quarter), ``all``,
+            one index (``2``), a range (``0-7``) or a list (``1,4``).
+        direction_file: ``method=direction``: evaluate this ``direction.safetensors`` instead of estimating one.
         mechanism_pairs: after selecting masks that prune heads, measure on this many name-swapped pairs of the
             scoring examples how much attention the answer positions pay to the name tokens, head by head, and
             write ``name_attention.csv`` (the report's mechanism figure; docs/method.md, "The mechanism of pruned
@@ -130,7 +148,16 @@ class PruningCallback(Callback):
         export_dir: str = "",
         log_histograms: bool = True,
         mechanism_pairs: int = 8,
+        method: Literal["masks", "direction"] = "masks",
+        direction_layers: str = "early",
+        direction_file: str = "",
     ) -> None:
+        check_choice("pruning.method", method, METHODS)
+        parse_layers(direction_layers, 4096)  # refuse a malformed choice now; the range is checked on the model
+        self.method, self.direction_layers, self.direction_file = method, direction_layers, direction_file
+        self.direction: DirectionEdit | None = load_direction(direction_file) if direction_file else None
+        if direction_file and method != "direction":
+            raise ValueError(f"pruning.direction_file={direction_file!r} needs pruning.method=direction (got {method!r})")
         check_choice("pruning.units", units, UNITS)
         check_choice("pruning.scope", scope, SCOPES)
         check_choice("pruning.head_scope", head_scope, SCOPES)
@@ -183,6 +210,9 @@ class PruningCallback(Callback):
         self._arms: dict[str, list[Arm]] = {}  # per split
         self._baseline = True
         self._plan: EvaluationPlan | None = None
+        if method == "direction" and self.auto:
+            raise ConfigError("pruning.budget=auto (or head_budget=auto) chooses a mask's budget; with pruning.method=direction"
+                              " nothing is pruned: give a number, or choose the direction's layers with study.transfer_layers")
 
     @property
     def arm_name(self) -> str:
@@ -228,6 +258,7 @@ class PruningCallback(Callback):
             "head_p": self.head_p, "head_q": self.head_q, "head_budget": self.head_budget, "head_scope": self.head_scope,
             "floor_quantile": self.floor_quantile,
             "random_draws": self.random_draws, "random_seed": self.random_seed, "masks_file": self.masks_file,
+            "method": self.method, "direction_layers": self.direction_layers, "direction_file": self.direction_file,
         }
         if self.auto:
             out |= {"auto_budgets": list(self.auto_budgets), "head_auto_budgets": list(self.head_auto_budgets),
@@ -289,9 +320,21 @@ class PruningCallback(Callback):
             arms += [Arm(f"random/{d}", "random", m, draw=d) for d, m in enumerate(self.random_controls(masks, split))]
         return arms
 
+    def direction_arms(self, edit: DirectionEdit, split: str, baseline: bool = True) -> list[Arm]:
+        """The arms of one split: the unpruned model, the direction edit and ``random_draws`` random-direction
+        controls of the same size, seeded like the random masks by (split, arm, draw)."""
+        arms = [UNPRUNED] if baseline else []
+        arms.append(Arm("pruned", "pruned", edit=edit))
+        return arms + [Arm(f"random/{d}", "random", edit=random_direction(edit, self.factory.control_seed(split, "pruned", d)),
+                           draw=d) for d in range(self.random_draws)]
+
     def arms_for(self, split: str, scenario: str, variation: str) -> Sequence[Arm]:
         if split not in self._arms:
-            self._arms[split] = self.arms_from(self.masks, split, self._baseline)
+            if self.method == "direction":
+                self._arms[split] = self.direction_arms(self.direction, split, self._baseline) if self.direction is not None \
+                    else [UNPRUNED]
+            else:
+                self._arms[split] = self.arms_from(self.masks, split, self._baseline)
         return self._arms[split]
 
     # ---------------------------------------------------------------------------------------- hooks
@@ -306,9 +349,12 @@ class PruningCallback(Callback):
             check_fingerprint(state_dict["settings"], self._fingerprint(), "the checkpoint (pruning settings)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: PrunableModule) -> None:
+        objective = getattr(getattr(pl_module, "objective", None), "name", "")
+        if self.method == "direction" and not self.direction_file and not objective.startswith("direction"):
+            raise ValueError(f"pruning.method=direction needs model.objective=direction or direction_name (got {objective!r})")
         if self.loaded is not None:
             validate_masks(self.loaded[0], pl_module.layout, source=self.masks_file)
-        elif self._plan is None:
+        elif self._plan is None and self.method == "masks":
             self.check_budgets(pl_module.layout.sizes())  # before scoring: the budget must select something
 
     def check_budgets(self, sizes: Mapping[str, int]) -> None:
@@ -362,6 +408,11 @@ class PruningCallback(Callback):
         if self._plan is not None:
             pl_module.configure_evaluation(self._plan)
             return
+        if self.method == "direction":
+            self._resolve_direction(trainer, pl_module)  # sets self.direction (None when nothing was scored)
+            self._arms, self._baseline = {}, pl_module.evaluation.baseline
+            pl_module.configure_evaluation(EvaluationPlan(self))
+            return
         self.masks = self._resolve(trainer, pl_module)
         self._arms, self._baseline = {}, pl_module.evaluation.baseline
         pl_module.configure_evaluation(EvaluationPlan(self))
@@ -383,6 +434,31 @@ class PruningCallback(Callback):
         """Masks of ``point`` (or the configured / chosen one) from summed scores of ``groups`` (reference, target)."""
         rule = (point or self.chosen or {}).get("rule", self.factory.rule_name)
         return self.select(*selection_inputs(scores, tuple(groups), rule, n), point=point)
+
+    def _resolve_direction(self, trainer: L.Trainer, pl_module: PrunableModule) -> DirectionEdit | None:
+        """The direction under test: ``direction_file``'s, or estimated from this run's sums and written to
+        ``direction.safetensors`` (and beside the exported model); None when nothing was scored."""
+        n_layers = len(pl_module.layout.heads)
+        if self.direction is not None:
+            parse_layers(list(self.direction.layers), n_layers, flag=f"pruning.direction_file={self.direction_file!r}")
+            return self.direction
+        found = self.run_scores(pl_module)
+        if found is None:
+            return None
+        scores, _, variations = found
+        ref, tgt = trainer.datamodule.groups
+        layers = parse_layers(self.direction_layers, n_layers)
+        meta = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in self.settings().items()} | {
+            "scoring": ",".join(variations), "model": str(getattr(pl_module, "hparams", {}).get("model_name_or_path", ""))}
+        edit = estimate_direction(scores, (ref, tgt), layers, meta)
+        if trainer.global_rank == 0:
+            edit.save(Path(pl_module.run_dir) / "direction.safetensors")
+            if self.export_dir:
+                pl_module.export_pruned(self.export_dir, {}, meta)
+                edit.save(Path(self.export_dir) / "direction.safetensors")
+            rank_zero_info(f"direction edit at layer(s) {list(layers)}; in {Path(pl_module.run_dir) / 'direction.safetensors'}")
+        self.direction = edit
+        return edit
 
     def _resolve(self, trainer: L.Trainer, pl_module: PrunableModule) -> dict[str, torch.Tensor] | None:
         if self.loaded is not None:

@@ -93,7 +93,8 @@ def test_help_documents_every_knob(capsys):
             assert f"--{prefix}.{name}" in text, f"--{prefix}.{name} missing from --help"
     # documented, not just listed: the docstring's text shows next to the flag
     for doc in ("fraction of each pool protected as most", "responses sampled per prompt (k)", "name splits whose answers are evaluated",
-                "selection rules tried", "within-context masks may pool"):
+                "selection rules tried", "within-context masks may pool",
+                "is the difference-of-means edit of the residual stream", "write the cross-context transfer matrix"):
         assert doc in re.sub(r"\s+", " ", text), doc
 
 
@@ -106,6 +107,8 @@ def test_help_documents_every_knob(capsys):
         (["--pruning.p", "1.5"], r"pruning.p=1.5 must be a fraction in \[0, 1\]"),
         (["--pruning.rule", "magic"], r"pruning.rule='magic' is not valid; valid choices"),
         (["--data.split_fractions", "[0.5, 0.5, 0.5]"], r"data.split_fractions"),
+        (["--pruning.method", "units"], "direction"),
+        (["--pruning.direction_layers", "late"], r"pruning.direction_layers='late': not a layer choice; valid forms"),
     ],
 )
 def test_bad_values_are_named_in_one_line(args, match, capsys, tmp_path):

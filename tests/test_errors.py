@@ -18,7 +18,7 @@ from biasprune.stats.rows import EvaluationConfig
     [
         (dict(score_neurons=False, score_heads=False), "score_neurons and model.score_heads are both false"),
         (dict(neuron_modules=["fc1"]), r"unknown module\(s\) \['fc1'\]; valid choices"),
-        (dict(objective="likelihood"), r"model.objective='likelihood' is not valid; valid choices: \['nll', 'contrastive', 'wanda', 'atp', 'causal'\]"),
+        (dict(objective="likelihood"), r"model.objective='likelihood' is not valid; valid choices: \['nll', 'contrastive', 'wanda', 'atp', 'direction', 'direction_name', 'causal'\]"),
         (dict(evaluation=EvaluationConfig(inlier_bounds="/nowhere/bounds.json")), r"evaluation.inlier_bounds: file '/nowhere/bounds.json' does not exist"),
         (dict(evaluation=EvaluationConfig(baseline=False)), r"baseline=false needs model.evaluation.inlier_bounds"),
     ],

@@ -38,11 +38,11 @@ def setup():
 
 # ----------------------------------------------------------------------------------------- registry
 def test_the_registry_holds_the_objectives_and_names_bad_ones():
-    assert list(OBJECTIVES) == ["nll", "contrastive", "wanda", "atp"] and DEFAULT_OBJECTIVE == "nll"
+    assert list(OBJECTIVES) == ["nll", "contrastive", "wanda", "atp", "direction", "direction_name"] and DEFAULT_OBJECTIVE == "nll"
     assert all(isinstance(o, Objective) and o.name == k for k, o in OBJECTIVES.items())
     assert get_objective() is OBJECTIVES["nll"] and get_objective("contrastive") is OBJECTIVES["contrastive"]
     assert get_objective("causal").name == "causal" and get_objective("causal") is get_objective("causal")
-    valid = r"valid choices: \['nll', 'contrastive', 'wanda', 'atp', 'causal'\]"
+    valid = r"valid choices: \['nll', 'contrastive', 'wanda', 'atp', 'direction', 'direction_name', 'causal'\]"
     with pytest.raises(ValueError, match=r"model\.objective='energy' is not valid; " + valid):
         get_objective("energy")
     with pytest.raises(ValueError, match=r"model\.objective='no\.such\.Objective': cannot import the objective class"):

@@ -99,6 +99,7 @@ def answer_batch(
         rec.update(
             index=int(batch["index"][i]), group_index=int(batch["group_index"][i]), arm=arm.name, phase=arm.phase,
             draw=arm.draw, pruned_neurons=counts["neuron"], pruned_heads=counts["head"],
+            edited_layers=counts["edited_layers"],
             responses=list(resp), values=[parse_number(r) for r in resp], **dict(arm.labels),
         )
         out.append(rec)

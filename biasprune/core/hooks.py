@@ -21,9 +21,10 @@ class HookSet:
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
 
-    def forward(self, module: nn.Module, fn: Callable) -> None:
-        """``fn(module, args, output)``; a non-None return value replaces the output."""
-        self._handles.append(module.register_forward_hook(fn))
+    def forward(self, module: nn.Module, fn: Callable, with_kwargs: bool = False) -> None:
+        """``fn(module, args, output)`` (``fn(module, args, kwargs, output)`` with ``with_kwargs``); a non-None
+        return value replaces the output."""
+        self._handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
 
     def forward_pre(self, module: nn.Module, fn: Callable) -> None:
         """``fn(module, args)``; a non-None return value replaces the positional arguments."""

@@ -319,7 +319,11 @@ class BiasPruneModule(L.LightningModule):
         split, scenario, variation = batch["split"][0], batch["scenario"][0], batch["variation"][0]
         arms = self._plan.arms.arms_for(split, scenario, variation) if self._plan else [UNPRUNED]
         for arm in arms:
-            with apply_masks(self.model, self.layout, arm.masks) if arm.masks else contextlib.nullcontext():
+            with contextlib.ExitStack() as applied:
+                if arm.masks:
+                    applied.enter_context(apply_masks(self.model, self.layout, arm.masks))
+                if arm.edit is not None:
+                    applied.enter_context(arm.edit.apply(self.model))
                 self._records.extend(answer_batch(self.model, self.tokenizer, batch, arm, self.generation, self._lockstep))
 
     def on_validation_epoch_end(self) -> None:

@@ -2,7 +2,9 @@
 
 * :mod:`.rules`: selection rules over two groups' scores at a budget, and random draws of the same size;
 * :mod:`.masks`: keep-mask files, reversible application with hooks, hard application and export;
-* :mod:`.arms`: what the model looks like while one set of answers is sampled.
+* :mod:`.arms`: what the model looks like while one set of answers is sampled;
+* :mod:`.direction`: the direction arm, an affine edit of the residual stream (estimate, hooks, random control,
+  file and loader for a plain transformers model).
 
 May import: :mod:`biasprune.core`, :mod:`biasprune.models`.
 """

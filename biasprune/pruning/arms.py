@@ -16,6 +16,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
+from biasprune.pruning.direction import DirectionEdit
+
 __all__ = ["Arm", "ArmSource", "EvaluationPlan", "Phase", "PrunableModule", "UNPRUNED", "pruned_counts"]
 
 Phase = Literal["baseline", "pruned", "random"]
@@ -39,6 +41,8 @@ class Arm:
         name: unique within an evaluation (``unpruned``, ``pruned``, ``random/0``, or a study arm id).
         phase: ``baseline`` (no masks), ``pruned`` (the masks under test) or ``random`` (a control).
         masks: keep-masks (1 = keep) applied while this arm answers; None for the unpruned model.
+        edit: a residual-stream edit applied while this arm answers (the direction arm and its random-direction
+            controls, :class:`biasprune.pruning.direction.DirectionEdit`); None for a masks arm.
         draw: the random control's draw index (-1 for other arms).
         labels: extra columns carried into the answer records (e.g. the study's units, strategy, point).
     """
@@ -48,9 +52,11 @@ class Arm:
     masks: Mapping[str, torch.Tensor] | None = None
     draw: int = -1
     labels: Mapping[str, object] = field(default_factory=dict)
+    edit: DirectionEdit | None = None
 
     def counts(self) -> dict[str, int]:
-        return pruned_counts(self.masks)
+        """Pruned units per kind and, for an edit arm, its edited layers (``edited_layers``)."""
+        return pruned_counts(self.masks) | {"edited_layers": len(self.edit.layers) if self.edit is not None else 0}
 
 
 UNPRUNED = Arm("unpruned", "baseline")

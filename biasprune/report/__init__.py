@@ -37,8 +37,12 @@ def _build(art: RunArtifacts) -> tuple[str, list[tuple[str, str, bytes]]]:
     from biasprune.report.html import with_problems
     from biasprune.report.pages import run_page
     from biasprune.report.study import study_page
+    from biasprune.report.transfer import has_transfer, transfer_page
 
-    html, figures = study_page(art) if art.kind == "study" else run_page(art)
+    if art.kind == "study" and has_transfer(art.run_dir):
+        html, figures = transfer_page(art)
+    else:
+        html, figures = study_page(art) if art.kind == "study" else run_page(art)
     return with_problems(html, art.problems), figures
 
 

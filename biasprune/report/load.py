@@ -264,7 +264,10 @@ def load_run(run_dir: str | Path, force: bool = False) -> RunArtifacts:
         if not force:
             raise ReportError(f"{d}: {state}", [state])
         problems.append(state)
-    missing = [f for f in REQUIRED[kind] if not (d / f).is_file()]
+    required = REQUIRED[kind]
+    if kind == "study" and any(not p.name.endswith("_layers.csv") for p in d.glob("transfer_*.csv")):
+        required = ("manifest.json",)  # a transfer study (--study.transfer) writes its matrices, no results table
+    missing = [f for f in required if not (d / f).is_file()]
     if missing and not force:
         raise ReportError(f"run directory {str(d)!r} (a {kind} run) lacks {missing}; the run did not finish writing its results")
     problems += check_files(d, manifest, (d / "manifest.json").read_text(encoding="utf-8", errors="replace"))

@@ -78,6 +78,25 @@ def overlap_heatmap(rows: Sequence[str], cols: Sequence[str], overlap: np.ndarra
     return fig
 
 
+def transfer_heatmap(rows: Sequence[str], cols: Sequence[str], values: np.ndarray, text: Sequence[Sequence[str]], title: str):
+    """Source (rows) x target (columns) cells coloured by ``values`` (a cut in mean |SMD|; diverging around 0), each
+    with its own ``text``."""
+    fig, ax = _figure(max(5.0, 1.6 * len(cols) + 2.5), max(3.0, 0.9 * len(rows) + 1.5))
+    finite = values[np.isfinite(values)]
+    lim = float(np.abs(finite).max()) if finite.size else 1.0
+    im = ax.imshow(values, vmin=-lim, vmax=lim, cmap="RdBu", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("target scenario (answered)")
+    ax.set_ylabel("source scenario (estimated)")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, label="cut in mean |SMD| (unpruned - arm)")
+    ax.set_title(title)
+    return fig
+
+
 def layer_module_heatmap(modules: Sequence[str], counts: np.ndarray, sizes: np.ndarray, title: str, annotate: bool = False,
                          label: str = "share of neurons pruned"):
     """Share of each module's neurons pruned, per layer (rows: modules, columns: layers).

@@ -10,6 +10,9 @@ An objective is one implementation of :class:`Objective` over the one capture he
 * ``wanda`` (:class:`~biasprune.scoring.wanda.WandaObjective`): the paper authors' |W|·‖X‖ per group, forward only;
 * ``atp`` (:class:`~biasprune.scoring.signed.SignedAttributionObjective`): attribution patching done right: signed
   per-pair estimates ranked by −mean/sd, residual-stream outputs not scored;
+* ``direction`` and ``direction_name`` (:class:`~biasprune.scoring.direction.DirectionObjective`): per-layer
+  residual-stream sums per group over the prompt's tokens but the first, or the name's tokens (forward only;
+  docs/method.md, "Directions");
 * ``causal`` (:class:`biasprune.localize.objective.CausalObjective`): per-pair ablation effects on the pairs'
   contrastive gap (heads ablated alone, neurons first-order), the causal search's single-unit stage.
 
@@ -39,6 +42,7 @@ from biasprune.core.checks import check_choice
 from biasprune.models.architectures import UnitLayout
 from biasprune.scoring.capture import BatchScores
 from biasprune.scoring.contrastive import ContrastiveObjective
+from biasprune.scoring.direction import DirectionObjective
 from biasprune.scoring.gradxact import NLLObjective
 from biasprune.scoring.signed import SignedAttributionObjective
 from biasprune.scoring.wanda import WandaObjective
@@ -96,7 +100,10 @@ class Objective(Protocol):
 
 #: The registered objectives; the first is the default.
 OBJECTIVES: dict[str, Objective] = {
-    o.name: o for o in (NLLObjective(), ContrastiveObjective(), WandaObjective(), SignedAttributionObjective())
+    o.name: o for o in (
+        NLLObjective(), ContrastiveObjective(), WandaObjective(), SignedAttributionObjective(), DirectionObjective("prompt"),
+        DirectionObjective("name"),
+    )
 }
 DEFAULT_OBJECTIVE = next(iter(OBJECTIVES))
 #: Objectives registered by dotted path (imported on first use): name -> ``module.Class``.

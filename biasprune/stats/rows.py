@@ -26,6 +26,7 @@ from biasprune.metrics.spec import BIAS_METRICS, UTILITY_METRICS, BiasMetric, Wi
 from biasprune.stats.moments import bootstrap_smd_ci, permutation_pvalue
 
 __all__ = [
+    "CHANGE_COLUMNS",
     "METRIC_COLUMNS",
     "EvaluationConfig",
     "VariationKey",
@@ -41,9 +42,11 @@ __all__ = [
 VariationKey = tuple[str, str, str]  # (split, scenario, variation)
 
 KEY_COLUMNS = ("split", "phase", "arm", "draw", "scenario", "variation")
+#: What an arm changes: pruned units per kind and, for a direction arm, its edited layers (docs/method.md, "Directions").
+CHANGE_COLUMNS = ("pruned_neurons", "pruned_heads", "edited_layers")
 METRIC_COLUMNS = (
     *KEY_COLUMNS, *row_columns(), "n_names_ref", "n_names_target", "lower", "upper", "bounds_degenerate", "n_answers",
-    "pruned_neurons", "pruned_heads",
+    *CHANGE_COLUMNS,
 )
 
 
@@ -211,8 +214,7 @@ def variation_rows(
                 "n_names_ref": len({x for x, gi in zip(names, groups) if gi == 0}),
                 "n_names_target": len({x for x, gi in zip(names, groups) if gi == 1}),
                 "lower": window.bounds[0], "upper": window.bounds[1], "bounds_degenerate": _degenerate(b),
-                "n_answers": int(values.size), "pruned_neurons": recs[0].get("pruned_neurons", 0),
-                "pruned_heads": recs[0].get("pruned_heads", 0),
+                "n_answers": int(values.size), **{c: recs[0].get(c, 0) for c in CHANGE_COLUMNS},
             }
             rows.append(row)
     return rows

@@ -43,15 +43,15 @@ from biasprune.stats.bootstrap import (
 from biasprune.stats.claims import CLAIM_COLUMNS, NO_PARSE, ClaimResult, UtilityCheck, lowers_bias
 from biasprune.stats.intervals import RandomDraws, arm_interval, difference_interval, utility_difference
 from biasprune.stats.power import minimum_detectable_smd, within_name_icc
-from biasprune.stats.rows import EvaluationConfig, group_records, metric_answers, record_arrays
+from biasprune.stats.rows import CHANGE_COLUMNS, EvaluationConfig, group_records, metric_answers, record_arrays
 
 __all__ = ["CLAIM_COLUMNS", "SUMMARY_COLUMNS", "SplitData", "SplitSummary", "bootstraps", "format_summary", "name_moments",
            "split_data", "summarize", "summarize_split", "utility_draws"]
 
 SUMMARY_COLUMNS = (
     "split", "arm", "phase", "n_variations", *summary_columns(BIAS_METRICS), "ci_method", *summary_columns(UTILITY_METRICS),
-    "utility", "random_draws", "degenerate_bounds", "pruned_neurons", "pruned_heads", "share_neurons", "share_heads",
-    "names_ref", "names_target", "answers_per_prompt", "icc", "mde", "excluded",
+    "utility", "random_draws", "degenerate_bounds", "pruned_neurons", "pruned_heads", "edited_layers", "share_neurons",
+    "share_heads", "names_ref", "names_target", "answers_per_prompt", "icc", "mde", "excluded",
 )
 
 
@@ -163,7 +163,7 @@ def _base_row(data: SplitData, arm: str, units_total: Mapping[str, int], design:
     row |= {
         "split": data.split, "arm": arm, "phase": data.phase.get(arm, ""), "n_variations": len(rows),
         "degenerate_bounds": sum(bool(r["bounds_degenerate"]) for r in rows),
-        "pruned_neurons": _mean([r["pruned_neurons"] for r in rows]), "pruned_heads": _mean([r["pruned_heads"] for r in rows]),
+        **{c: _mean([r.get(c, 0) for r in rows]) for c in CHANGE_COLUMNS},
         "share_neurons": _mean([r["pruned_neurons"] / max(1, units_total.get("neuron", 0)) for r in rows]),
         "share_heads": _mean([r["pruned_heads"] / max(1, units_total.get("head", 0)) for r in rows]), **design,
     }
@@ -211,7 +211,8 @@ def _excluded(row: Mapping, base_row: Mapping | None, ctrl: Sequence[str], confi
     undefined = f"{DECIDING.prefix}n_undefined"
     if row["parse_rate"] == 0.0:
         return NO_PARSE
-    n_pruned = row["pruned_neurons"] + row["pruned_heads"]
+    # a direction arm changes its edited layers instead of pruning units (docs/method.md, "Directions")
+    n_pruned = sum(row[c] for c in CHANGE_COLUMNS)
     if not n_pruned > 0:
         return "prunes nothing"
     if n_pruned < min_pruned:

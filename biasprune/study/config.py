@@ -109,6 +109,13 @@ class StudyConfig:
         grid: the pruning points tried on dev.
         pieces: the piece store; empty for ``<output>/pieces``. Studies that share a store reuse each other's
             scores and answers wherever their inputs agree (e.g. two objectives on the same model).
+        transfer: instead of the strategies, write the cross-context transfer matrix of ``--pruning.method``
+            (masks or direction): each scenario of ``transfer_sources`` x each scenario of ``--data.evaluation``, on
+            test names (docs/method.md, "Transfer matrix").
+        transfer_sources: the source scenarios of the matrix; empty for the scenarios of ``--data.evaluation``.
+        transfer_layers: ``--pruning.method direction``: layer candidates (e.g. ``[2, early, all]``) among which each
+            source's layers are chosen on dev names (its own variations; docs/results.md states the rule); empty:
+            ``--pruning.direction_layers``.
     """
 
     output: str = "runs/study"
@@ -118,6 +125,9 @@ class StudyConfig:
     contexts: tuple[str, ...] = ("finance", "activity", "service")
     grid: GridConfig = field(default_factory=GridConfig)
     pieces: str = ""
+    transfer: bool = False
+    transfer_sources: tuple[str, ...] = ()
+    transfer_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_choices("study.strategies", self.strategies, STRATEGIES)

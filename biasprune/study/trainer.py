@@ -35,6 +35,11 @@ class BiasPruneTrainer(L.Trainer):
         (``validate``), chooses each strategy's pruning point on dev, and writes the results, claims and figures
         into ``config.output`` (``--study.output``).
         """
+        config = config or StudyConfig()
+        if config.transfer:  # the cross-context transfer matrix of --pruning.method (docs/method.md, "Transfer matrix")
+            from biasprune.study.transfer import run_transfer
+
+            return run_transfer(self, model, datamodule, config.output, config.transfer_sources, config.transfer_layers)
         from biasprune.study.run import run_study
 
-        return run_study(self, model, datamodule, config or StudyConfig())
+        return run_study(self, model, datamodule, config)
