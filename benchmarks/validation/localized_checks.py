@@ -12,7 +12,7 @@ PLANT_ID is a model id whose last plant is localized (``biasprune plant --model.
    control prunes as many neurons;
 2. ``DIR/random_masks.safetensors``: the tool's random control of that mask
    (:class:`biasprune.pruning.factory.MaskFactory` defaults: neurons drawn per module, heads over the whole model;
-   seed 0, draw 0), the arm ``random/0`` of the run below;
+   split test, arm ``pruned``, draw 0), the arm ``random/0`` of the run below;
 3. one ``biasprune validate`` run with ``--pruning.masks_file`` the planted mask and ``--pruning.random_draws``
    random controls, on the evaluation variations (default: all of Purchase) with the test names, so the baseline,
    the planted-units arm and the random sets answer the same prompts with the same sampling streams;
@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     masks, truth, meta = planted_masks(args.plant)
     planted_file = save_masks(args.out / "planted_masks.safetensors", masks, meta)
     # The callback draws its controls from the masks as read from the file (their key order decides a global draw).
-    (random_masks,) = MaskFactory().random_controls(load_masks(planted_file)[0], [0])  # seed 0, draw 0: random/0
-    save_masks(args.out / "random_masks.safetensors", random_masks, {"source": "random control (seed 0, draw 0) of planted_masks"})
+    # The run's arm random/0: the control of the arm "pruned" (the masks file's) on the test split, draw 0.
+    (random_masks,) = MaskFactory().random_controls(load_masks(planted_file)[0], "test", "pruned", [0])
+    save_masks(args.out / "random_masks.safetensors", random_masks,
+               {"source": "random control (split test, arm pruned, draw 0) of planted_masks"})
     name = "checks"
     cmd = [
         sys.executable, "-m", "biasprune", "validate", "--model.model_name_or_path", args.plant,
