@@ -273,3 +273,25 @@ def test_planted_units_of_a_plain_plant_is_an_error(tmp_path):
         planted_units(tmp_path)
     with pytest.raises(FileNotFoundError, match="no provenance.json"):
         planted_units(tmp_path / "nope")
+
+
+def test_localized_checks_random_control_is_the_runs_random_arm(tiny_model_dir, tmp_path):
+    """benchmarks/validation/localized_checks.py writes the same random mask as the validate run's arm random/0."""
+    from benchmarks.validation.localized_checks import random_control
+    from biasprune.pruning.masks import load_masks, save_masks
+    from callbacks.pruning import PruningCallback
+
+    layout = resolve_units(load_model(tiny_model_dir), NEURON_MODULE_CHOICES)
+    truth = PlantUnits(heads=HEADS, mlp_neurons=NEURONS).resolve(layout).ground_truth()
+    sizes = {k: n for k, n in layout.sizes().items() if k.startswith(("head/", "neuron/"))}
+    keys = [k for k in truth if k.startswith("head/") or k.endswith("gate_proj")]
+    path = save_masks(tmp_path / "planted_masks.safetensors", truth_keep_masks(truth, sizes, keys), {})
+    masks = load_masks(path)[0]
+    arms = {a.name: a for a in PruningCallback(masks_file=str(path), random_draws=2).arms_from(masks, "test")}
+    drawn = random_control(path)
+    assert drawn.keys() == arms["random/0"].masks.keys()
+    assert all(torch.equal(drawn[k], arms["random/0"].masks[k]) for k in drawn)
+    assert any(not torch.equal(drawn[k], arms["random/1"].masks[k]) for k in drawn)
+    pruned = {k: int((m == 0).sum()) for k, m in masks.items()}
+    assert {k: int((m == 0).sum()) for k, m in drawn.items() if k.startswith("neuron/")} == {
+        k: n for k, n in pruned.items() if k.startswith("neuron/")}  # neurons drawn per module, as many as planted

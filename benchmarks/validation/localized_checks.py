@@ -70,6 +70,15 @@ def planted_masks(model_id: str) -> tuple[dict, dict[str, list[int]], dict]:
     return masks, truth, meta
 
 
+def random_control(planted_file: Path) -> dict:
+    """The validate run's arm ``random/0``: the factory's control of the arm "pruned" on the test split, draw 0.
+
+    Drawn from the masks as read from the file, as the callback reads them (their key order decides a global draw).
+    """
+    (masks,) = MaskFactory().random_controls(load_masks(planted_file)[0], "test", "pruned", [0])
+    return masks
+
+
 def _run_dir(root: Path) -> Path:
     versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     if not versions:
@@ -144,9 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     masks, truth, meta = planted_masks(args.plant)
     planted_file = save_masks(args.out / "planted_masks.safetensors", masks, meta)
     # The callback draws its controls from the masks as read from the file (their key order decides a global draw).
-    # The run's arm random/0: the control of the arm "pruned" (the masks file's) on the test split, draw 0.
-    (random_masks,) = MaskFactory().random_controls(load_masks(planted_file)[0], "test", "pruned", [0])
-    save_masks(args.out / "random_masks.safetensors", random_masks,
+    save_masks(args.out / "random_masks.safetensors", random_control(planted_file),
                {"source": "random control (split test, arm pruned, draw 0) of planted_masks"})
     name = "checks"
     cmd = [
