@@ -164,9 +164,9 @@ class Slice:
         """bool ``[out, in]``: where ΔW may be non-zero."""
         out = torch.zeros(self.out_features, self.in_features, dtype=torch.bool)
         if self.rows is not None:
-            out |= self.rows[:, None]
+            out |= self.rows.cpu()[:, None]
         if self.columns is not None:
-            out |= self.columns[None, :]
+            out |= self.columns.cpu()[None, :]
         return out
 
 
