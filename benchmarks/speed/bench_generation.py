@@ -12,6 +12,9 @@
   per-answer mean log-probability of the drawn tokens under the model (teacher-forced; it moves with any
   change of temperature, nucleus or draw), and chi-square homogeneity of the first and of the last token of
   each answer (one token per answer, so the draws are independent), ids in 64 equal bins.
+* ``profile``: one static run (all prompts, k answers, ``profile_tokens`` tokens) under torch.profiler: device
+  time by category (GEMM, attention, the draw, copies, other) and the host time left over
+  (benchmarks/helpers/profile_table.py), and the top kernels.
 * ``hf loop``: one ``model.generate`` call per answer, batch 1 (the paper authors' way), on a few prompts.
 * ``study``: a reduced study-shaped run, timed piece by piece (benchmarks/speed/study_budget.py), and the
   projection of the paper-scale design from it (the formula is printed).
@@ -58,6 +61,7 @@ from benchmarks.helpers.common import (
 )
 from benchmarks.helpers.decode_checks import answer_logprobs, chi2_homogeneity, id_bins, ks_two_sample
 from benchmarks.helpers.legacy_generation import legacy_generate
+from benchmarks.helpers.profile_table import profile_run
 from benchmarks.speed.study_budget import STUDY_SIZES, study_section
 from biasprune.answers.generation import generate
 
@@ -71,6 +75,7 @@ SIZES = {
     "iters": SizeFlag("timed runs of each decoder (after one untimed run at full size)", 5, 1),
     "copy_mib": SizeFlag("MiB copied to measure the memory bandwidth", 2048, 16),
     "matmul_size": SizeFlag("n of the n x n x n matmul that measures the bf16 rate", 8192, 256),
+    "profile_tokens": SizeFlag("tokens per answer in the profiled static run (0 skips the profile)", 8, 2),
     **STUDY_SIZES,
 }
 
@@ -188,6 +193,17 @@ def measure(
     return rec, answers
 
 
+def print_profile(rec: dict[str, Any], tokens: int, seqs: int) -> None:
+    """The profile's categories and top kernels, as two small tables."""
+    busy = rec["device_busy_s"]
+    print(f"\nprofile: static decoder, {seqs} sequences x {tokens} tokens: wall {rec['wall_s']:.3f} s"
+          + (f", device busy {busy:.3f} s, host only {rec['host_only_s']:.3f} s" if busy is not None else " (host only)"))
+    for cat, s in rec["by_category_s"].items():
+        print(f"  {cat:<10} {s:8.4f} s  {rec['by_category_share'][cat]:6.1%}")
+    for row in rec["top"]:
+        print(f"  {row['self_s']:8.4f} s {row['share']:6.1%} x{row['calls']:<5} [{row['category']}] {row['name'][:90]}")
+
+
 def as_ids(answers: list[list[str]], tokenizer: IdTokenizer) -> torch.Tensor:
     """``[prompts * k, m]`` token ids of the answers (all have the same length here)."""
     return torch.tensor([tokenizer.encode(a) for row in answers for a in row], dtype=torch.long)
@@ -297,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
 
+    if args.profile_tokens > 0:
+        with report.section("profile") as rec:
+            rec.update(profile_run(lambda: decoders["static"](prompts, max_new_tokens=args.profile_tokens), setup.device),
+                       seqs=len(prompts) * k)
+            print_profile(rec, args.profile_tokens, len(prompts) * k)
+
     if args.loop_prompts > 0:
         loop_ids = [tokenizer([text], return_tensors="pt", padding=True)["input_ids"].to(setup.device) for text in prompts[: args.loop_prompts]]
         hf_loop(model, loop_ids[:1], samples=1, max_new_tokens=2)
@@ -362,6 +384,9 @@ def print_tables(data: dict[str, Any]) -> None:
         print(
             f"static decoder: CUDA graphs for buckets {graphs.get('graphs')}, steps without a graph: {graphs.get('eager_steps')}"
         )
+    prof = data.get("profile", {})
+    if "by_category_s" in prof:
+        print_profile(prof, data.get("args", {}).get("profile_tokens", 0), prof.get("seqs", 0))
     failed = [name for name, sec in data.items() if isinstance(sec, dict) and "error" in sec]
     if failed:
         print(f"failed sections: {failed}")
