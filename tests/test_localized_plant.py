@@ -295,3 +295,34 @@ def test_localized_checks_random_control_is_the_runs_random_arm(tiny_model_dir, 
     pruned = {k: int((m == 0).sum()) for k, m in masks.items()}
     assert {k: int((m == 0).sum()) for k, m in drawn.items() if k.startswith("neuron/")} == {
         k: n for k, n in pruned.items() if k.startswith("neuron/")}  # neurons drawn per module, as many as planted
+
+
+@pytest.mark.parametrize("name", ["heads", "neurons"])
+def test_shipped_localized_plant_is_confined_to_its_units(name):
+    """The shipped plant's LoRA factors (read directly, no model) touch only the units its provenance lists:
+    q_proj/gate/up rows (lora_B rows) and o_proj/down columns (lora_A columns) of the planted heads/neurons."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    plant = ROOT / "biasprune" / "resources" / "plants" / name
+    prov = json.loads((plant / "provenance.json").read_text())
+    assert hashlib.sha256((plant / "adapter_model.safetensors").read_bytes()).hexdigest() == prov["adapter_sha256"]
+    units = prov["units"]
+    assert units["counts"] == {"heads": 4, "mlp_neurons": 0} if name == "heads" else {"heads": 0, "mlp_neurons": 32}
+    head_dim = 64  # SmolLM2-135M: 9 query heads of 64
+    want: dict[str, set[int]] = {}
+    for path, heads in units["heads"].items():
+        idx = {h * head_dim + i for h in heads for i in range(head_dim)}
+        want[f"{path}.q_proj:rows"] = want[f"{path}.o_proj:columns"] = idx
+    for path, neurons in units["mlp_neurons"].items():
+        want[f"{path}.gate_proj:rows"] = want[f"{path}.up_proj:rows"] = want[f"{path}.down_proj:columns"] = set(neurons)
+    factors = load_file(str(plant / "adapter_model.safetensors"))
+    seen = {}
+    for key, w in factors.items():
+        path = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+        if ".lora_B." in key and (path.endswith(("q_proj", "gate_proj", "up_proj"))):
+            seen[f"{path}:rows"] = set((w != 0).any(1).nonzero().flatten().tolist())
+        if ".lora_A." in key and (path.endswith(("o_proj", "down_proj"))):
+            seen[f"{path}:columns"] = set((w != 0).any(0).nonzero().flatten().tolist())
+    assert seen == want

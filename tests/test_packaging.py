@@ -38,7 +38,8 @@ def test_top_level_is_only_biasprune(wheel):
     assert top == {"biasprune"} and listed == ["biasprune"]
     for expected in ("biasprune/datamodules/audit.py", "biasprune/callbacks/pruning.py", "biasprune/study/run.py",
                      "biasprune/resources/names/default.csv", "biasprune/resources/scenarios/purchase.yaml",
-                     "biasprune/resources/plants/purchase/adapter_model.safetensors"):
+                     "biasprune/resources/plants/purchase/adapter_model.safetensors",
+                     "biasprune/resources/plants/heads/provenance.json", "biasprune/resources/plants/neurons/adapter_model.safetensors"):
         assert expected in names, expected
 
 
