@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.analysis.compare_methods import truth_scores
+from benchmarks.analysis.compare_methods import arms, main, truth_scores
 from benchmarks.analysis.methods_table import choose, table, truth_cell
 
 
@@ -145,3 +145,48 @@ def test_the_scale_free_cut_is_a_column_when_the_runs_carry_it():
     assert "scale-free cut (rank_smd)" in text[0] and all(line.count("|") == text[0].replace("\\|", "").count("|") for line in text[1:])
     assert "| 1%, 4 | 75% | 25% | 1.000 | 50% | 10% |" in text[2]  # rank: 1 − 0.5/2, 1 − 1.5/2; paper: 1 − 0.5, 1 − 0.9
     assert "scale-free" not in table([row("purchase", "nll", "1%", (1.0, 0.5, [0.9]))], None)
+
+
+def _summary(run, rows: list[dict]) -> None:
+    import csv
+
+    run.mkdir(parents=True)
+    with (run / "summary.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _line(split, arm_name, phase, smd, rank, note=""):
+    return {"split": split, "arm": arm_name, "phase": phase, "mean_abs_rank_smd": rank, "mean_abs_rank_smd_ci_low": "",
+            "mean_abs_rank_smd_ci_high": "", "mean_abs_rank_smd_ci_note": note, "mean_abs_smd": smd,
+            "mean_abs_smd_ci_low": "0.1", "mean_abs_smd_ci_high": "0.3", "mean_abs_smd_ci_note": note,
+            "null_mean_abs_smd_p95": "0.2", "inlier_ratio": "0.9", "parse_rate": "1.0"}  # fmt: skip
+
+
+def test_arms_reads_measures_not_their_intervals_or_notes(tmp_path):
+    """An arm whose every variation is undefined carries a note in its _ci_note columns and nan estimates."""
+    undefined = "undefined: the estimate is undefined (every variation's SMD is)"
+    _summary(tmp_path / "run", [
+        _line("dev", "unpruned", "baseline", "1.9", "1.8"),
+        _line("dev", "pruned[x]", "pruned", "nan", "nan", undefined),
+        _line("dev", "random/0", "random", "1.5", "1.4"),
+    ])  # fmt: skip
+    out = arms(tmp_path / "run")["dev"]
+    assert out["baseline"]["measures"] == {"rank_smd": 1.8, "smd": 1.9}
+    assert set(out["pruned"]["measures"]) == {"rank_smd", "smd"} and math.isnan(out["pruned"]["measures"]["smd"])
+    assert [a["measures"]["smd"] for a in out["random"]] == [1.5]
+
+
+def test_collect_rebuilds_the_comparison_from_runs_already_there(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "base" / "nll-relative_difference-1pct" / "run" / "version_0"
+    _summary(run, [_line(s, a, ph, v, v) for s in ("dev", "test")
+                   for a, ph, v in (("unpruned", "baseline", "1.0"), ("pruned[x]", "pruned", "0.5"), ("random/0", "random", "0.9"))])  # fmt: skip
+    main(["--out", str(tmp_path), "--plants", "base", "--methods", "nll:relative_difference,wanda:relative_difference",
+          "--budgets", "1%", "--head-budgets", "4", "--collect"])  # fmt: skip
+    rows = json.loads((tmp_path / "comparison.json").read_text())
+    assert [(r["objective"], r["rc"]) for r in rows] == [("nll", 0)]  # wanda was not run: left out, not failed
+    assert rows[0]["splits"]["test"]["pruned"]["mean_abs_smd"] == 0.5 and rows[0]["truth"] is None
+    assert "collected 1 run(s)" in capsys.readouterr().out

@@ -16,7 +16,8 @@ stacked on ``format``), and ``base`` (no plant: smoke tests); ``--plant-dir NAME
 machine). Per run, ``DIR/<plant>/<objective>-<rule>-<budget>/row.json`` holds, per split, the baseline, pruned and
 random arms (mean |SMD|, inlier and parse ratios), the wall time of the fit, and the precision and recall of the
 pruned units against the plant's ground truth (:func:`truth_scores`: a localized plant's unit list, a LoRA plant's
-units of largest update norm). ``DIR/comparison.json`` collects them.
+units of largest update norm). ``DIR/comparison.json`` collects them, rewritten after every run; ``--collect`` runs
+nothing and rebuilds it from the runs already under ``DIR`` (e.g. an archive of a call that was cut short).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def is_measure(column: str) -> bool:
+    """A summary column that holds a bias measure's estimate: ``mean_abs_<name>``, not its interval or note."""
+    return column.startswith("mean_abs_") and not column.endswith(("_ci_low", "_ci_high", "_ci_note"))
+
+
 def arms(run: Path) -> dict[str, dict]:
     """Per split: baseline, pruned and the random arms' mean |SMD|, inlier and parse ratios (summary.csv).
 
@@ -63,7 +69,7 @@ def arms(run: Path) -> dict[str, dict]:
     for r in _read(run / "summary.csv"):
         split = out.setdefault(r["split"], {"random": []})
         floor = r.get("null_p95") or r.get("null_mean_abs_smd_p95")  # the floor's column before and after the spec
-        measures = {k.removeprefix("mean_abs_"): float(v) for k, v in r.items() if k.startswith("mean_abs_") and v}
+        measures = {k.removeprefix("mean_abs_"): float(v) for k, v in r.items() if is_measure(k) and v}
         arm = {"arm": r["arm"], "mean_abs_smd": float(r["mean_abs_smd"]), "inlier_ratio": float(r["inlier_ratio"]),
                "parse_rate": float(r["parse_rate"]), "null_p95": float(floor), "measures": measures}  # fmt: skip
         if r["phase"] == "random":
@@ -117,13 +123,21 @@ def run_one(args, extra: list[str], plant: str, objective: str, rule: str, budge
         "--trainer.accelerator", args.accelerator, "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run", *extra,
     ]  # fmt: skip
-    print("+", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    with (out / "fit.log").open("w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
+    if args.collect:  # the run is already there: its row from its files (wall time from the row it wrote, if any)
+        done = sorted((out / "run").glob("version_*/summary.csv"))
+        if not done:
+            return {"plant": plant, "model": model_id, "objective": objective, "rule": rule, "budget": budget,
+                    "head_budget": head_budget, "rc": None, "error": f"not run: no summary.csv under {out / 'run'}"}  # fmt: skip
+        before = json.loads((out / "row.json").read_text()) if (out / "row.json").is_file() else {}
+        rc, wall = 0, before.get("wall_s")
+    else:
+        print("+", " ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        with (out / "fit.log").open("w") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        wall = round(time.perf_counter() - t0, 1)
     row = {"plant": plant, "model": model_id, "objective": objective, "rule": rule, "budget": budget,
-           "head_budget": head_budget, "wall_s": round(wall, 1), "rc": rc}  # fmt: skip
+           "head_budget": head_budget, "wall_s": wall, "rc": rc}  # fmt: skip
     if rc:
         row["error"] = (out / "fit.log").read_text()[-2000:]
     else:
@@ -148,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--random-draws", type=int, default=2)
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: rebuild comparison.json from the runs already under --out (runs not there are "
+                             "listed as not run)")
     args, extra = parser.parse_known_args(argv)
     budgets, head_budgets = args.budgets.split(","), args.head_budgets.split(",")
     if len(budgets) != len(head_budgets):
@@ -162,8 +179,15 @@ def main(argv: list[str] | None = None) -> None:
             for b, hb in zip(budgets, head_budgets):
                 rows.append(run_one(args, [a for a in extra if a != "--"], plant, objective, rule, b, hb))
                 r = rows[-1]
-                print(f"{plant:<9}{objective:<12}{rule:<20}{b:>6}{hb:>4}  rc {r['rc']}  {r['wall_s']:>7.1f} s", flush=True)
+                wall = "-" if r.get("wall_s") is None else f"{r['wall_s']:.1f} s"
+                print(f"{plant:<9}{objective:<12}{rule:<20}{b:>6}{hb:>4}  rc {r['rc']}  {wall:>9}", flush=True)
+                # after every run, so that a call cut short keeps the table of what it finished
+                (args.out / "comparison.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     (args.out / "comparison.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    if args.collect:
+        rows = [r for r in rows if r["rc"] is not None]
+        (args.out / "comparison.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        print(f"collected {len(rows)} run(s) into {args.out / 'comparison.json'}")
     failed = [r for r in rows if r["rc"]]
     if failed:
         raise SystemExit(f"{len(failed)} of {len(rows)} runs failed, e.g. {failed[0]['plant']} {failed[0]['objective']}")

@@ -139,7 +139,7 @@ def table(rows: list[dict], chosen: tuple | None) -> str:
             f"| {r['plant']} | {r['objective']}:{r['rule']}{mark} | {r['budget']}, {r['head_budget']}{sf} | {_f(b['mean_abs_smd'], '{:.3f}')}"
             f" | {_f(c, '{:.0%}')} | {_f(rc, '{:.0%}')} | {_f(p['inlier_ratio'] / b['inlier_ratio'] if b['inlier_ratio'] else math.nan)}"
             f" | {_f(p['parse_rate'] / b['parse_rate'] if b['parse_rate'] else math.nan)} | {truth_cell(r.get('truth'), 'neuron')}"
-            f" | {truth_cell(r.get('truth'), 'head')} | {r['wall_s']:.0f} |"
+            f" | {truth_cell(r.get('truth'), 'head')} | {_f(r.get('wall_s'), '{:.0f}')} |"
         )
     return "\n".join(lines)
 
