@@ -231,5 +231,6 @@ def test_fit_scores_with_each_method_and_the_rules_select_from_its_file(tiny_mod
     t, r, n_t, n_r = selection_inputs(scores, ("white", "black"), rule, read_scores_meta(f"{trainer.log_dir}/scores.safetensors")["n_examples"])
     masks = MaskFactory(rule=rule).select(t, r, "head", 0.5, 0.5, 2, n_t, n_r) | MaskFactory(rule=rule).select(t, r, "neuron", 0.5, 0.5, "1%", n_t, n_r)
     assert masks and sum(int((m == 0).sum()) for m in masks.values()) >= 1
-    if objective == "atp":
+    if objective in ("atp", "causal"):  # residual-stream outputs are not units of either
         assert not [k for k in masks if k.endswith(("down_proj", "o_proj"))]
+        assert not [k for k in module.objective.unit_sizes(resolve_units(module.model), True, True) if k.endswith(("down_proj", "o_proj"))]

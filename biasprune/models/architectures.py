@@ -27,13 +27,23 @@ __all__ = [
     "UnitLayout",
     "UnsupportedArchitectureError",
     "check_neuron_modules",
+    "RESIDUAL_OUTPUTS",
     "decoder_layers",
     "register_architecture",
     "resolve_units",
+    "writes_residual",
 ]
 
 NEURON_MODULE_CHOICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_NEURON_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
+#: Projections whose output channels are residual-stream coordinates: zeroing one removes a dimension that every
+#: later layer reads, and a per-module budget forces one such channel per layer.
+RESIDUAL_OUTPUTS = ("down_proj", "o_proj")
+
+
+def writes_residual(key: str) -> bool:
+    """Whether a neuron unit group (``neuron/<path>`` or a module path) is a residual-stream output projection."""
+    return key.removeprefix("neuron/").rsplit(".", 1)[-1] in RESIDUAL_OUTPUTS
 
 
 class UnsupportedArchitectureError(ConfigError):

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from biasprune.models.architectures import UnitLayout
+from biasprune.models.architectures import RESIDUAL_OUTPUTS, UnitLayout, writes_residual
 from biasprune.scoring.capture import BatchScores, unit_sites
 from biasprune.scoring.contrastive import PAIR_FIELDS, PairCollator, contrastive_batch, pair_items
 
@@ -42,13 +42,7 @@ __all__ = ["ATP_GROUP", "RESIDUAL_OUTPUTS", "SignedAttributionObjective", "signa
 
 #: The one score group of this objective.
 ATP_GROUP = "atp"
-#: Projections whose output channels are residual-stream coordinates (never scored by ``atp``).
-RESIDUAL_OUTPUTS = ("down_proj", "o_proj")
 COUNT_KEY = "count"
-
-
-def _residual(key: str) -> bool:
-    return key.startswith("neuron/") and key.rsplit(".", 1)[-1] in RESIDUAL_OUTPUTS
 
 
 def signal_to_noise(total: torch.Tensor, squares: torch.Tensor, n: int) -> torch.Tensor:
@@ -77,7 +71,7 @@ class SignedAttributionObjective:
 
     def unit_sizes(self, layout: UnitLayout, neurons: bool, heads: bool) -> dict[str, int]:
         sizes = layout.sizes()
-        keys = [s.key for s in unit_sites(layout, neurons, heads) if not _residual(s.key)]
+        keys = [s.key for s in unit_sites(layout, neurons, heads) if not writes_residual(s.key)]
         if not keys:
             raise ValueError("the atp objective scores no unit: every neuron module is a residual-stream output"
                              f" ({list(RESIDUAL_OUTPUTS)}) and heads are off; add q/k/v/gate/up_proj or heads")
