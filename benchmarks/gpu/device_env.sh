@@ -16,8 +16,17 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
 device_env() {
+  # Once per machine and set of wheels, under a lock: scripts started side by side would otherwise race in pip's
+  # --target replacement (a run lost this way on 2026-12-06; the machine keeps .whl/ between calls).
   if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+    mkdir -p /tmp/site
+    local stamp; stamp=$(cd .whl && ls ./*.whl | sha256sum | cut -d' ' -f1)
+    (
+      command -v flock > /dev/null && flock 9
+      [ "$(cat /tmp/site/.wheels 2>/dev/null)" = "$stamp" ] && exit 0
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && echo "$stamp" > /tmp/site/.wheels
+    ) 9> /tmp/site.lock || return 1
   fi
   [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:.
   if ! python3 -c 'import biasprune.datamodules' 2>/dev/null; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The open GPU figures in as few calls of one lent GPU as the model transfer allows (benchmarks/gpu/device_env.sh):
-# each call runs the scripts that belong together side by side and returns two files, <part>.tar (every script's
-# $OUT) and <part>.txt (their printed summaries), so the 8-file limit on what comes back never drops a result.
+# each call runs the scripts that belong together side by side and returns <part>.tar.00, .01, ... (every script's
+# $OUT, in 15 MB pieces) and <part>.txt (their printed summaries), within the limits on what comes back.
 #
 #     bash benchmarks/gpu/run_open_figures.sh shape      # call 1 (carry .device with the first model part, and .whl):
 #                                                       #   random Llama-3-8B shape, no model weights needed: the causal
@@ -18,7 +18,7 @@
 #
 # DEADLINE (seconds, default 570) bounds each call's work so that the bundling still runs inside the call's limit;
 # a script cut by it leaves what it wrote (each script archives as it goes). On the dev machine, unpack with
-# `tar -xf <part>.tar -C DIR` and follow each script's own header.
+# `cat <part>.tar.* | tar -xf - -C DIR` and follow each script's own header.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
@@ -82,5 +82,7 @@ esac
   done
   for f in "$work"/*.log; do echo; echo "##### ${f#"$work"/} (last 40 lines)"; tail -n 40 "$f"; done
 } > "$out/$part.txt" 2>&1
-tar -cf "$out/$part.tar" -C "$work" . && ls -la "$out"
+# One call returns at most 8 files of 16 MiB each: the tar goes in 15 MB pieces (`cat <part>.tar.* | tar -xf -`).
+rm -f "$out/$part".tar.*
+tar -cf - -C "$work" . | split -b 15000000 -d - "$out/$part.tar." && ls -la "$out"
 echo "part $part done in ${SECONDS}s"
