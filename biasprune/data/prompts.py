@@ -5,11 +5,17 @@ reads the model's continuation. A planted control is trained on exactly these pr
 ``chat_completion(tokenizer, question, answer)``: the answer text and the end of the assistant's turn, as
 the chat template writes them. Prompt and completion are tokenized separately, without added special
 tokens, exactly as the audit tokenizes a prompt before generating.
+
+Two prompts that differ only in the name (a name-swapped pair) are aligned from the end:
+:func:`aligned_suffix_len` is the length of the part after the name, which the pair objectives and the causal
+localization compare position by position.
 """
 
 from __future__ import annotations
 
-__all__ = ["chat_completion", "chat_prompt"]
+from collections.abc import Sequence
+
+__all__ = ["aligned_suffix_len", "chat_completion", "chat_prompt"]
 
 
 def _messages(user_prompt: str, system_prompt: str) -> list[dict[str, str]]:
@@ -54,3 +60,16 @@ def chat_completion(tokenizer, user_prompt: str, answer: str, system_prompt: str
     if eos and eos in rest:
         return answer + rest[: rest.index(eos) + len(eos)]
     return answer + (rest.rstrip() or eos)
+
+
+def aligned_suffix_len(target: Sequence[int], reference: Sequence[int]) -> int:
+    """Length of the longest common suffix of two token sequences, capped so that it never reaches into
+    their common prefix (the aligned positions are then exactly those after the part that differs)."""
+    n = min(len(target), len(reference))
+    prefix = 0
+    while prefix < n and target[prefix] == reference[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < n - prefix and target[-1 - suffix] == reference[-1 - suffix]:
+        suffix += 1
+    return suffix

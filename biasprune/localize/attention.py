@@ -4,7 +4,7 @@ For a name-swapped pair (:class:`biasprune.localize.pairs.NamePair`) each prompt
 appended (t + a_t and r + a_r; the answer tokenized separately, as in scoring). In one such sequence:
 
 * the **name tokens** N are the prompt positions that differ from the twin prompt: after their common prefix and
-  before their aligned common suffix (:func:`biasprune.localize.pairs.aligned_suffix`), ``[prefix, len − suffix)``;
+  before their aligned common suffix (:func:`biasprune.data.prompts.aligned_suffix_len`), ``[prefix, len − suffix)``;
 * the **answer positions** Q are the positions that predict an answer token: the last prompt position and every
   answer position but the last, ``[len(prompt) − 1, len(prompt) + len(answer) − 1)``.
 
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from biasprune.core.hooks import HookSet
-from biasprune.localize.pairs import NamePair, aligned_suffix
+from biasprune.data.prompts import aligned_suffix_len
+from biasprune.localize.pairs import NamePair
 from biasprune.models.architectures import UnitLayout
 
 __all__ = ["eager_attention", "name_attention", "name_span", "sequences_and_positions"]
@@ -44,7 +45,7 @@ def name_span(prompt: Sequence[int], twin: Sequence[int]) -> tuple[int, int]:
     prefix = 0
     while prefix < n and prompt[prefix] == twin[prefix]:
         prefix += 1
-    end = len(prompt) - aligned_suffix(prompt, twin)
+    end = len(prompt) - aligned_suffix_len(prompt, twin)
     if end <= prefix:
         raise ValueError(f"the prompt and its twin differ in no token (prefix {prefix}, suffix from {end}): no name to attend to")
     return prefix, end

@@ -34,7 +34,6 @@ __all__ = [
     "SIGNS",
     "NamePair",
     "ablate",
-    "aligned_suffix",
     "answer_logprobs",
     "pair_gaps",
     "pair_sequences",
@@ -66,19 +65,6 @@ class NamePair:
 
     def answer(self, which: str) -> tuple[int, ...]:
         return self.target_answer if which == "target" else self.reference_answer
-
-
-def aligned_suffix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common suffix of two token sequences, capped so that it never reaches into their
-    common prefix: the positions after the part that differs (the name), aligned from the end."""
-    n = min(len(a), len(b))
-    prefix = 0
-    while prefix < n and a[prefix] == b[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < n - prefix and a[-1 - suffix] == b[-1 - suffix]:
-        suffix += 1
-    return suffix
 
 
 def pair_sequences(pairs: Sequence[NamePair]) -> tuple[list[tuple[int, ...]], list[int]]:

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from biasprune.localize.pairs import NamePair, aligned_suffix, answer_logprobs
+from biasprune.data.prompts import aligned_suffix_len
+from biasprune.localize.pairs import NamePair, answer_logprobs
 from biasprune.models.architectures import ARCHITECTURES, UnitLayout, decoder_layers
 
 __all__ = ["STAGES", "CausalTrace", "LayerShare", "causal_trace", "layer_share", "pointed_layers", "stage_modules"]
@@ -106,7 +107,7 @@ def causal_trace(
             tgt = [p.target + a for p in chunk for a in (p.target_answer, p.reference_answer)]
             ref = [p.reference + a for p in chunk for a in (p.target_answer, p.reference_answer)]
             n_ans = [len(a) for p in chunk for a in (p.target_answer, p.reference_answer)]
-            k = [aligned_suffix(t, r) for t, r in zip(tgt, ref)]
+            k = [aligned_suffix_len(t, r) for t, r in zip(tgt, ref)]
             stored: dict[tuple[str, int], torch.Tensor] = {}
 
             def store(hooks, _start, ids, attn, stored=stored):

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasprune.data.prompts import aligned_suffix_len
 from biasprune.data.scenarios import AuditDataError, variation_key
 from biasprune.models.architectures import UnitLayout
 from biasprune.scoring.capture import (
@@ -61,19 +62,6 @@ __all__ = ["CONTRAST_GROUP", "ContrastiveObjective", "PairCollator", "aligned_su
 #: The one score group of this objective: the pairs' attribution sums.
 CONTRAST_GROUP = "contrast"
 PAIR_FIELDS = ("target_ids", "target_attn", "reference_ids", "reference_attn", "response_mask_target", "suffix_len")
-
-
-def aligned_suffix_len(target: Sequence[int], reference: Sequence[int]) -> int:
-    """Length of the longest common suffix of two token sequences, capped so that it never reaches into
-    their common prefix (the aligned positions are then exactly those after the part that differs)."""
-    n = min(len(target), len(reference))
-    prefix = 0
-    while prefix < n and target[prefix] == reference[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < n - prefix and target[-1 - suffix] == reference[-1 - suffix]:
-        suffix += 1
-    return suffix
 
 
 def build_pair_batch(

@@ -28,7 +28,7 @@ forward passes, the reference one without gradients, and one backward per batch 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 
 from biasprune.models.architectures import RESIDUAL_OUTPUTS, UnitLayout, writes_residual
 from biasprune.scoring.capture import BatchScores, unit_sites
-from biasprune.scoring.contrastive import PAIR_FIELDS, PairCollator, contrastive_batch, pair_items
+from biasprune.scoring.contrastive import PAIR_FIELDS, ContrastiveObjective, contrastive_batch
 
 __all__ = ["ATP_GROUP", "RESIDUAL_OUTPUTS", "SignedAttributionObjective", "signal_to_noise"]
 
@@ -58,9 +58,10 @@ def signal_to_noise(total: torch.Tensor, squares: torch.Tensor, n: int) -> torch
     return torch.where(tiny, torch.zeros_like(mean), -mean / sd.where(~tiny, torch.ones_like(sd)))
 
 
-class SignedAttributionObjective:
+class SignedAttributionObjective(ContrastiveObjective):
     """``--model.objective atp``: signed attribution patching on name-swapped pairs, ranked by −mean/sd over
-    pairs, residual-stream outputs excluded (module docstring)."""
+    pairs, residual-stream outputs excluded (module docstring). Its items and collator are the ``contrastive``
+    objective's (the same pairs and aligned positions)."""
 
     name = "atp"
     description = ("signed attribution patching on name-swapped pairs: z(u) = -mean/sd over pairs of"
@@ -76,13 +77,6 @@ class SignedAttributionObjective:
             raise ValueError("the atp objective scores no unit: every neuron module is a residual-stream output"
                              f" ({list(RESIDUAL_OUTPUTS)}) and heads are off; add q/k/v/gate/up_proj or heads")
         return {**{k: sizes[k] for k in keys}, **{f"sq/{k}": sizes[k] for k in keys}, COUNT_KEY: 1}
-
-    def items(self, tokenizer, kept: Sequence[dict], examples: Sequence[dict], variations: Sequence[str],
-              data_groups: Sequence[str]) -> list[dict]:
-        return pair_items(tokenizer, kept, examples, variations, data_groups)
-
-    def collator(self, pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-        return PairCollator(pad_id)
 
     def score(self, model: nn.Module, layout: UnitLayout, batch: dict[str, torch.Tensor], idx: torch.Tensor,
               neurons: bool = True, heads: bool = True) -> BatchScores:
