@@ -34,6 +34,23 @@ device_env() {
   fi
 }
 
+# The start that the GPU scripts share, from their own arguments:
+#     script_start /tmp/NAME "$@" || exit 1; set -- ${rest[@]+"${rest[@]}"}
+# sets tiny (1 after a leading --tiny, which it takes off), rest (the other arguments), out ($OUT, default
+# benchmarks/out, made absolute) and work (created), runs device_env and starts SECONDS; log prints a timed line
+# into $out/summary.txt.
+script_start() {
+  work=$1; shift
+  tiny=0
+  if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
+  rest=("$@")
+  out="${OUT:-benchmarks/out}"
+  mkdir -p "$out" "$work" && out="$(cd "$out" && pwd)" || return 1
+  device_env || return 1
+  SECONDS=0
+}
+log() { echo "=== $* (${SECONDS}s)" | tee -a "$out/summary.txt"; }
+
 keep_model_parts() {  # whatever parts this call carries stay in /tmp for the next calls
   local d
   for d in .device .device2; do

@@ -27,16 +27,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
-tiny=0
-if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
-out="${OUT:-benchmarks/out}"
-mkdir -p "$out" && out="$(cd "$out" && pwd)"
-work=/tmp/directions
+script_start /tmp/directions "$@" || exit 1
 plants=(all purchase format)
 methods=(masks direction)
-device_env
-SECONDS=0
-log() { echo "=== $* (${SECONDS}s)" | tee -a "$out/summary.txt"; }
 
 if [ "$tiny" = 1 ]; then
   work=/tmp/directions-tiny

@@ -20,13 +20,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
-tiny=0
-if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
+script_start /tmp/results "$@" || exit 1
+set -- ${rest[@]+"${rest[@]}"}
 stage="${1:?stage: all, checks, rules or studies}"
-out="${OUT:-benchmarks/out}"
-work=/tmp/results
-mkdir -p "$out" "$work"
-device_env || exit 1
 
 if [ "$tiny" = 1 ]; then
   base="${TINY_MODEL:?set TINY_MODEL to a tiny model directory}"; acc=cpu; samples=2; bs=16

@@ -26,15 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
-tiny=0
-if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
-out="${OUT:-benchmarks/out}"
-mkdir -p "$out" && out="$(cd "$out" && pwd)"
-work=/tmp/localization
-mkdir -p "$work"
-device_env
-SECONDS=0
-log() { echo "=== $* (${SECONDS}s)" | tee -a "$out/summary.txt"; }
+script_start /tmp/localization "$@" || exit 1
 
 plant_dirs=()
 for d in ${PLANT_DIRS:-}; do plant_dirs+=(--plant-dir "$d"); done

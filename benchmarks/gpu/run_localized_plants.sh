@@ -21,21 +21,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
-tiny=0
-if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
+script_start /tmp/localized "$@" || exit 1
+set -- ${rest[@]+"${rest[@]}"}
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(train checks causal)
 for s in "${stages[@]}"; do
   case "$s" in train|checks|causal) ;; *) echo "unknown stage '$s'; valid stages: train checks causal" >&2; exit 2 ;; esac
 done
-out="${OUT:-benchmarks/out}"
-mkdir -p "$out" && out="$(cd "$out" && pwd)"
-work=/tmp/localized
 plants=(heads neurons)
-mkdir -p "$out" "$work"
-device_env
-SECONDS=0
-log() { echo "=== $* (${SECONDS}s)" | tee -a "$out/summary.txt"; }
 
 if [ "$tiny" = 1 ]; then
   work=/tmp/localized-tiny; mkdir -p "$work"
