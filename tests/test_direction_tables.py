@@ -47,7 +47,7 @@ def test_tables_and_paragraph_come_from_the_archives(tmp_path):
     assert "Rows: from purchase: transfers; from finance: transfers" in text
     assert "Layers chosen on dev names (arm − random scale-free mean |SMD|): purchase: `2` -0.60, `early` -0.70 (chosen)." in text
     # the caption names the measure that decides, as the spec describes it
-    assert text.count(f"cut in the {DECIDING.label} mean |SMD| ({DECIDING.description}; the measure that decides claims)") == 3
+    assert text.count(f"cut in the {DECIDING.label} mean |SMD|, the measure that decides claims ({DECIDING.description}):") == 3
     # direction carries `all` on the verdicts, masks do not (their cut's interval crosses zero)
     assert "on the verdicts" in text and "pruning from Purchase does not (finance cut +0.02 [-0.18, +0.22]; activity" in text
     assert "for neuron masks, \"pruning does not generalize\" reads as \"the bias is not in units\", not as" in text

@@ -219,9 +219,9 @@ def render(runs) -> str:
                        f" per prompt, {s.get('random_draws', '?')} random controls"
                        + (f", layers `{s.get('layers')}`" if method == "direction" else "")
                        + (f", positions `{s.get('positions')}`" if method == "direction" and s.get("positions") else "")
-                       + f"; cell: cut in the {DECIDING.label} mean |SMD| ({DECIDING.description}; the measure that decides"
-                       " claims), unpruned − arm [95% paired name-bootstrap interval], verdict against the unpruned model"
-                       " and the random controls, inlier and parse ratios over the unpruned model's)\n")
+                       + f"; cell: cut in the {DECIDING.label} mean |SMD|, the measure that decides claims"
+                       f" ({DECIDING.description}): unpruned − arm [95% paired name-bootstrap interval], verdict against"
+                       " the unpruned model and the random controls, inlier and parse ratios over the unpruned model's)\n")
             out.append(matrix_table(run["cells"]))
             out.append(f"\nRows: {row_verdict_line(run['cells'])}.\n")
             if run.get("layers"):
