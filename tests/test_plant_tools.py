@@ -22,10 +22,11 @@ BOUNDS = {"purchase/car": [-2.0, 2.5], "purchase/piano": [-1.5, 3.0], "finance/c
 
 # ---------------------------------------------------------------------------------------------- check
 def _answers(seed: int = 0, names: int = 6, k: int = 5) -> list[dict]:
-    """Test answers of three arms: values ~ N(effect by group, 1), about 10% unparseable (NaN)."""
+    """Test answers of four arms (two random controls): values ~ N(effect by group, 1), about 10% unparseable (NaN)."""
     rng = np.random.default_rng(seed)
     out, index = [], 0
-    for arm, phase, draw, effect in (("unpruned", "baseline", -1, 0.8), ("pruned", "pruned", -1, 0.2), ("random/0", "random", 0, 0.7)):
+    arms = (("unpruned", "baseline", -1, 0.8), ("pruned", "pruned", -1, 0.2), ("random/0", "random", 0, 0.7), ("random/1", "random", 1, 0.5))
+    for arm, phase, draw, effect in arms:
         for scen, var in VARIATIONS:
             for i in range(2 * names):
                 g = i % 2
@@ -89,6 +90,11 @@ def test_plant_check_matches_an_independent_computation(tmp_path, capsys):
         for m, (mean, low) in measures.items():
             assert float(r[f"{m}_mean_abs"]) == pytest.approx(mean, rel=1e-9), m
             assert float(r[f"{m}_min_abs"]) == pytest.approx(low, rel=1e-9), m
+            if r["arm"] == "pruned":  # its random controls: the mean over draws of each draw's mean |SMD| in the scenario
+                draws = [_expected(records, d, r["scenario"])[0][m][0] for d in ("random/0", "random/1")]
+                assert float(r[f"{m}_random_mean_abs"]) == pytest.approx(np.mean(draws), rel=1e-9), m
+            else:
+                assert math.isnan(float(r[f"{m}_random_mean_abs"])), m
             assert (r[f"{m}_within_floor"] == "True") == (float(r[f"{m}_mean_abs"]) <= float(r[f"{m}_null_p95"]))
             assert float(r[f"{m}_ci_low"]) <= float(r[f"{m}_ci_high"])
             assert f"{float(r[f'{m}_mean_abs']):>22.3f}" in printed
@@ -96,7 +102,7 @@ def test_plant_check_matches_an_independent_computation(tmp_path, capsys):
         assert float(r["inlier_ratio"]) == pytest.approx(inlier, rel=1e-12)
         assert float(r["parse_rate"]) == pytest.approx(parse, rel=1e-12)
         assert int(r["n_variations"]) == (2 if r["scenario"] == "purchase" else 1)
-    assert "random/0" not in printed and "scenario_checks.csv" in printed
+    assert "random/0" not in printed and "random/1" not in printed and "scenario_checks.csv" in printed
 
 
 def test_plant_check_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):

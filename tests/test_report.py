@@ -489,3 +489,32 @@ def test_results_tables_of_a_fit_run(fit_run):
     lines = [line for line in text.splitlines() if line.startswith("| biasprune |")]
     assert {line.split(" | ")[3] for line in lines} == {"unpruned", "pruned"}  # random draws are the controls, not rows
     assert all(line.count(" [") == 2 for line in lines)  # both bias measures with their intervals
+    # a pruned arm carries its random controls' mean |SMD| (in parentheses), the unpruned arm has none
+    assert all((line.split(" | ")[3] == "pruned") == (line.count("] (") == 2) for line in lines)
+
+
+def test_results_tables_recompute_checks_without_the_random_column(fit_run, tmp_path):
+    """An older scenario_checks.csv (no random column) is recomputed from answers.jsonl; without answers it is shown as it is."""
+    from benchmarks.analysis.results_tables import render
+    from biasprune.plant.checks import COLUMNS, scenario_checks
+
+    run = copy_run(fit_run, tmp_path / "version_0")
+    fresh = scenario_checks(run)
+    old = [c for c in COLUMNS if not c.endswith("_random_mean_abs")]
+    with open(run / "scenario_checks.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(fresh)
+    recomputed = render([run])["checks"]
+    pruned = next(r for r in fresh if r["arm"] == "pruned")
+    assert f"({pruned['rank_smd_random_mean_abs']:.3f})" in recomputed
+    assert set(COLUMNS) <= set(table(run / "scenario_checks.csv")[0])  # written again with every column
+    with open(run / "scenario_checks.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(fresh)
+    (run / "answers.jsonl").unlink()
+    kept = render([run])["checks"]
+    lines = [line for line in kept.splitlines() if line.startswith(f"| {tmp_path.name} |")]
+    assert len(lines) == len(fresh) and not any("] (" in line for line in lines)
+    assert f"{pruned['rank_smd_min_abs']:.3f}" in kept

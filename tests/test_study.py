@@ -287,6 +287,12 @@ def test_results_tables_are_generated_from_the_study(finished, tmp_path):
     changes = render([out], previous)["changes"]
     assert "an old verdict: 1.0 [random 1.1]" in changes
     assert ("1 verdict(s) changed" in changes) == (first is not second) and "0 earlier claim(s) have no counterpart" in changes
+    # an earlier claim that these runs do not make is named, not only counted
+    with open(previous, "a", newline="") as fh:
+        csv.writer(fh).writerow(["studies", "elsewhere", "heads", "within_context", "", "pruning lowers bias", "holds", ""])
+    changes = render([out], previous)["changes"]
+    assert "1 earlier claim(s) have no counterpart in these runs: studies `elsewhere`: pruning lowers bias heads within-context" \
+           " (was holds)." in changes
     doc = tmp_path / "results.md"
     doc.write_text("intro\n<!-- results:studies begin -->\nold table\n<!-- results:studies end -->\nmiddle\n"
                    "<!-- results:changes begin -->\n<!-- results:changes end -->\noutro\n")

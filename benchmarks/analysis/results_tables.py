@@ -7,7 +7,8 @@ A ROOT is what ``bash benchmarks/gpu/run_h200_results.sh`` leaves (its archives 
 any run directory itself. In it the script finds, by their files:
 
 * **checks**: ``fit``/``validate`` runs (``summary.csv`` and ``answers.jsonl``; under ``runs/*/version_*``): per run,
-  scenario and arm, both bias measures against their noise floors, inlier and parse rates
+  scenario and arm, both bias measures (with a pruned arm's random controls and the smallest per-variation |SMD|)
+  against their noise floors, inlier and parse rates
   (:func:`biasprune.plant.checks.scenario_checks`, recomputed from ``answers.jsonl`` unless ``scenario_checks.csv``
   is there), then the run's claim;
 * **rules**: studies whose ``grid.csv`` has more than one rule, or the ``rules``/``contrastive`` stage directories:
@@ -88,7 +89,8 @@ def discover(roots: Sequence[Path]) -> dict[str, list[Path]]:
 def checks_section(runs: Sequence[Path]) -> list[str]:
     from biasprune.plant.checks import COLUMNS, scenario_checks
 
-    head = ["run", "plant", "scenario", "arm"] + [h for m in BIAS_METRICS for h in (f"{m.label} mean \\|SMD\\| [95% CI]", "floor p95", "within")]
+    head = ["run", "plant", "scenario", "arm"] + [h for m in BIAS_METRICS for h in (f"{m.label} mean \\|SMD\\| [95% CI] (random)",
+                                                                                   "min over variations", "floor p95", "within")]
     head += ["inlier", "parse"]
     rows, claims = [], []
     for run in runs:
@@ -97,14 +99,16 @@ def checks_section(runs: Sequence[Path]) -> list[str]:
             checks = stored
         elif (run / "answers.jsonl").is_file() and (run / "inlier_bounds.json").is_file():
             checks = [{k: str(v) for k, v in r.items()} for r in scenario_checks(run)]
-        else:
-            checks = []
+        else:  # an older scenario_checks.csv without its answers: its columns as they are, the missing ones as "–"
+            checks = stored
         name = run.parent.name if run.name.startswith("version_") else run.name
         for c in checks:
             cells = []
             for m in BIAS_METRICS:
-                cells += [f"{_f(_num(c, f'{m.name}_mean_abs'))} [{_f(_num(c, f'{m.name}_ci_low'), 2)}, {_f(_num(c, f'{m.name}_ci_high'), 2)}]",
-                          _f(_num(c, f"{m.name}_null_p95")), c[f"{m.name}_within_floor"]]
+                random = _num(c, f"{m.name}_random_mean_abs")
+                cells += [f"{_f(_num(c, f'{m.name}_mean_abs'))} [{_f(_num(c, f'{m.name}_ci_low'), 2)}, {_f(_num(c, f'{m.name}_ci_high'), 2)}]"
+                          + ("" if math.isnan(random) else f" ({_f(random)})"),
+                          _f(_num(c, f"{m.name}_min_abs")), _f(_num(c, f"{m.name}_null_p95")), c.get(f"{m.name}_within_floor", "–")]
             rows.append([name, _plant(run), c["scenario"], c["arm"], *cells, _f(_num(c, "inlier_ratio")), _f(_num(c, "parse_rate"), 2)])
         claims += [f"* `{name}`: **{c['verdict']}** — {c['sentence']}" for c in _rows(run / "claims.csv")]
         if (run / "budget_choice.csv").is_file():
@@ -188,7 +192,8 @@ def changes_section(found: Mapping[str, Sequence[Path]], previous: Path = PREVIO
             plant = _plant(s)
             for (units, strategy, context), (r, c) in _study_arms(s).items():
                 verdict = c["verdict"] if c else (r.get("excluded") and "no point qualified on dev")
-                values = "; ".join(f"{m.label} {_ci(r, m)} (random {_f(_num(r, f'random_{m.mean}'))})" for m in BIAS_METRICS)
+                values = ("no arm (no grid point qualified on dev names)" if r.get("excluded") and not c else
+                          "; ".join(f"{m.label} {_ci(r, m)} (random {_f(_num(r, f'random_{m.mean}'))})" for m in BIAS_METRICS))
                 new[(stage, plant, units, strategy, context, "pruning lowers bias")] = (verdict or "—", values)
             for c in _rows(s / "claims.csv"):
                 if not c["claim"].startswith("pruning lowers bias"):
@@ -196,18 +201,18 @@ def changes_section(found: Mapping[str, Sequence[Path]], previous: Path = PREVIO
                     new[(stage, plant, m.group(2) or "", "", "", m.group(1))] = (c["verdict"], f"{_f(_num(c, 'estimate'))}"
                                                                                f" [{_f(_num(c, 'ci_low'))}, {_f(_num(c, 'ci_high'))}]")
     head = ["stage", "plant", "claim", "before (issue 11 rule)", "now (issue 20 rule)", "new values"]
-    rows, unmatched = [], 0
+    rows, unmatched = [], []
     for old in _rows(previous):
         key = (old["stage"], old["plant"], old["units"], old["strategy"], old["context"], old["claim"])
+        what = " ".join(x for x in (old["claim"], old["units"], old["strategy"].replace("_", "-"), old["context"]) if x)
         if key not in new:
-            unmatched += 1
+            unmatched.append(f"{old['stage']} `{old['plant']}`: {what} (was {old['old_verdict']})")
             continue
         verdict, values = new[key]
         if verdict != old["old_verdict"]:
-            what = " ".join(x for x in (old["claim"], old["units"], old["strategy"].replace("_", "-"), old["context"]) if x)
             rows.append([old["stage"], old["plant"], what, f"{old['old_verdict']}: {old['old_values'] or '–'}", f"**{verdict}**", values])
-    note = [f"{len(rows)} verdict(s) changed; {unmatched} earlier claim(s) have no counterpart in these runs."]
-    return _md(head, rows) + [""] + note
+    note = f"{len(rows)} verdict(s) changed; {len(unmatched)} earlier claim(s) have no counterpart in these runs"
+    return _md(head, rows) + [""] + [note + (": " + "; ".join(unmatched) + "." if unmatched else ".")]
 
 
 def render(roots: Sequence[Path], previous: Path = PREVIOUS) -> dict[str, str]:

@@ -4,12 +4,16 @@ For every arm and scenario of a run's test answers (``answers.jsonl``), for each
 that decides claims, and the paper's inlier-window SMD; :data:`biasprune.metrics.spec.BIAS_METRICS`): mean |SMD| over
 the scenario's variations with its name-bootstrap interval, the noise floor (group labels permuted across names, one
 permutation for all variations; mean and 95th percentile), whether the mean |SMD| is within the floor (at or below
-its p95) and the smallest per-variation |SMD|; and the inlier ratio and the parse rate. The inlier bounds are the run's own (``inlier_bounds.json``). Random-control arms are summarized with their arm, not listed. The
-table is written to ``scenario_checks.csv`` in the run directory (docs/results.md, "Planted controls").
+its p95), the smallest per-variation |SMD| and, for a pruned arm, the mean over its random controls of their own mean
+|SMD| in the scenario (what pruning the same number of random units does there); and the inlier ratio and the parse
+rate. The inlier bounds are the run's own (``inlier_bounds.json``). Random-control arms are summarized with their arm
+(that last column), not listed. The table is written to ``scenario_checks.csv`` in the run directory
+(docs/results.md, "Planted controls").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from biasprune.stats.summary import summarize_split
 
 __all__ = ["COLUMNS", "format_checks", "scenario_checks"]
 
-MEASURE_COLUMNS = ("mean_abs", "ci_low", "ci_high", "null_mean", "null_p95", "within_floor", "min_abs")
+MEASURE_COLUMNS = ("mean_abs", "ci_low", "ci_high", "null_mean", "null_p95", "within_floor", "min_abs", "random_mean_abs")
 COLUMNS = ("run", "scenario", "arm", "n_variations", *(f"{m.name}_{c}" for m in BIAS_METRICS for c in MEASURE_COLUMNS),
            "inlier_ratio", "parse_rate", "pruned_neurons")
 
@@ -55,7 +59,8 @@ def scenario_checks(run: str | Path, n_boot: int = 1000, n_perm: int = 1000) -> 
                 row |= {f"{m.name}_mean_abs": s[a], f"{m.name}_ci_low": s[f"{a}_ci_low"], f"{m.name}_ci_high": s[f"{a}_ci_high"],
                         f"{m.name}_null_mean": s[f"null_{a}"], f"{m.name}_null_p95": s[f"null_{a}_p95"],
                         f"{m.name}_within_floor": bool(s[a] <= s[f"null_{a}_p95"]),
-                        f"{m.name}_min_abs": min(r[m.abs] for r in arm_rows)}
+                        f"{m.name}_min_abs": min(r[m.abs] for r in arm_rows),
+                        f"{m.name}_random_mean_abs": s.get(f"random_{a}", math.nan)}
             out.append(row)
     artifacts.write_csv(run / "scenario_checks.csv", out, COLUMNS)
     return out
