@@ -50,6 +50,7 @@ def test_tables_and_paragraph_come_from_the_archives(tmp_path):
     assert text.count(f"cut in the {DECIDING.label} mean |SMD|, the measure that decides claims ({DECIDING.description}):") == 3
     # direction carries `all` on the verdicts, masks do not (their cut's interval crosses zero)
     assert "on the verdicts" in text and "pruning from Purchase does not (finance cut +0.02 [-0.18, +0.22]; activity" in text
+    assert "the direction meets the expectation and pruning does not." in text and "exploratory" not in text
     assert "for neuron masks, \"pruning does not generalize\" reads as \"the bias is not in units\", not as" in text
     doc = tmp_path / "results.md"
     doc.write_text(f"# R\n\nbefore\n{BEGIN}\nold\n{END}\nafter\n")
@@ -74,6 +75,9 @@ def test_a_direction_that_carries_on_the_estimates_is_read_as_such(tmp_path):
     archive(tmp_path, "purchase", "masks", "cannot tell", 0.0, random=0.6, diag="cannot tell")
     text = render(load_runs(tmp_path))
     assert "(on the estimates, not on the verdicts:" in text and "with 2 random controls per cell" in text
+    # the rule fixed before the runs is stated first, and the reading on the estimates is labelled exploratory
+    assert text.index("By the rule fixed before the runs") < text.index("(on the estimates, not on the verdicts:")
+    assert "neither method meets the expectation" in text and "is exploratory." in text
     assert "pruning from Purchase does not (finance cut +0.50 with random masks cutting +0.40;" in text
     assert "reads as \"the bias is not in units\"" in text
     # the masks' diagonal against their random masks, on both plants
