@@ -11,9 +11,11 @@
 #                                                       #   plants (run_localized_plants.sh train) beside the transfer
 #                                                       #   matrices (run_directions.sh), then the plant checks of
 #                                                       #   run_h200_results.sh
-#     bash benchmarks/gpu/run_open_figures.sh compare    # call 3 (machine still warm): localized checks and causal trace,
-#                                                       #   the selection-method comparison on the plants just trained
-#                                                       #   (run_localization.sh), the rules of run_h200_results.sh
+#     bash benchmarks/gpu/run_open_figures.sh compare    # call 3: localized checks and causal trace, the selection-
+#                                                       #   method comparison (run_localization.sh; PLANTS=... widens it)
+#                                                       #   on the localized plants this machine trained (TRAIN=1 trains
+#                                                       #   them first) or else the shipped ones, the rules of
+#                                                       #   run_h200_results.sh
 #     bash benchmarks/gpu/run_open_figures.sh studies    # call 4: the studies of run_h200_results.sh
 #
 # DEADLINE (seconds, default 570) bounds each call's work so that the bundling still runs inside the call's limit;
@@ -63,10 +65,13 @@ case "$part" in
     ;;
   compare)
     job results_rules bash benchmarks/gpu/run_h200_results.sh rules &
-    [ -f /tmp/localized/plants/neurons/adapter_model.safetensors ] || job localized_train bash benchmarks/gpu/run_localized_plants.sh train
+    # The localized plants: the ones this machine trained (TRAIN=1 trains them first), else the shipped ones.
+    [ "${TRAIN:-0}" = 1 ] && job localized_train bash benchmarks/gpu/run_localized_plants.sh train
+    dirs=""
+    [ -f /tmp/localized/plants/neurons/adapter_model.safetensors ] \
+      && dirs="heads=/tmp/localized/plants/heads neurons=/tmp/localized/plants/neurons"
     job localized_checks bash benchmarks/gpu/run_localized_plants.sh checks causal &
-    job localization env PLANT_DIRS="heads=/tmp/localized/plants/heads neurons=/tmp/localized/plants/neurons" CAUSAL_8B=0 \
-      bash benchmarks/gpu/run_localization.sh &
+    job localization env PLANT_DIRS="$dirs" CAUSAL_8B=0 bash benchmarks/gpu/run_localization.sh &
     wait
     ;;
   studies)
