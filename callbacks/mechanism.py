@@ -6,6 +6,9 @@ head (:mod:`biasprune.localize.attention`: the mean attention of the answer posi
 writes one row per head: its mean over the 2·n_pairs sequences, their standard deviation, whether the pruned arm
 zeroes it and its rank among all heads (1 = most attention to the name). The report (``What was pruned``) draws it;
 TensorBoard gets the pruned heads' and all heads' means as scalars and the distribution as a histogram.
+
+:func:`record_name_attention` is the pruning callback's step: it runs :func:`write_name_attention` on the run's
+scoring examples when the masks prune a head, and says in the log why it was skipped otherwise.
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
+from biasprune.callbacks.monitor import tensorboard
 from biasprune.core import artifacts
+from biasprune.data.names import AuditDataError
 from biasprune.localize.attention import name_attention
 from biasprune.localize.objective import pair_items
 from biasprune.localize.pairs import NamePair
 from biasprune.models.architectures import UnitLayout
 
-__all__ = ["COLUMNS", "FILE", "head_rows", "spread", "write_name_attention"]
+__all__ = ["COLUMNS", "FILE", "head_rows", "record_name_attention", "spread", "write_name_attention"]
 
 FILE = "name_attention.csv"
 COLUMNS = ("key", "layer", "head", "name_attention", "sd", "n_sequences", "pruned", "rank", "n_heads_total")
@@ -73,3 +80,27 @@ def write_name_attention(run_dir: str | Path, model, layout: UnitLayout, tokeniz
         experiment.add_histogram("mechanism/name_attention", values, 0)
         experiment.flush()
     return rows
+
+
+def record_name_attention(trainer: L.Trainer, pl_module, masks: Mapping[str, torch.Tensor], n_pairs: int) -> None:
+    """``name_attention.csv`` for masks that prune heads, on ``n_pairs`` pairs of the run's scoring examples (0: none).
+    Every rank runs the same passes; rank 0 writes and logs. ``pl_module``: its ``run_dir``, ``model``, ``layout`` and
+    ``tokenizer``."""
+    dm = trainer.datamodule
+    if not n_pairs or not any(k.startswith("head/") and bool((m == 0).any()) for k, m in masks.items()):
+        return
+    examples = getattr(dm, "scoring_examples", None)
+    if not examples or getattr(pl_module, "tokenizer", None) is None:
+        rank_zero_info("name attention skipped: this run has no scoring examples to take name-swapped pairs from")
+        return
+    experiment = tensorboard(trainer)
+    try:
+        rows = write_name_attention(pl_module.run_dir, pl_module.model, pl_module.layout, pl_module.tokenizer, examples,
+                                    dm.scoring_variations, dm.groups, masks, n_pairs,
+                                    experiment if trainer.global_rank == 0 else None, write=trainer.global_rank == 0)
+    except AuditDataError as err:  # e.g. a prompt file without pair ids
+        rank_zero_info(f"name attention skipped: {err}")
+        return
+    pruned = [r["name_attention"] for r in rows if r["pruned"]]
+    rank_zero_info(f"name attention: pruned heads {sum(pruned) / len(pruned):.3f}, all heads"
+                   f" {sum(r['name_attention'] for r in rows) / len(rows):.3f} (name_attention.csv)")

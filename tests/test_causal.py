@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
-from biasprune.localize.causal import CausalSearch, causal_search, first_order_effects
+from biasprune.localize.causal import CausalSearch, causal_search, first_order_effects, greedy_picks
 from biasprune.localize.pairs import NamePair, ablate, answer_logprobs, pair_gaps, pair_sequences
 from biasprune.models.architectures import resolve_units
 from biasprune.pruning.masks import apply_masks
@@ -259,3 +259,34 @@ def test_search_errors_and_no_gap(setup):
     same = [NamePair(p.target, p.reference, p.target_answer, p.target_answer) for p in pairs]
     res = causal_search(model, layout, same)
     assert isinstance(res, CausalSearch) and res.baseline == 0 and res.stopped == "no gap" and res.steps == []
+
+
+def test_greedy_picks_on_a_hand_made_metric():
+    """The greedy step on a table of M(S) (hand-computed): a and b carry the same path (picking both does no more
+    than one), c is independent; re-measurement after each pick must skip b, and each stop reason must show."""
+    a, b, c, d = ("head/x", 0), ("head/x", 1), ("head/y", 0), ("head/y", 1)
+    table = {frozenset(): 1.0, frozenset({a}): 0.4, frozenset({b}): 0.45, frozenset({c}): 0.6, frozenset({d}): 1.0,
+             frozenset({a, b}): 0.4, frozenset({a, c}): 0.0, frozenset({a, d}): 0.4}
+    calls = []
+
+    def metric(chosen):
+        calls.append(frozenset(chosen))
+        return table[frozenset(chosen)]
+
+    single = {u: table[frozenset({u})] for u in (a, b, c, d)}
+    pool = [a, b, c, d]
+    steps, stopped = greedy_picks(metric, single, pool, 1.0, budget=3, target_fraction=0.9)
+    assert [s.unit for s in steps] == [a, c] and [s.metric for s in steps] == [0.4, 0.0] and stopped == "effect reached"
+    assert frozenset({a}) not in calls  # the first step reads the single ablations, it does not re-measure them
+    steps, stopped = greedy_picks(metric, single, pool, 1.0, budget=1, target_fraction=0.9)
+    assert [s.unit for s in steps] == [a] and stopped == "budget"
+    steps, stopped = greedy_picks(metric, single, [a, b, d], 1.0, budget=3, target_fraction=0.9)
+    assert [s.unit for s in steps] == [a] and stopped == "no gain"  # after a, neither b nor d lowers |M|
+    steps, stopped = greedy_picks(metric, single, [d], 1.0, budget=3, target_fraction=0.9)
+    assert steps == [] and stopped == "no gain"
+    steps, stopped = greedy_picks(metric, single, [a], 1.0, budget=3, target_fraction=0.9)
+    assert [s.unit for s in steps] == [a] and stopped == "no gain"  # the pool is used up
+    # equal |M|: the earlier unit of the pool wins, also across signs of M
+    tie = {frozenset(): 1.0, frozenset({a}): -0.5, frozenset({b}): 0.5}
+    steps, _ = greedy_picks(lambda s: tie[frozenset(s)], {a: -0.5, b: 0.5}, [b, a], 1.0, budget=1, target_fraction=0.9)
+    assert [s.unit for s in steps] == [b]

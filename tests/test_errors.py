@@ -58,9 +58,9 @@ def test_callback_arguments(kwargs, match):
 def test_callback_masks_file(tmp_path, monkeypatch):
     with pytest.raises(MaskError, match="does not exist"):
         PruningCallback(masks_file=str(tmp_path / "missing.safetensors"))
-    import biasprune.callbacks.pruning as pruning
+    import biasprune.pruning.masks as masks_module
 
-    monkeypatch.setattr(pruning, "load_masks", lambda path: ({}, {}))  # a readable file without tensors
+    monkeypatch.setattr(masks_module, "load_masks", lambda path: ({}, {}))  # a readable file without tensors
     with pytest.raises(MaskError, match="masks file 'x.safetensors' holds no masks"):
         PruningCallback(masks_file="x.safetensors")
 

@@ -187,6 +187,26 @@ def test_a_budget_rounded_up_to_one_unit_is_said(caplog):
         PruningCallback(units="heads", head_budget=0.05).check_budgets(sizes)
 
 
+def test_budget_notes_of_auto_grids_and_defaults_and_their_order():
+    """MaskSettings.budget_notes: each budget of an ``auto`` grid is noted, never refused alone; a ranking rule's
+    default budget is named as such; a note comes out before a later kind's refusal (the log shows it)."""
+    from biasprune.pruning.factory import MaskFactory, MaskSettings
+
+    sizes = {"neuron/l.0.up_proj": 1536, "neuron/l.0.o_proj": 576, "head/l.0.self_attn": 9}
+    factory = MaskFactory("relative_difference")
+    auto = MaskSettings(factory, budget="auto", auto_budgets=("0.01%", "1%"), units="neurons")
+    assert [what for what, _ in auto.budget_notes(sizes)] == ["pruning.auto_budgets='0.01%'"]  # under one unit everywhere
+    small = {"neuron/a": 100, "neuron/b": 300}
+    default = MaskSettings(MaskFactory("relative_difference", floor_quantile=0.5), units="neurons")  # 0.5%: 0.5 and 1.5 units
+    (what, note), = default.budget_notes(small)
+    assert what == "the default budget '0.5%' (pruning.budget not given)" and "1 of 2 neuron pools (e.g. a, 100 units)" in note
+    assert list(MaskSettings(MaskFactory("set_difference"), units="neurons").budget_notes(small)) == []  # q decides
+    both = MaskSettings(factory, budget=0.001, head_budget=0.05, units="both").budget_notes(sizes)
+    assert next(both)[0] == "pruning.budget=0.001"
+    with pytest.raises(ConfigError, match="pruning.head_budget=0.05 is less than one unit in every pool"):
+        next(both)
+
+
 def test_unwritable_directories_are_refused_before_the_model_loads(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -1,4 +1,5 @@
-"""The package's floor plan: imports run downward only, no import cycle, no private name crosses a module.
+"""The package's floor plan: imports run downward only, no import cycle, no private name crosses a module, and no
+class is over ``MAX_CLASS_LINES`` lines (a class that grows past it holds more than one concept: move one out).
 
 The layers, lowest first (docs/method.md, "Where each step lives"). A module may import its own subpackage and
 any lower layer, never a layer of its own rank or above; the order is also what each subpackage's docstring says.
@@ -26,6 +27,7 @@ LAYERS = [
     ("cli",),
 ]
 RANK = {pkg: r for r, names in enumerate(LAYERS) for pkg in names}
+MAX_CLASS_LINES = 250
 # Top-level modules that are not subpackages: the package itself, a contract's address, the entry point.
 TOP_MODULES = {"biasprune": -1, "biasprune.parsing": RANK["answers"] + 0.5, "biasprune.__main__": RANK["cli"] + 1}
 
@@ -145,6 +147,35 @@ def test_no_import_cycle() -> None:
 def test_each_subpackage_says_what_it_owns_and_may_import(pkg: str) -> None:
     doc = ast.get_docstring(ast.parse((ROOT / "biasprune" / pkg / "__init__.py").read_text(encoding="utf-8"))) or ""
     assert "May import" in doc, f"biasprune/{pkg}/__init__.py: its docstring should say what it may import"
+
+
+def class_lengths(source: str) -> dict[str, int]:
+    """Lines of every class of ``source`` (nested ones by dotted name), from its ``class`` line (decorators not
+    counted) to its last line: ``end_lineno - lineno + 1``."""
+    out: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = prefix
+            if isinstance(child, ast.ClassDef):
+                name = prefix + child.name
+                out[name] = child.end_lineno - child.lineno + 1
+                name += "."
+            visit(child, name)
+
+    visit(ast.parse(source), "")
+    return out
+
+
+def test_class_lengths_are_measured() -> None:
+    source = "@dataclass\nclass A:\n    x = 1\n\n    class B:\n        y = 2\n\n\ndef f():\n    class C:\n        pass\n"
+    assert class_lengths(source) == {"A": 5, "A.B": 2, "C": 2}
+
+
+@pytest.mark.parametrize("module", sorted(FILES))
+def test_no_class_is_over_the_limit(module: str) -> None:
+    long = {name: n for name, n in class_lengths(FILES[module].read_text(encoding="utf-8")).items() if n > MAX_CLASS_LINES}
+    assert not long, f"{FILES[module]}: class(es) over {MAX_CLASS_LINES} lines: {long}; move a concept out"
 
 
 def test_every_subpackage_is_packaged() -> None:

@@ -157,3 +157,64 @@ def test_integer_and_bool_masks_load_as_uint8(tmp_path, model_and_layout):
         validate_masks({key: torch.ones(n)}, layout)  # 0/1 floats too: nothing is cast silently
     with pytest.raises(MaskError, match=rf"run.safetensors: '{key}' is a list, not a tensor"):
         validate_masks({key: [1] * n}, layout, source="run.safetensors")
+
+
+def test_an_arm_puts_its_masks_and_edit_on_the_model_and_takes_them_off_after_an_error(model_and_layout):
+    """Arm.applied against the hard-pruned weights with the edit's own hooks (an independent application), and no
+    hook left after an error inside the block."""
+    import copy
+
+    from biasprune.pruning.arms import UNPRUNED, Arm
+    from biasprune.pruning.direction import DirectionEdit
+
+    model, layout = model_and_layout
+    ids, attn, _ = random_batch(3, model.config.vocab_size, seed=2)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(1, model.config.hidden_size, generator=g)
+    edit = DirectionEdit((1,), u / u.norm(), torch.tensor([0.7]))
+    masks = random_masks(layout, seed=3)
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+
+    plain = logits(model)
+    hard = copy.deepcopy(model)
+    harden_masks(hard, resolve_units(hard, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]), masks)
+    with edit.apply(hard):
+        expected = logits(hard)
+    with Arm("pruned", "pruned", masks, edit=edit).applied(model, layout):
+        torch.testing.assert_close(logits(model), expected)
+    with UNPRUNED.applied(model, layout):
+        torch.testing.assert_close(logits(model), plain, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with Arm("pruned", "pruned", masks, edit=edit).applied(model, layout):
+            raise RuntimeError("an error inside the block")
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._forward_hooks_with_kwargs for m in model.modules())
+    torch.testing.assert_close(logits(model), plain, rtol=0, atol=0)
+
+
+def test_a_masks_file_given_for_evaluation_is_read_once_and_copied_byte_for_byte(model_and_layout, tmp_path):
+    import hashlib
+
+    from biasprune.pruning.masks import MasksSource
+
+    model, layout = model_and_layout
+    run = tmp_path / "quickstart" / "version_3"
+    save_masks(run / "masks.safetensors", random_masks(layout, seed=6), {"units": "neurons"})
+    raw = (run / "masks.safetensors").read_bytes()
+    source = MasksSource.read(str(run / "masks.safetensors"))
+    assert source.record() == {"path": str((run / "masks.safetensors").resolve()), "sha256": hashlib.sha256(raw).hexdigest(),
+                               "copy": "masks.safetensors", "arm": "pruned[quickstart/version_3]"}
+    assert source.metadata == {"units": "neurons"}
+    other = tmp_path / "other"
+    used = source.use(layout, other, write=False)
+    assert not (other / "masks.safetensors").exists() and used is source.masks  # a rank other than 0 writes nothing
+    source.use(layout, other)
+    assert (other / "masks.safetensors").read_bytes() == raw
+    source.use(layout, run)  # the run directory's own file: left as it is
+    assert (run / "masks.safetensors").read_bytes() == raw
+    with pytest.raises(MaskError, match="names no unit group"):
+        MasksSource("x", "x", {"neuron/nowhere": torch.ones(3, dtype=torch.uint8)}, {}, b"", "pruned[x]").use(layout, other)
+    assert MasksSource.read(str(other / "masks.safetensors")).arm == f"pruned[{tmp_path.name}/other]"

@@ -31,8 +31,9 @@ docs/method.md, "Causal localization".
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +44,8 @@ from biasprune.core.hooks import HookSet
 from biasprune.localize.pairs import SIGNS, NamePair, ablate, answer_logprobs, pair_gaps, pair_sequences
 from biasprune.models.architectures import UnitLayout
 
-__all__ = ["CausalSearch", "SearchStep", "causal_search", "first_order_effects", "unit_groups"]
+__all__ = ["CausalSearch", "SearchStep", "causal_search", "first_order_effects", "greedy_picks", "shortlist_candidates",
+           "unit_groups"]
 
 Units = Literal["heads", "neurons"]
 STOPS = ("effect reached", "budget", "no gain", "no gap")
@@ -155,6 +157,18 @@ def unit_groups(layout: UnitLayout, units: Units) -> dict[str, int]:
     raise ValueError(f"units={units!r} is not valid; valid choices: ['heads', 'neurons']")
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; every module's own mode is put back after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _modules(layout: UnitLayout, keys: Sequence[str]) -> list[tuple[str, nn.Module, int]]:
     """(key, module, n_heads or 0): a neuron group's activation is its module's output, a head group's is the
     input of its ``o_proj``."""
@@ -192,9 +206,7 @@ def first_order_effects(
     def leaf(module, args, output):
         return output.detach().requires_grad_(True)
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with _eval_mode(model):
         for start in range(0, len(seqs), batch_size):
             chunk = slice(start, start + batch_size)
             with HookSet() as hooks, torch.enable_grad():
@@ -206,13 +218,80 @@ def first_order_effects(
                         hooks.forward(module, lambda mod, args, out, k=key: capture(k, out, 0))
                 lp = answer_logprobs(model, seqs[chunk], n_answer[chunk], batch_size=batch_size)
                 (lp * weights[chunk].to(lp.device)).sum().backward()
-    finally:
-        for m, training in modes:
-            m.training = training
     missing = [k for k in keys if k not in totals]
     if missing:
         raise RuntimeError(f"no gradient reached {len(missing)} unit group(s), e.g. {missing[:3]}")
     return totals
+
+
+class _Ablation:
+    """M(S) = the pairs' mean gap with the units of S zeroed, for sets S of units of one kind; counts its calls."""
+
+    def __init__(self, model: nn.Module, layout: UnitLayout, sizes: dict[str, int], pairs: Sequence[NamePair], batch_size: int):
+        self.model, self.layout, self.sizes, self.batch_size = model, layout, sizes, batch_size
+        self.seqs, self.n_answer = pair_sequences(pairs)
+        self.evaluations = 0
+
+    def __call__(self, chosen: Sequence[tuple[str, int]]) -> float:
+        prune = {}
+        for key, i in chosen:
+            prune.setdefault(key, torch.zeros(self.sizes[key], dtype=torch.bool))[i] = True
+        with torch.no_grad(), ablate(self.model, self.layout, prune):
+            lp = answer_logprobs(self.model, self.seqs, self.n_answer, batch_size=self.batch_size)
+        self.evaluations += 1
+        return float(pair_gaps(lp).mean())
+
+
+def _check_search(pairs: Sequence[NamePair], budget: int, target_fraction: float, shortlist: int | None, pool: int | None) -> None:
+    if not pairs:
+        raise ValueError("causal_search: no pairs")
+    if budget < 1:
+        raise ValueError(f"budget={budget} must be >= 1")
+    if not 0 < target_fraction <= 1:
+        raise ValueError(f"target_fraction={target_fraction} must lie in (0, 1]")
+    for name, value in (("shortlist", shortlist), ("pool", pool)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} must be >= 1 or None")
+
+
+def shortlist_candidates(model: nn.Module, layout: UnitLayout, pairs: Sequence[NamePair], result: CausalSearch,
+                         shortlist: int | None, batch_size: int = 64) -> list[tuple[str, int]]:
+    """Step 1's candidates (module docstring): every unit of ``result.sizes`` (``shortlist=None``), or the
+    ``shortlist`` units whose first-order estimate predicts the largest reduction of |M|, −sign(M(∅))·est(u), best
+    first (ties keep layout order); the estimates go to ``result.first_order``."""
+    if shortlist is None:
+        return [(k, i) for k, n in result.sizes.items() for i in range(n)]
+    result.first_order = first_order_effects(model, layout, pairs, list(result.sizes), batch_size)
+    result.gradient_passes = 1
+    sign = 1.0 if result.baseline > 0 else -1.0
+    flat = [(-sign * float(v[i]), k, i) for k, v in result.first_order.items() for i in range(v.numel())]
+    flat.sort(key=lambda t: -t[0])  # stable: ties keep layout order
+    return [(k, i) for _, k, i in flat[:shortlist]]
+
+
+def greedy_picks(metric: Callable[[Sequence[tuple[str, int]]], float], single: Mapping[tuple[str, int], float],
+                 pool: Sequence[tuple[str, int]], baseline: float, budget: int,
+                 target_fraction: float) -> tuple[list[SearchStep], str]:
+    """Step 2 (module docstring): the greedy picks from ``pool`` and why the search stopped. ``single``: M({c}) of
+    every candidate (the first step's trial values); ``baseline``: M(∅)."""
+    steps: list[SearchStep] = []
+    picked: list[tuple[str, int]] = []
+    current = baseline
+    while True:
+        if abs(current) <= (1 - target_fraction) * abs(baseline):
+            return steps, "effect reached"
+        if len(picked) >= budget:
+            return steps, "budget"
+        left = [c for c in pool if c not in picked]
+        if not left:
+            return steps, "no gain"
+        trial = {c: (single[c] if not picked else metric([*picked, c])) for c in left}
+        best = min(left, key=lambda c: abs(trial[c]))  # min keeps the first of equal values
+        if abs(trial[best]) >= abs(current):
+            return steps, "no gain"
+        picked.append(best)
+        current = trial[best]
+        steps.append(SearchStep(best[0], best[1], current))
 
 
 def causal_search(
@@ -239,73 +318,22 @@ def causal_search(
         pool: greedy candidates: the ``pool`` ablated units with the largest single reduction of |M| (None: all).
         batch_size: sequences per forward pass.
     """
-    if not pairs:
-        raise ValueError("causal_search: no pairs")
-    if budget < 1:
-        raise ValueError(f"budget={budget} must be >= 1")
-    if not 0 < target_fraction <= 1:
-        raise ValueError(f"target_fraction={target_fraction} must lie in (0, 1]")
-    for name, value in (("shortlist", shortlist), ("pool", pool)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name}={value} must be >= 1 or None")
+    _check_search(pairs, budget, target_fraction, shortlist, pool)
     sizes = unit_groups(layout, units)
-    keys = list(sizes)
-    seqs, n_answer = pair_sequences(pairs)
+    metric = _Ablation(model, layout, sizes, pairs, batch_size)
     result = CausalSearch("head" if units == "heads" else "neuron", sizes, baseline=0.0, n_pairs=len(pairs))
-
-    def metric(chosen: Sequence[tuple[str, int]]) -> float:
-        prune = {}
-        for key, i in chosen:
-            prune.setdefault(key, torch.zeros(sizes[key], dtype=torch.bool))[i] = True
-        with torch.no_grad(), ablate(model, layout, prune):
-            lp = answer_logprobs(model, seqs, n_answer, batch_size=batch_size)
-        result.evaluations += 1
-        return float(pair_gaps(lp).mean())
-
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        m0 = result.baseline = metric([])
+    with _eval_mode(model):
+        result.baseline = m0 = metric([])
         if m0 == 0:
             result.stopped = "no gap"
-            return result
-        if shortlist is None:
-            candidates = [(k, i) for k in keys for i in range(sizes[k])]
         else:
-            result.first_order = first_order_effects(model, layout, pairs, keys, batch_size)
-            result.gradient_passes = 1
-            sign = 1.0 if m0 > 0 else -1.0
-            flat = [(-sign * float(v[i]), k, i) for k, v in result.first_order.items() for i in range(v.numel())]
-            flat.sort(key=lambda t: -t[0])  # stable: ties keep layout order
-            candidates = [(k, i) for _, k, i in flat[:shortlist]]
-        single = {c: metric([c]) for c in candidates}
-        result.single = {k: torch.full((sizes[k],), math.nan, dtype=torch.float64) for k in keys}
-        for (k, i), m in single.items():
-            result.single[k][i] = m - m0
-        ranked = sorted(candidates, key=lambda c: abs(single[c]))  # stable: ties keep candidate order
-        chosen_pool = ranked if pool is None else ranked[:pool]
-        picked: list[tuple[str, int]] = []
-        current = m0
-        while True:
-            if abs(current) <= (1 - target_fraction) * abs(m0):
-                result.stopped = "effect reached"
-                break
-            if len(picked) >= budget:
-                result.stopped = "budget"
-                break
-            left = [c for c in chosen_pool if c not in picked]
-            if not left:
-                result.stopped = "no gain"
-                break
-            trial = {c: (single[c] if not picked else metric([*picked, c])) for c in left}
-            best = min(left, key=lambda c: abs(trial[c]))  # min keeps the first of equal values
-            if abs(trial[best]) >= abs(current):
-                result.stopped = "no gain"
-                break
-            picked.append(best)
-            current = trial[best]
-            result.steps.append(SearchStep(best[0], best[1], current))
-    finally:
-        for m, training in modes:
-            m.training = training
+            candidates = shortlist_candidates(model, layout, pairs, result, shortlist, batch_size)
+            single = {c: metric([c]) for c in candidates}
+            result.single = {k: torch.full((n,), math.nan, dtype=torch.float64) for k, n in sizes.items()}
+            for (k, i), m in single.items():
+                result.single[k][i] = m - m0
+            ranked = sorted(candidates, key=lambda c: abs(single[c]))  # stable: ties keep candidate order
+            chosen_pool = ranked if pool is None else ranked[:pool]
+            result.steps, result.stopped = greedy_picks(metric, single, chosen_pool, m0, budget, target_fraction)
+    result.evaluations = metric.evaluations
     return result

@@ -17,7 +17,6 @@ arms, through the same evaluation plan.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -40,13 +39,14 @@ from biasprune.pipeline.resume import (
     ScoringProgress,
     accumulate_time,
     check_fingerprint,
-    check_scoring_limits,
     checkpoint_state,
     model_fingerprint,
+    restore_validation,
     restored_state,
+    scoring_only,
 )
 from biasprune.pruning.arms import UNPRUNED, EvaluationPlan
-from biasprune.pruning.masks import apply_masks, export_pruned
+from biasprune.pruning.masks import export_pruned
 from biasprune.scoring.accumulate import ScoreAccumulator
 from biasprune.scoring.objectives import DEFAULT_OBJECTIVE, Objective, get_objective
 from biasprune.scoring.scorefile import write_scores
@@ -194,18 +194,12 @@ class BiasPruneModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        if stage == "fit":
-            dm = self.datamodule
-            n_batches = -(-len(dm.scoring_rows) // dm.batch_size)  # global batches; each rank runs its share
-            check_scoring_limits(self.trainer, -(-n_batches // self.trainer.world_size))
-            # fit only scores; the arms are evaluated by the validate stage that follows. The trainer's
-            # validation settings are put back in teardown, so that stage runs as configured.
-            self._val_settings = (self.trainer.limit_val_batches, self.trainer.num_sanity_val_steps)
-            self.trainer.limit_val_batches, self.trainer.num_sanity_val_steps = 0, 0
+        if stage == "fit":  # fit only scores; the validation settings are put back in teardown
+            self._val_settings = scoring_only(self.trainer, len(self.datamodule.scoring_rows), self.datamodule.batch_size)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and getattr(self, "_val_settings", None) is not None:
-            self.trainer.limit_val_batches, self.trainer.num_sanity_val_steps = self._val_settings
+            restore_validation(self.trainer, self._val_settings)
             self._val_settings = None
 
     def fingerprint(self) -> dict[str, str]:
@@ -319,11 +313,7 @@ class BiasPruneModule(L.LightningModule):
         split, scenario, variation = batch["split"][0], batch["scenario"][0], batch["variation"][0]
         arms = self._plan.arms.arms_for(split, scenario, variation) if self._plan else [UNPRUNED]
         for arm in arms:
-            with contextlib.ExitStack() as applied:
-                if arm.masks:
-                    applied.enter_context(apply_masks(self.model, self.layout, arm.masks))
-                if arm.edit is not None:
-                    applied.enter_context(arm.edit.apply(self.model))
+            with arm.applied(self.model, self.layout):
                 self._records.extend(answer_batch(self.model, self.tokenizer, batch, arm, self.generation, self._lockstep))
 
     def on_validation_epoch_end(self) -> None:

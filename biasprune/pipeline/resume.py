@@ -1,5 +1,9 @@
 """Scoring progress: which examples are scored, exact resume, and refusing a checkpoint of another run.
 
+``fit`` only scores (:func:`scoring_only`): trainer settings that would stop it before every scoring example is
+scored are refused, and validation is off during it (the arms are evaluated by the ``validate`` stage that follows,
+with the settings put back by :func:`restore_validation`).
+
 A checkpoint holds the score sums, which examples they cover and the run's fingerprint (digests of the
 model, the data and the settings; :meth:`BiasPruneModule.fingerprint`, :meth:`AuditDataModule.fingerprint`).
 Resuming continues the sums from there; a checkpoint whose fingerprint differs from the current run is
@@ -21,7 +25,7 @@ from biasprune.core.errors import BiasPruneError, ConfigError
 from biasprune.scoring.accumulate import ScoreAccumulator
 
 __all__ = ["FingerprintMismatch", "ScoringProgress", "accumulate_time", "check_fingerprint", "check_scoring_limits", "checkpoint_state",
-           "model_fingerprint", "restored_state"]
+           "model_fingerprint", "restore_validation", "restored_state", "scoring_only"]
 
 
 class FingerprintMismatch(BiasPruneError, RuntimeError):
@@ -59,6 +63,22 @@ def check_scoring_limits(trainer, n_batches: int) -> None:
             " of the scoring examples would pass for the run's scores. Remove the setting; choose fewer scoring"
             " prompts with --data.scoring or a smaller name split instead."
         )
+
+
+def scoring_only(trainer, n_rows: int, batch_size: int) -> tuple[Any, Any]:
+    """Prepare ``trainer`` for a ``fit`` that only scores ``n_rows`` rows in global batches of ``batch_size``: refuse
+    settings that would leave some unscored (:func:`check_scoring_limits`, on one rank's share of the batches) and
+    switch validation off. Returns the validation settings, for :func:`restore_validation` after ``fit``."""
+    n_batches = -(-n_rows // batch_size)  # global batches; each rank runs its share
+    check_scoring_limits(trainer, -(-n_batches // trainer.world_size))
+    saved = (trainer.limit_val_batches, trainer.num_sanity_val_steps)
+    trainer.limit_val_batches, trainer.num_sanity_val_steps = 0, 0
+    return saved
+
+
+def restore_validation(trainer, saved: tuple[Any, Any]) -> None:
+    """Put back the validation settings that :func:`scoring_only` returned, so that ``validate`` runs as configured."""
+    trainer.limit_val_batches, trainer.num_sanity_val_steps = saved
 
 
 class ScoringProgress:

@@ -3,20 +3,24 @@
 An arm is what the model looks like while one set of answers is sampled. Every batch of evaluation prompts
 is answered once per arm, with the same keyed random streams (so arms are paired answer by answer). The
 pruning callback decides which arms a batch gets (:class:`ArmSource`) and hands them to the module as an
-:class:`EvaluationPlan` at the start of every validate stage; the module applies each arm's masks and records
-which arm produced each answer.
+:class:`EvaluationPlan` at the start of every validate stage; the module puts each arm on the model
+(:meth:`Arm.applied`: its masks and its edit, as reversible hooks) and records which arm produced each answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
+from biasprune.models.architectures import UnitLayout
 from biasprune.pruning.direction import DirectionEdit
+from biasprune.pruning.masks import apply_masks
 
 __all__ = ["Arm", "ArmSource", "EvaluationPlan", "Phase", "PrunableModule", "UNPRUNED", "pruned_counts"]
 
@@ -57,6 +61,17 @@ class Arm:
     def counts(self) -> dict[str, int]:
         """Pruned units per kind and, for an edit arm, its edited layers (``edited_layers``)."""
         return pruned_counts(self.masks) | {"edited_layers": len(self.edit.layers) if self.edit is not None else 0}
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module, layout: UnitLayout) -> Iterator[None]:
+        """This arm on ``model`` inside the ``with`` block: its masks (on the units of ``layout``) and its edit, as
+        hooks that are all removed on exit, even after an error."""
+        with contextlib.ExitStack() as applied:
+            if self.masks:
+                applied.enter_context(apply_masks(model, layout, self.masks))
+            if self.edit is not None:
+                applied.enter_context(self.edit.apply(model))
+            yield
 
 
 UNPRUNED = Arm("unpruned", "baseline")

@@ -8,28 +8,36 @@ A mask set maps unit-group keys to uint8 keep-masks (1 = keep, 0 = pruned)::
 A pruned neuron's output is exactly 0 for every input; a pruned head's slice of the ``o_proj`` input is
 exactly 0. The reversible mode multiplies by the mask in hooks; the hard mode zeroes weight rows (neurons)
 or ``o_proj`` weight columns (heads). Both give the same logits; removing the hooks restores the model.
+
+A masks file given for evaluation (``--pruning.masks_file``) is read once into a :class:`MasksSource`: its masks,
+its bytes (copied into the run directory, so that the run directory alone shows what was evaluated), its sha256
+and its arm's name (:func:`masks_arm_name`), which the manifest records as ``masks_source``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from biasprune.core.artifacts import read_safetensors, write_safetensors
+from biasprune.core.artifacts import atomic_write_bytes, read_safetensors, write_safetensors
 from biasprune.core.errors import ConfigError
 from biasprune.core.hooks import HookSet
 from biasprune.models.architectures import UnitLayout
 
 __all__ = [
     "MaskError",
+    "MasksSource",
     "apply_masks",
     "check_mask_tensors",
     "export_pruned",
     "harden_masks",
     "load_masks",
+    "masks_arm_name",
     "save_masks",
     "validate_masks",
 ]
@@ -94,6 +102,64 @@ def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise MaskError(f"{path}: not a readable safetensors file ({err})") from err
     check_mask_tensors(masks, str(path))  # before the cast: 0.5 or 2 must not become a silent 0 or 1
     return {k: v.to(torch.uint8) for k, v in masks.items()}, meta
+
+
+def masks_arm_name(masks_file: str | Path) -> str:
+    """The arm of a masks file: ``pruned[NAME/version_N]`` for a run's ``masks.safetensors``, else ``pruned[FILE]``."""
+    path = Path(masks_file).resolve()
+    label = "/".join(path.parts[-3:-1]) if path.name == "masks.safetensors" and len(path.parts) > 2 else path.name
+    return f"pruned[{label}]"
+
+
+@dataclass(frozen=True, eq=False)
+class MasksSource:
+    """A masks file given for evaluation, read once.
+
+    Attributes:
+        given: the path as given (``--pruning.masks_file``), which errors name.
+        path: the file's resolved path.
+        masks: its keep-masks (uint8), checked by :func:`load_masks`.
+        metadata: its metadata.
+        data: its bytes, as read (what the run directory's copy holds).
+        arm: the name of its arm (:func:`masks_arm_name`).
+    """
+
+    given: str
+    path: str
+    masks: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    data: bytes
+    arm: str
+
+    COPY = "masks.safetensors"
+
+    @classmethod
+    def read(cls, masks_file: str | Path) -> MasksSource:
+        """Read ``masks_file``; an unreadable file, or one that holds no mask, is refused (:class:`MaskError`)."""
+        masks, metadata = load_masks(masks_file)
+        if not masks:
+            raise MaskError(f"masks file {masks_file!r} holds no masks")
+        path = Path(masks_file)
+        return cls(str(masks_file), str(path.resolve()), masks, metadata, path.read_bytes(), masks_arm_name(masks_file))
+
+    def record(self) -> dict[str, str]:
+        """Where the masks came from, for the manifest: ``path``, ``sha256``, ``copy`` (the copy's file name in the
+        run directory) and ``arm``."""
+        return {"path": self.path, "sha256": hashlib.sha256(self.data).hexdigest(), "copy": self.COPY, "arm": self.arm}
+
+    def check(self, layout: UnitLayout) -> dict[str, torch.Tensor]:
+        """The masks, once they fit the model's units (:func:`validate_masks`)."""
+        validate_masks(self.masks, layout, source=self.given)
+        return self.masks
+
+    def use(self, layout: UnitLayout, run_dir: str | Path, write: bool = True) -> dict[str, torch.Tensor]:
+        """The masks, once they fit the model, with the file's bytes copied to ``run_dir/masks.safetensors`` (when
+        ``write``: rank 0) unless that is the file itself, so that the run directory alone shows what was evaluated."""
+        self.check(layout)
+        copy = Path(run_dir) / self.COPY
+        if write and not (copy.exists() and copy.resolve() == Path(self.path)):
+            atomic_write_bytes(copy, self.data)
+        return self.masks
 
 
 def _head_view(x: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from biasprune.core.artifacts import read_safetensors, write_safetensors
 from biasprune.scoring.accumulate import sum_scores
 
-__all__ = ["read_scores", "read_scores_meta", "write_scores"]
+__all__ = ["read_scores", "read_scores_meta", "summed_run_scores", "write_scores"]
 
 
 def write_scores(run_dir: str | Path, per_variation: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], meta: Mapping[str, Any]) -> None:
@@ -50,3 +50,18 @@ def read_scores_meta(path: str | Path) -> dict[str, Any]:
         except ValueError:
             out[k] = v
     return out
+
+
+def summed_run_scores(run_dir: str | Path, per_variation: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]] | None = None,
+                      ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int], list[str]] | None:
+    """A run's scores summed over its scoring variations (group -> unit-group key -> sums), the examples behind each
+    group (``n_examples`` of the file's metadata; empty without the file) and the variations. The sums are
+    ``per_variation`` (this process's), else those of ``run_dir``'s ``scores_by_variation.safetensors`` (written by
+    the run's ``fit`` in another process, or before a resume); None when there are neither."""
+    stored = Path(run_dir) / "scores_by_variation.safetensors"
+    if per_variation is None and stored.is_file():
+        per_variation, _ = read_scores(stored)
+    if per_variation is None:
+        return None
+    n = read_scores_meta(stored).get("n_examples", {}) if stored.is_file() else {}
+    return sum_scores(per_variation), n, list(per_variation)
