@@ -5,6 +5,7 @@
 #     bash benchmarks/gpu/run_directions.sh            # 7 runs side by side, about 4 minutes: 3 plants x 2 methods, and
 #                                                      # the direction from the name's tokens alone on `all` (all-names)
 #     bash benchmarks/gpu/run_directions.sh --tiny     # the whole path on CPU: a tiny random model stands in for the plants
+#     PLANTS="unplanted" bash benchmarks/gpu/run_directions.sh   # the embedded model without a plant: a real audit
 #
 # Then, on the dev machine, the tables of docs/results.md ("Directions and transfer"):
 #
@@ -28,7 +29,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/gpu/device_env.sh
 script_start /tmp/directions "$@" || exit 1
-plants=(all purchase format)
+read -ra plants <<< "${PLANTS:-all purchase format}"   # `unplanted`: the embedded model itself (issue 27, item 4)
 methods=(masks direction)
 
 if [ "$tiny" = 1 ]; then
@@ -48,7 +49,7 @@ else
   embedded_model || exit 1
   export BIASPRUNE_CACHE="$work/cache"
   base=embedded:SmolLM2-135M-Instruct
-  model_id() { echo "$base+plant:$1"; }
+  model_id() { if [ "$1" = unplanted ]; then echo "$base"; else echo "$base+plant:$1"; fi; }
   args=(--accelerator gpu --samples 4 --random-draws 2 --max-new-tokens 16 --bootstrap 1000 --layers early
         --eval-batch-size 128 --batch-size 32)
   candidates="${DIRECTION_CANDIDATES-2;early}"
@@ -77,12 +78,16 @@ for plant in "${plants[@]}"; do
     [ "$tiny" = 1 ] && { wait "${pids[$run]}"; }   # the CPU runs one at a time
   done
 done
-# The positions compared: the same direction arm on `all`, averaged over the name's tokens alone.
-run=all-names-direction
-rm -rf "$work/$run"
-timeout "$limit" python3 -m benchmarks.analysis.transfer_matrix "$(model_id all)" --method direction --positions name \
-  --out "$work/$run" "${args[@]}" --layer-candidates "$candidates" > "$work/$run.log" 2>&1 &
-pids[$run]=$!
+names_run=0
+[[ " ${plants[*]} " == *" all "* ]] && names_run=1
+if [ "$names_run" = 1 ]; then
+  # The positions compared: the same direction arm on `all`, averaged over the name's tokens alone.
+  run=all-names-direction
+  rm -rf "$work/$run"
+  timeout "$limit" python3 -m benchmarks.analysis.transfer_matrix "$(model_id all)" --method direction --positions name \
+    --out "$work/$run" "${args[@]}" --layer-candidates "$candidates" > "$work/$run.log" 2>&1 &
+  pids[$run]=$!
+fi
 status=0
 for plant in "${plants[@]}"; do
   for method in "${methods[@]}"; do
@@ -93,10 +98,12 @@ for plant in "${plants[@]}"; do
     [ "$rc" -eq 0 ] || { tail -n 15 "$work/$run.log" | tee -a "$out/summary.txt"; status=1; }
   done
 done
-run=all-names-direction; rc=0; wait "${pids[$run]}" || rc=$?
-log "$run: exit $rc"
-grep -A 40 '^transfer matrix' "$work/$run.log" | tee -a "$out/summary.txt"
-[ "$rc" -eq 0 ] || { tail -n 15 "$work/$run.log" | tee -a "$out/summary.txt"; status=1; }
+if [ "$names_run" = 1 ]; then
+  run=all-names-direction; rc=0; wait "${pids[$run]}" || rc=$?
+  log "$run: exit $rc"
+  grep -A 40 '^transfer matrix' "$work/$run.log" | tee -a "$out/summary.txt"
+  [ "$rc" -eq 0 ] || { tail -n 15 "$work/$run.log" | tee -a "$out/summary.txt"; status=1; }
+fi
 ( cd "$work" && shopt -s nullglob && tar -czf "$out/directions.tar.gz" --exclude=cache --exclude='answers.jsonl' \
     --exclude='scores*.safetensors' --exclude=checkpoints --exclude='tiny-model' */ ./*.log ) \
   || echo "archive: tar reported a problem" >&2
