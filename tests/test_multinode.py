@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_study import assert_same_pieces, names_file
+from test_study import study_args as small_study_args
 
 from biasprune.core.artifacts import read_jsonl, read_safetensors
 
@@ -119,20 +120,8 @@ def test_fit_on_two_nodes_equals_one_process(launcher, one_process, tiny_model_d
 
 
 def study_args(model_dir: str, tmp: Path, out: Path) -> list[str]:
-    """A small ``biasprune study`` (the design of test_study's CLI runs) writing to ``out``."""
-    return [
-        "study", "--config", str(ROOT / "configs/study.yaml"), "--trainer.accelerator", "cpu",
-        "--model.model_name_or_path", model_dir, "--model.dtype", "float64",
-        "--data.names", names_file(tmp), "--data.split_fractions", "[0.4, 0.2, 0.4]",
-        "--data.evaluation", "[purchase/car, purchase/piano]", "--data.batch_size", "4", "--data.eval_batch_size", "8",
-        "--study.within_variations", "[car, piano, bicycle]", "--study.contexts", "[chess]",
-        "--study.strategies", "[prompt_specific, cross_context]", "--study.units", "[neurons]",
-        "--study.grid.budget", "[0.5%]", "--study.grid.rules", "[relative_difference]", "--pruning.random_draws", "1",
-        "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.targets.max_new_tokens", "5",
-        "--model.evaluation.bootstrap_samples", "20", "--model.evaluation.permutation_samples", "20",
-        "--study.output", str(out), "--trainer.logger.init_args.save_dir", str(out.parent / f"runs_{out.name}"),
-        "--trainer.enable_progress_bar", "false",
-    ]
+    """test_study's small ``biasprune study``, writing to ``out`` (its runs beside it)."""
+    return [*small_study_args(model_dir, tmp, out, out.parent / f"runs_{out.name}"), "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.mark.slow

@@ -206,19 +206,26 @@ def test_two_processes_give_the_same_pieces(tiny_model_dir, tmp_path):
     assert_same_pieces(out1, out2)
 
 
+def study_args(model_dir: str, tmp: Path, out: Path, runs: Path | None = None) -> list[str]:
+    """The arguments of a small ``biasprune study`` writing to ``out`` (its TensorBoard runs under ``runs``)."""
+    return [
+        "study", "--config", str(ROOT / "configs/study.yaml"), "--trainer.accelerator", "cpu",
+        "--model.model_name_or_path", model_dir, "--model.dtype", "float64",
+        "--data.names", names_file(tmp), "--data.split_fractions", "[0.4, 0.2, 0.4]",
+        "--data.evaluation", "[purchase/car, purchase/piano]", "--data.batch_size", "4", "--data.eval_batch_size", "8",
+        "--study.within_variations", "[car, piano, bicycle]", "--study.contexts", "[chess]",
+        "--study.strategies", "[prompt_specific, cross_context]", "--study.units", "[neurons]",
+        "--study.grid.budget", "[0.5%]", "--study.grid.rules", "[relative_difference]", "--pruning.random_draws", "1",
+        "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.targets.max_new_tokens", "5",
+        "--model.evaluation.bootstrap_samples", "20", "--model.evaluation.permutation_samples", "20",
+        "--study.output", str(out), "--trainer.logger.init_args.save_dir", str(runs or tmp / "runs"),
+    ]  # fmt: skip
+
+
 def study_cli(model_dir: str, tmp: Path, name: str, *extra: str) -> Path:
     """``biasprune study`` in a fresh process (the CLI's launcher re-runs it once per rank)."""
     out = tmp / name
-    cmd = [sys.executable, "-m", "biasprune", "study", "--config", str(ROOT / "configs/study.yaml"),
-           "--trainer.accelerator", "cpu", "--model.model_name_or_path", model_dir, "--model.dtype", "float64",
-           "--data.names", names_file(tmp), "--data.split_fractions", "[0.4, 0.2, 0.4]",
-           "--data.evaluation", "[purchase/car, purchase/piano]", "--data.batch_size", "4", "--data.eval_batch_size", "8",
-           "--study.within_variations", "[car, piano, bicycle]", "--study.contexts", "[chess]",
-           "--study.strategies", "[prompt_specific, cross_context]", "--study.units", "[neurons]",
-           "--study.grid.budget", "[0.5%]", "--study.grid.rules", "[relative_difference]", "--pruning.random_draws", "1",
-           "--model.generation.samples", "2", "--model.generation.max_new_tokens", "5", "--model.targets.max_new_tokens", "5",
-           "--model.evaluation.bootstrap_samples", "20", "--model.evaluation.permutation_samples", "20",
-           "--study.output", str(out), "--trainer.logger.init_args.save_dir", str(tmp / "runs"), *extra]
+    cmd = [sys.executable, "-m", "biasprune", *study_args(model_dir, tmp, out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
